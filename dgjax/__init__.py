@@ -1,0 +1,21 @@
+"""dgjax: measure and control the log-density of what diffusion and flow models generate.
+
+The specification is MATH.md (conventions, signs, formulas); the public names are listed in API.md.
+"""
+
+from .divergence import DivergenceEstimator, Exact, Hutchinson
+from .likelihood import Likelihood, bits_per_dim, log_likelihood
+from .oracle import GaussianMixture, random_mixture
+from .parametrizations import score_from, score_to
+from .processes import EDM, VE, VP, LinearFlow, Process, VPCosine, VPLinear
+from .samplers import ODE, PFODE, ODESampler, Sample, sample
+
+__all__ = [
+    "DivergenceEstimator", "Exact", "Hutchinson",
+    "Likelihood", "bits_per_dim", "log_likelihood",
+    "GaussianMixture", "random_mixture",
+    "score_from", "score_to",
+    "EDM", "VE", "VP", "LinearFlow", "Process", "VPCosine", "VPLinear",
+    "ODE", "PFODE", "ODESampler", "Sample", "sample",
+]
+__version__ = "0.1.0"

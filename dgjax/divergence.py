@@ -1,0 +1,109 @@
+"""Divergence (trace-of-Jacobian) estimators (MATH.md section 4).
+
+Both estimators evaluate ``fn(x)`` once and a number of Jacobian-vector products ``J v`` of it
+(through ``jax.linearize``: the primal is computed once, the tangents are vmapped), and return a
+stack of per-probe trace estimates of shape (P, N):
+
+- ``Exact()``: P = 1, the exact trace ``sum_i e_i^T J e_i`` from D basis JVPs (small D only:
+  tests, 2-D toys, D <= ~100; memory N * D^2).
+- ``Hutchinson(K)``: P = K rows ``v_k^T J v_k``, v Rademacher (default) or standard Gaussian; each
+  row is an unbiased estimate of tr J, their mean is the estimate and their spread gives its standard
+  error. Probes are drawn once per solve, one key per sample (so sample i's probes do not depend on the
+  batch it is in), and held fixed along the path: the augmented ODE stays a smooth vector field that
+  adaptive solvers can step.
+
+``fn`` must act per sample (row i of the output depends only on row i of the input), as every score
+function does; then one tangent carrying a probe in every row yields all N per-sample traces at once.
+NFE: each JVP counts as one score evaluation more (``num_jvps``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._checks import batch_dot, check_param
+
+Array = jax.Array
+
+
+class DivergenceEstimator(eqx.Module):
+    """Interface: ``draw`` probes once per solve, ``value_and_traces`` at each evaluation."""
+
+    def draw(self, key, x) -> Array | None:
+        raise NotImplementedError
+
+    def num_jvps(self, dim: int) -> int:
+        raise NotImplementedError
+
+    def value_and_traces(self, fn: Callable[[Array], Array], x: Array, probes) -> tuple[Array, Array]:
+        raise NotImplementedError
+
+    def trace(self, fn, x, probes=None):
+        """The estimate of tr J_fn(x) per sample, (N,): the mean over probes."""
+        return jnp.mean(self.value_and_traces(fn, x, probes)[1], axis=0)
+
+
+class Exact(DivergenceEstimator):
+    """Exact Jacobian trace from D basis-vector JVPs (no probes, no key needed)."""
+
+    def draw(self, key, x):
+        return None
+
+    def num_jvps(self, dim: int) -> int:
+        return dim
+
+    def value_and_traces(self, fn, x, probes=None):
+        n, shape = x.shape[0], x.shape[1:]
+        d = x[0].size
+        y, jvp = jax.linearize(fn, x)
+        basis = jnp.reshape(jnp.eye(d, dtype=x.dtype), (d, 1) + shape)
+
+        def diag_entry(e):  # e: (1, *shape), the same basis vector in every row
+            return batch_dot(jnp.broadcast_to(e, x.shape), jvp(jnp.broadcast_to(e, x.shape)))
+
+        tr = jnp.sum(jax.lax.map(diag_entry, basis, batch_size=min(d, 256)), axis=0)
+        return y, tr[None, :]
+
+
+class Hutchinson(DivergenceEstimator):
+    """Hutchinson's estimator E_v[v^T J v] with ``num_probes`` probes per sample.
+
+    Args:
+      num_probes: K >= 1 probes per sample (each costs one JVP).
+      distribution: "rademacher" (default; lower variance) or "gaussian".
+    """
+
+    num_probes: int = eqx.field(static=True, default=1)
+    distribution: str = eqx.field(static=True, default="rademacher")
+
+    def __check_init__(self):
+        check_param(isinstance(self.num_probes, int) and self.num_probes >= 1, "num_probes",
+                    f"must be an integer >= 1; got {self.num_probes!r}")
+        check_param(self.distribution in ("rademacher", "gaussian"), "distribution",
+                    f"must be 'rademacher' or 'gaussian'; got {self.distribution!r}")
+
+    def num_jvps(self, dim: int) -> int:
+        return self.num_probes
+
+    def draw(self, key, x):
+        """Probes of shape (K, N, *shape): one key per sample, fixed for the whole solve."""
+        if key is None:
+            raise ValueError("key: Hutchinson divergence estimation needs a PRNG key (pass key=jax.random.key(...)), "
+                             "or use divergence=dg.Exact() for small dimensions")
+        keys = jax.random.split(key, x.shape[0])
+        shape = (self.num_probes,) + x.shape[1:]
+        if self.distribution == "rademacher":
+            draw = lambda k: jax.random.rademacher(k, shape, dtype=x.dtype)  # noqa: E731
+        else:
+            draw = lambda k: jax.random.normal(k, shape, dtype=x.dtype)  # noqa: E731
+        return jnp.moveaxis(jax.vmap(draw)(keys), 1, 0)
+
+    def value_and_traces(self, fn, x, probes):
+        if probes is None:
+            raise ValueError("probes: Hutchinson needs probes drawn with .draw(key, x)")
+        y, jvp = jax.linearize(fn, x)
+        return y, jax.vmap(lambda v: batch_dot(v, jvp(v)))(probes)

@@ -1,0 +1,228 @@
+"""Forward noising processes (MATH.md section 1).
+
+A process is the Gaussian path ``x_t | x_0 ~ N(alpha_t x_0, sigma_t^2 I)`` with time running from
+data (``t_min``) to noise (``t_max``). Each concrete process defines only ``log_alpha(t)`` and
+``log_sigma(t)``; everything else (``alpha``, ``sigma``, the log-SNR ``lambda``, the drift
+coefficient ``f`` and the squared diffusion ``g2``) is derived here, in one place, by forward-mode
+autodiff of those two functions, so the coefficients can never disagree with the marginals:
+
+    f(t)   = d/dt log alpha_t
+    g^2(t) = d/dt sigma_t^2 - 2 f sigma_t^2 = 2 sigma_t^2 (d/dt log sigma_t - d/dt log alpha_t)
+           = -sigma_t^2 d/dt lambda_t
+
+Processes are immutable pytrees (``equinox.Module``) whose hyper-parameters are static, so they can be
+passed through ``jax.jit`` and closed over freely. All time functions accept a scalar ``t`` or an
+array of times and act elementwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._checks import check_param
+
+Array = jax.Array
+
+
+class Process(eqx.Module):
+    """Base class: subclasses implement ``log_alpha``, ``log_sigma`` and set ``t_min``/``t_max``."""
+
+    t_min: float = eqx.field(static=True)
+    t_max: float = eqx.field(static=True)
+
+    # -- what a subclass defines -------------------------------------------------------------
+    def log_alpha(self, t: Array) -> Array:
+        raise NotImplementedError
+
+    def log_sigma(self, t: Array) -> Array:
+        raise NotImplementedError
+
+    # -- derived quantities (the one place where f and g2 come from) --------------------------
+    def _log_coeffs_and_rates(self, t):
+        """(log alpha, log sigma, d/dt log alpha, d/dt log sigma), elementwise in ``t``."""
+        t = jnp.asarray(t, dtype=jnp.result_type(t, float))
+
+        def logs(tt):
+            return self.log_alpha(tt), self.log_sigma(tt)
+
+        (la, ls), (dla, dls) = jax.jvp(logs, (t,), (jnp.ones_like(t),))
+        return la, ls, dla, dls
+
+    def alpha(self, t) -> Array:
+        """alpha_t (shape of ``t``)."""
+        return jnp.exp(self.log_alpha(jnp.asarray(t, dtype=jnp.result_type(t, float))))
+
+    def sigma(self, t) -> Array:
+        """sigma_t (shape of ``t``)."""
+        return jnp.exp(self.log_sigma(jnp.asarray(t, dtype=jnp.result_type(t, float))))
+
+    def log_snr(self, t) -> Array:
+        """lambda_t = log(alpha_t^2 / sigma_t^2), decreasing in t."""
+        t = jnp.asarray(t, dtype=jnp.result_type(t, float))
+        return 2.0 * (self.log_alpha(t) - self.log_sigma(t))
+
+    def f(self, t) -> Array:
+        """Drift coefficient f(t) = d/dt log alpha_t of the forward SDE dx = f x dt + g dW."""
+        return self._log_coeffs_and_rates(t)[2]
+
+    def g2(self, t) -> Array:
+        """Squared diffusion g^2(t) = 2 sigma_t^2 (d/dt log sigma_t - d/dt log alpha_t) > 0."""
+        _, ls, dla, dls = self._log_coeffs_and_rates(t)
+        return 2.0 * jnp.exp(2.0 * ls) * (dls - dla)
+
+    def coefficients(self, t):
+        """(alpha, sigma, f, g2) at ``t`` from a single forward-mode pass."""
+        la, ls, dla, dls = self._log_coeffs_and_rates(t)
+        sigma = jnp.exp(ls)
+        return jnp.exp(la), sigma, dla, 2.0 * sigma**2 * (dls - dla)
+
+    # -- the prior p_T = N(0, sigma_T^2 I) -------------------------------------------------------
+    @property
+    def sigma_T(self) -> float:
+        return float(jnp.exp(self.log_sigma(jnp.asarray(self.t_max, dtype=float))))
+
+    def prior_sample(self, key: Array, shape) -> Array:
+        """Draw x_T ~ N(0, sigma_T^2 I); ``shape`` includes the batch axis: (N, *event_shape)."""
+        return self.sigma(self.t_max) * jax.random.normal(key, tuple(shape))
+
+    def prior_log_prob(self, x: Array) -> Array:
+        """log N(x; 0, sigma_T^2 I) summed over the event axes: (N, *shape) -> (N,).
+
+        This is the standard prior; it ignores the data term alpha_T E[x_0] and the data spread
+        alpha_T^2 Var[x_0], which are small for VP processes (alpha_T ~ 7e-3 at lambda_min = -10) but
+        not for VE/EDM unless sigma_max dominates the data scale (MATH.md section 1).
+        """
+        x = jnp.asarray(x)
+        d = math.prod(x.shape[1:])
+        var = self.sigma(self.t_max) ** 2
+        sq = jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1)
+        return -0.5 * d * jnp.log(2 * jnp.pi * var) - 0.5 * sq / var
+
+
+def _log_sigmoid(z):
+    return -jax.nn.softplus(-z)
+
+
+def _half_log1m_exp2(la):
+    """0.5 * log(1 - exp(2 la)) for la < 0 (sigma from alpha on variance-preserving paths)."""
+    return 0.5 * jnp.log(-jnp.expm1(2.0 * la))
+
+
+class VP(Process):
+    """Variance preserving, log-SNR linear in t on [0, 1]:
+    lambda_t = lambda_max + (lambda_min - lambda_max) t, alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda).
+    """
+
+    lambda_min: float = eqx.field(static=True)
+    lambda_max: float = eqx.field(static=True)
+
+    def __init__(self, lambda_min: float = -10.0, lambda_max: float = 10.0):
+        check_param(lambda_min < lambda_max, "lambda_min", f"must be below lambda_max ({lambda_min} >= {lambda_max})")
+        self.lambda_min, self.lambda_max = float(lambda_min), float(lambda_max)
+        self.t_min, self.t_max = 0.0, 1.0
+
+    def _lam(self, t):
+        return self.lambda_max + (self.lambda_min - self.lambda_max) * t
+
+    def log_alpha(self, t):
+        return 0.5 * _log_sigmoid(self._lam(t))
+
+    def log_sigma(self, t):
+        return 0.5 * _log_sigmoid(-self._lam(t))
+
+
+class VPLinear(Process):
+    """Variance preserving with linear beta (DDPM / score-SDE):
+    log alpha_t = -1/2 (beta_min t + 1/2 (beta_max - beta_min) t^2), sigma = sqrt(1 - alpha^2), t in [t_min, 1].
+    """
+
+    beta_min: float = eqx.field(static=True)
+    beta_max: float = eqx.field(static=True)
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3):
+        check_param(0 < beta_min <= beta_max, "beta_min", f"need 0 < beta_min <= beta_max, got {beta_min}, {beta_max}")
+        check_param(0 < t_min < 1, "t_min", f"must lie in (0, 1) (sigma is 0 at t = 0), got {t_min}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.t_min, self.t_max = float(t_min), 1.0
+
+    def log_alpha(self, t):
+        return -0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2)
+
+    def log_sigma(self, t):
+        return _half_log1m_exp2(self.log_alpha(t))
+
+
+class VPCosine(Process):
+    """Variance preserving cosine schedule (Nichol & Dhariwal):
+    alpha_t = cos(pi/2 (t+s)/(1+s)) / cos(pi/2 s/(1+s)), sigma = sqrt(1 - alpha^2).
+    alpha reaches 0 at t = 1, so t_max < 1 (default 0.999, where lambda ~ -12.9).
+    """
+
+    s: float = eqx.field(static=True)
+
+    def __init__(self, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.999):
+        check_param(0 < t_min < t_max < 1, "t_max", f"need 0 < t_min < t_max < 1, got {t_min}, {t_max}")
+        self.s, self.t_min, self.t_max = float(s), float(t_min), float(t_max)
+
+    def log_alpha(self, t):
+        s = self.s
+        return jnp.log(jnp.cos(0.5 * jnp.pi * (t + s) / (1 + s))) - math.log(math.cos(0.5 * math.pi * s / (1 + s)))
+
+    def log_sigma(self, t):
+        return _half_log1m_exp2(self.log_alpha(t))
+
+
+class VE(Process):
+    """Variance exploding: alpha = 1, sigma_t = sigma_min (sigma_max / sigma_min)^t, t in [0, 1]."""
+
+    sigma_min: float = eqx.field(static=True)
+    sigma_max: float = eqx.field(static=True)
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        check_param(0 < sigma_min < sigma_max, "sigma_min", f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.t_min, self.t_max = 0.0, 1.0
+
+    def log_alpha(self, t):
+        return jnp.zeros_like(t)
+
+    def log_sigma(self, t):
+        return math.log(self.sigma_min) + t * math.log(self.sigma_max / self.sigma_min)
+
+
+class EDM(Process):
+    """EDM (Karras et al.): alpha = 1, sigma_t = t, t in [sigma_min, sigma_max] = [0.002, 80]."""
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        check_param(0 < sigma_min < sigma_max, "sigma_min", f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.t_min, self.t_max = float(sigma_min), float(sigma_max)
+
+    def log_alpha(self, t):
+        return jnp.zeros_like(t)
+
+    def log_sigma(self, t):
+        return jnp.log(t)
+
+
+class LinearFlow(Process):
+    """Linear interpolant (rectified flow / flow matching): alpha = 1 - t, sigma = t, t in [eps, 1 - eps]."""
+
+    eps: float = eqx.field(static=True)
+
+    def __init__(self, eps: float = 1e-3):
+        check_param(0 < eps < 0.5, "eps", f"must lie in (0, 0.5), got {eps}")
+        self.eps = float(eps)
+        self.t_min, self.t_max = self.eps, 1.0 - self.eps
+
+    def log_alpha(self, t):
+        return jnp.log1p(-t)
+
+    def log_sigma(self, t):
+        return jnp.log(t)
+
+
+ALL_PROCESSES = (VP, VPLinear, VPCosine, VE, EDM, LinearFlow)

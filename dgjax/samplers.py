@@ -1,0 +1,178 @@
+"""Samplers and ``dg.sample``: ODE sampling from noise to data with the log-density tracked.
+
+A sampler is a small immutable config object. ODE samplers describe their dynamics as one or more
+*phases* ``(t_from, t_to, velocity)``; ``velocity(coeffs, x, s, t=..., div_u=...) -> dx/dt`` gets
+the score value already computed at (x, t), so a sampler that only rescales the score costs no extra
+evaluation. ``dg.sample`` integrates each phase with diffrax, with the augmented state
+``(x, log p per probe)`` when ``track_logp`` (MATH.md section 4(a)/(b)).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from . import dynamics as dyn
+from ._checks import check_batch, check_finite, check_per_sample, check_score_fn, check_time, is_concrete
+from .divergence import DivergenceEstimator, Hutchinson
+from .solve import solve
+
+Array = jax.Array
+
+
+class Sample(eqx.Module):
+    """What ``dg.sample`` returns.
+
+    x: (N, *shape) samples at t_end (default t_min).
+    logp: (N,) tracked log p_{t_end}(x) (None unless ``track_logp``).
+    logp_T: (N,) log p_T(x_T) the tracking started from (None unless ``track_logp``).
+    logp_stderr: (N,) standard error of ``logp`` across Hutchinson probes (0 for one probe or Exact).
+    nfe: score evaluations per sample (a JVP of the score counts as one more); -1 if the solver's
+      evaluation count is unknown.
+    num_steps: solver steps taken (accepted and rejected), summed over phases.
+    """
+
+    x: Array
+    logp: Array | None
+    logp_T: Array | None
+    logp_stderr: Array | None
+    nfe: Array
+    num_steps: Array
+
+
+class ODESampler(eqx.Module):
+    """Base of the deterministic samplers."""
+
+    # True when the velocity needs div u even without tracking (density guidance with a custom rate).
+    needs_divergence: bool = eqx.field(static=True, default=False, init=False)
+
+    def prepare(self, process, x_T):
+        """Transform the starting latent (e.g. rescale it); default: unchanged."""
+        return x_T
+
+    def phases(self, process, t_start: float, t_end: float):
+        raise NotImplementedError
+
+
+class PFODE(ODESampler):
+    """The probability-flow ODE dx/dt = f x - 1/2 g^2 s (MATH 3); log-density rate -div u (MATH 4(a))."""
+
+    def phases(self, process, t_start, t_end):
+        return [(t_start, t_end, dyn.pf_velocity)]
+
+
+class ODE(ODESampler):
+    """User dynamics dx/dt = drift(x, t, s) with the log-density tracked by MATH 4(b):
+    d/dt log p_t(x_t) = -div u + s . (v - u).
+
+    ``drift(x (N, *shape), t scalar, s (N, *shape)) -> v (N, *shape)`` receives the score at (x, t)
+    (already evaluated, so using it costs nothing). ``nfe`` counts only the score evaluations dgjax
+    makes: a drift that calls other networks adds its own.
+    """
+
+    drift: Callable
+
+    def phases(self, process, t_start, t_end):
+        drift = self.drift
+
+        def velocity(coeffs, x, s, *, t, **_):
+            v = drift(x, t, s)
+            if getattr(v, "shape", None) != x.shape:
+                raise ValueError(f"drift: returned shape {getattr(v, 'shape', type(v))} for x of shape {x.shape}; "
+                                 f"it must return dx/dt like x")
+            return v
+
+        return [(t_start, t_end, velocity)]
+
+
+def _ode_vector_field(score, process, divergence, track: bool, needs_div: bool, velocity):
+    """The diffrax vector field of one phase: plain (y = x) or augmented (y = (x, logp (P, N)))."""
+
+    def vf(t, y, probes):
+        if track:
+            x, _ = y
+            return dyn.augmented_rate(score, process, x, t, divergence, probes, velocity)
+        x = y
+        coeffs = process.coefficients(jnp.asarray(t, dtype=x.dtype))
+        if needs_div:
+            s, lap = dyn.score_and_laplacian(score, x, t, divergence, probes)
+            div_u = jnp.mean(dyn.pf_divergence(coeffs, lap, x[0].size), axis=0)
+        else:
+            s, div_u = score(x, t), None
+        return velocity(coeffs, x, s, t=t, div_u=div_u)
+
+    return vf
+
+
+def sample(score: Callable, process, x_T, *, sampler=None, key=None, track_logp: bool = False,
+           divergence: DivergenceEstimator | None = None, solver=None, steps: int | None = None,
+           rtol: float | None = None, atol: float | None = None, logp_T=None,
+           t_start: float | None = None, t_end: float | None = None, adjoint=None,
+           max_steps: int | None = None) -> Sample:
+    """Integrate a sampler from ``x_T`` at t_start (default t_max) down to t_end (default t_min).
+
+    Args:
+      score: pure ``score(x (N, *shape), t) -> like x``.
+      process: the forward process (``dg.VP()`` etc.).
+      x_T: (N, *shape) starting latents (finite).
+      sampler: ``dg.PFODE()`` (default), ``dg.ODE(drift)``, or a guidance sampler.
+      key: PRNG key; needed for Hutchinson probes when tracking (one key per sample is split from it).
+      track_logp: integrate log p_t(x_t) along the path (MATH 4) and return it in ``Sample.logp``.
+      divergence: ``dg.Hutchinson(num_probes=1)`` (default) or ``dg.Exact()``.
+      solver: any diffrax ODE solver (default ``diffrax.Tsit5()``).
+      steps: number of constant steps; or ``rtol``/``atol`` for the adaptive PID controller
+        (default adaptive, rtol = atol = 1e-5).
+      logp_T: (N,) log-density of x_T to start from; default the prior ``process.prior_log_prob``.
+      adjoint: a diffrax adjoint for gradients (default: diffrax's recursive checkpointing).
+
+    Returns: ``dg.Sample`` (x, logp, logp_T, logp_stderr, nfe, num_steps).
+    """
+    sampler = PFODE() if sampler is None else sampler
+    if not isinstance(sampler, ODESampler):
+        raise ValueError(f"sampler: expected a dgjax sampler such as dg.PFODE(); got {sampler!r}")
+    divergence = Hutchinson() if divergence is None else divergence
+    x_T = check_finite(check_batch(x_T, "x_T"), "x_T")
+    t_start = process.t_max if t_start is None else t_start
+    t_end = process.t_min if t_end is None else t_end
+    check_time(process, t_start, "t_start")
+    check_time(process, t_end, "t_end")
+    if is_concrete(jnp.asarray(t_start)) and is_concrete(jnp.asarray(t_end)) and not float(t_end) < float(t_start):
+        raise ValueError(f"t_end: sampling runs from noise to data, so t_end must be below t_start; got {t_end} >= {t_start}")
+    check_score_fn(score, x_T, jnp.asarray(t_start, dtype=x_T.dtype))
+    x = sampler.prepare(process, x_T)
+    return _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, solver, steps, rtol,
+                           atol, logp_T, t_start, t_end, adjoint, max_steps)
+
+
+def _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, solver, steps, rtol, atol,
+                    logp_T, t_start, t_end, adjoint, max_steps) -> Sample:
+    n, dim = x.shape[0], x[0].size
+    needs_div = sampler.needs_divergence
+    use_div = track_logp or needs_div
+    probes = divergence.draw(key, x) if use_div else None
+    p = 1 if probes is None else probes.shape[0]
+    if track_logp:
+        logp_T = process.prior_log_prob(x) if logp_T is None else check_per_sample(logp_T, n, "logp_T")
+        logp_T = logp_T.astype(x.dtype)
+        y = (x, jnp.broadcast_to(logp_T, (p, n)))
+    else:
+        y = x
+    phases = sampler.phases(process, t_start, t_end)
+    total_span = abs(t_start - t_end)
+    nfe_per_eval = 1 + (divergence.num_jvps(dim) if use_div else 0)
+    nfe, num_steps = jnp.asarray(0), jnp.asarray(0)
+    for t0, t1, velocity in phases:
+        phase_steps = None if steps is None else max(1, round(steps * abs(t0 - t1) / total_span))
+        vf = _ode_vector_field(score, process, divergence, track_logp, needs_div, velocity)
+        y, evals, stats = solve(vf, y, t0, t1, args=probes, solver=solver, steps=phase_steps, rtol=rtol,
+                                atol=atol, adjoint=adjoint, max_steps=max_steps)
+        nfe = jnp.where((evals < 0) | (nfe < 0), -1, nfe + nfe_per_eval * evals)
+        num_steps = num_steps + stats["num_steps"]
+    if track_logp:
+        x_out, logp_probes = y
+        logp, stderr = dyn.mean_and_stderr(logp_probes)
+        return Sample(x_out, logp, logp_T, stderr, nfe, num_steps)
+    return Sample(y, None, None, None, nfe, num_steps)
