@@ -8,8 +8,8 @@ stack of per-probe trace estimates of shape (P, N):
   tests, 2-D toys, D <= ~100; memory N * D^2).
 - ``Hutchinson(K)``: P = K rows ``v_k^T J v_k``, v Rademacher (default) or standard Gaussian; each
   row is an unbiased estimate of tr J, their mean is the estimate and their spread gives its standard
-  error. Probes are drawn once per solve, one key per sample (so sample i's probes do not depend on the
-  batch it is in), and held fixed along the path: the augmented ODE stays a smooth vector field that
+  error. Probes are drawn once per solve, one key per sample (``split(key, N)``; with JAX's default
+  partitionable threefry, sample i's probes do not depend on the batch size), and held fixed along the path: the augmented ODE stays a smooth vector field that
   adaptive solvers can step.
 
 ``fn`` must act per sample (row i of the output depends only on row i of the input), as every score
