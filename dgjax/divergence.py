@@ -39,8 +39,14 @@ class DivergenceEstimator(eqx.Module):
     def num_jvps(self, dim: int) -> int:
         raise NotImplementedError
 
-    def value_and_traces(self, fn: Callable[[Array], Array], x: Array, probes) -> tuple[Array, Array]:
+    def quadratic_traces(self, quad: Callable[[Array], Array], x: Array, probes) -> Array:
+        """Estimates (P, N) of tr A from a per-sample quadratic form ``quad(z) = z^T A z`` -> (N,)."""
         raise NotImplementedError
+
+    def value_and_traces(self, fn: Callable[[Array], Array], x: Array, probes) -> tuple[Array, Array]:
+        """(fn(x), trace estimates of J_fn(x) (P, N)): one primal evaluation and the probes' JVPs."""
+        y, jvp = jax.linearize(fn, x)
+        return y, self.quadratic_traces(lambda z: batch_dot(z, jvp(z)), x, probes)
 
     def trace(self, fn, x, probes=None):
         """The estimate of tr J_fn(x) per sample, (N,): the mean over probes."""
@@ -56,17 +62,12 @@ class Exact(DivergenceEstimator):
     def num_jvps(self, dim: int) -> int:
         return dim
 
-    def value_and_traces(self, fn, x, probes=None):
-        n, shape = x.shape[0], x.shape[1:]
-        d = x[0].size
-        y, jvp = jax.linearize(fn, x)
+    def quadratic_traces(self, quad, x, probes=None):
+        shape, d = x.shape[1:], x[0].size
         basis = jnp.reshape(jnp.eye(d, dtype=x.dtype), (d, 1) + shape)
-
-        def diag_entry(e):  # e: (1, *shape), the same basis vector in every row
-            return batch_dot(jnp.broadcast_to(e, x.shape), jvp(jnp.broadcast_to(e, x.shape)))
-
-        tr = jnp.sum(jax.lax.map(diag_entry, basis, batch_size=min(d, 256)), axis=0)
-        return y, tr[None, :]
+        # e: (1, *shape), the same basis vector in every row -> the i-th diagonal entry of every sample
+        diag = jax.lax.map(lambda e: quad(jnp.broadcast_to(e, x.shape)), basis, batch_size=min(d, 256))
+        return jnp.sum(diag, axis=0)[None, :]
 
 
 class Hutchinson(DivergenceEstimator):
@@ -102,8 +103,7 @@ class Hutchinson(DivergenceEstimator):
             draw = lambda k: jax.random.normal(k, shape, dtype=x.dtype)  # noqa: E731
         return jnp.moveaxis(jax.vmap(draw)(keys), 1, 0)
 
-    def value_and_traces(self, fn, x, probes):
+    def quadratic_traces(self, quad, x, probes):
         if probes is None:
             raise ValueError("probes: Hutchinson needs probes drawn with .draw(key, x)")
-        y, jvp = jax.linearize(fn, x)
-        return y, jax.vmap(lambda v: batch_dot(v, jvp(v)))(probes)
+        return jax.vmap(quad)(probes)

@@ -54,6 +54,8 @@ def vf_evals_per_solve(solver, num_steps) -> jax.Array:
     """
     if isinstance(solver, dfx.Euler):
         return num_steps
+    if isinstance(solver, dfx.ReversibleHeun):  # one evaluation per step, plus one at the start
+        return 1 + num_steps
     tableau = getattr(solver, "tableau", None)
     if isinstance(solver, dfx.AbstractRungeKutta) and tableau is not None and hasattr(tableau, "c"):
         stages = len(tableau.c) + 1
@@ -63,10 +65,9 @@ def vf_evals_per_solve(solver, num_steps) -> jax.Array:
     return jnp.asarray(-1)
 
 
-def solve(vector_field: Callable, y0: Any, t0: float, t1: float, *, args: Any = None, solver=None,
-          steps: int | None = None, rtol: float | None = None, atol: float | None = None, adjoint=None,
-          max_steps: int | None = None):
-    """Integrate dy/dt = vector_field(t, y, args) from t0 to t1 (t1 < t0 integrates backward in t).
+def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, solver=None, steps: int | None = None,
+               rtol: float | None = None, atol: float | None = None, adjoint=None, max_steps: int | None = None):
+    """One ``diffrax.diffeqsolve`` of ``term`` from t0 to t1 with dgjax's controller choice.
 
     Returns (y1, num_vf_evals, stats) with stats diffrax's statistics dictionary.
     """
@@ -74,9 +75,16 @@ def solve(vector_field: Callable, y0: Any, t0: float, t1: float, *, args: Any = 
     ctrl, dt0, default_max = controller(steps, rtol, atol, t0, t1)
     kwargs = {} if adjoint is None else {"adjoint": adjoint}
     sol = dfx.diffeqsolve(
-        dfx.ODETerm(vector_field), solver, t0=t0, t1=t1, dt0=dt0, y0=y0, args=args,
-        stepsize_controller=ctrl, saveat=dfx.SaveAt(t1=True),
-        max_steps=default_max if max_steps is None else max_steps, **kwargs,
+        term, solver, t0=t0, t1=t1, dt0=dt0, y0=y0, args=args, stepsize_controller=ctrl,
+        saveat=dfx.SaveAt(t1=True), max_steps=default_max if max_steps is None else max_steps, **kwargs,
     )
     y1 = jax.tree_util.tree_map(lambda leaf: leaf[-1], sol.ys)
     return y1, vf_evals_per_solve(solver, sol.stats["num_steps"]), sol.stats
+
+
+def solve(vector_field: Callable, y0: Any, t0: float, t1: float, **kwargs):
+    """Integrate the ODE dy/dt = vector_field(t, y, args) from t0 to t1 (t1 < t0 integrates backward in t).
+
+    Keyword arguments as ``solve_term``; returns (y1, num_vf_evals, stats).
+    """
+    return solve_term(dfx.ODETerm(vector_field), y0, t0, t1, **kwargs)
