@@ -3,6 +3,7 @@
 The specification is MATH.md (conventions, signs, formulas); the public names are listed in API.md.
 """
 
+from .alignment import Alignment, score_alignment
 from .divergence import DivergenceEstimator, Exact, Hutchinson
 from .likelihood import Likelihood, bits_per_dim, log_likelihood
 from .oracle import GaussianMixture, random_mixture
@@ -11,6 +12,7 @@ from .processes import EDM, VE, VP, LinearFlow, Process, VPCosine, VPLinear
 from .samplers import ODE, PFODE, ODESampler, Sample, sample
 
 __all__ = [
+    "Alignment", "score_alignment",
     "DivergenceEstimator", "Exact", "Hutchinson",
     "Likelihood", "bits_per_dim", "log_likelihood",
     "GaussianMixture", "random_mixture",

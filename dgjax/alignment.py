@@ -1,0 +1,281 @@
+"""Score alignment: push the prior score forward with the PF-ODE flow (MATH.md section 6).
+
+With the PF-ODE drift ``u_t(x) = f x - 1/2 g^2 s(x, t)`` and its flow map ``Phi`` from t_max down to
+``t_end``, the tangent ODE
+
+    dw/dt = J_u(x_t) w,        w_T = s_T(x_T)   (or any other starting direction, e.g. the prior score)
+
+solved together with ``x_t`` gives ``w_{t_end} = DPhi(x_T) w_T`` (one JVP of the score per evaluation).
+The *alignment* is
+
+    A(x_T) = <s_{t_end}(x_{t_end}), w_{t_end}> = d/de log p_{t_end}(Phi(x_T + e w_T)) at e = 0,
+
+the directional derivative of the decoded log-density along w_T. Score alignment holds at x_T when
+A > 0. With the Gaussian prior's score ``w_T = -x_T / sigma_T^2`` (``w_T="prior"``) this is exactly
+
+    d/dc log p_{t_end}(Phi(c x_T)) at c = 1  =  -sigma_T^2 A,
+
+so, where alignment holds, scaling the latent changes the decoded log-density in the same direction
+as it changes the prior's (``d/dc log p_T(c x_T) = -|x_T|^2 / sigma_T^2 < 0``).
+
+Score-free form (``score_free=True``): track ``omega_t = <s_t(x_t), w_t>`` instead, using
+
+    d omega / dt = -div_x(J_u(x) w) = 1/2 g^2 div_x(J_s(x) w)      (w held fixed inside the divergence),
+    omega_T = <s_T(x_T), w_T>  (= |s_T(x_T)|^2 by default),
+
+which follows from the Fokker-Planck equation when s is the score of the density u transports. The
+divergence of the JVP map is a second-order term (a JVP of a JVP: ``v^T d/dx(J_s(x) w) v``), estimated
+with ``dg.Hutchinson`` (default; probes drawn once per solve, one key per sample, held fixed along the
+path) or ``dg.Exact()`` (small D). The read-out never evaluates the score at t_end: omega comes from
+the drift along the path only. (The solver still evaluates the vector field at its own stages, which
+for Tsit5 include t_end as the first-same-as-last stage; with constant ``steps`` that value is not used
+at all, and a score that is NaN at t_end leaves the score-free result finite, as tested; an adaptive
+controller does use it in the error estimate of the last step.) The two forms agree up to solver
+error when s is an exact score (the oracle); for a learned score they differ by how far ``s_theta`` is
+from the score of the model's own PF-ODE density. The Hutchinson noise of the second-order term is
+heavy-tailed on the oracle (narrow components); ``redraw_probes`` (constant steps) averages it along
+the path. Costs against a plain PF-ODE solve: benchmarks/bench_alignment.py.
+
+NFE per sample (MATH 4 convention: a score evaluation is 1, a JVP of the score 1 more, and a JVP of a
+JVP 2 more, as it propagates both a first- and a second-order tangent):
+
+    score form:       [1 if w_T defaults to s_T] + 2 per vector-field evaluation + 1 (s at t_end)
+    score-free form:  1 (s_T for omega_T) + (2 + 2 K) per vector-field evaluation (K probes; K = D for Exact)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import dynamics as dyn
+from ._checks import batch_dot, check_batch, check_finite, check_score_fn, is_concrete
+from .divergence import DivergenceEstimator, Exact, Hutchinson
+from .solve import solve
+
+Array = jax.Array
+
+
+class Alignment(eqx.Module):
+    """What ``dg.score_alignment(..., return_details=True)`` returns.
+
+    value: (N,) the alignment <s_{t_end}(x_{t_end}), w_{t_end}> (score form), or the tracked omega
+      (score-free form: the mean over Hutchinson probes).
+    cosine: (N,) cosine of the angle between s_{t_end}(x_{t_end}) and w_{t_end} (score form only;
+      None in the score-free form, which never evaluates s at t_end).
+    aligned_fraction: scalar, the fraction of the batch where alignment holds (value > 0).
+    x_end: (N, *shape) the PF-ODE solution at t_end.
+    w_end: (N, *shape) the pushed-forward direction DPhi(x_T) w_T.
+    w_T: (N, *shape) the starting direction that was pushed forward.
+    stderr: (N,) standard error of the score-free value across probes (0 for one probe, Exact, or the
+      score form).
+    nfe: score evaluations per sample (JVPs counted as in the module docstring); -1 if the solver's
+      evaluation count is unknown.
+    num_steps: solver steps taken (accepted and rejected).
+    """
+
+    value: Array
+    cosine: Array | None
+    aligned_fraction: Array
+    x_end: Array
+    w_end: Array
+    w_T: Array
+    stderr: Array
+    nfe: Array
+    num_steps: Array
+
+
+def _flat_norm(a):
+    return jnp.sqrt(batch_dot(a, a))
+
+
+def _tangent_field(score: Callable, process):
+    """(dx/dt, dw/dt) = (u(x), J_u(x) w): one score evaluation and one JVP along w."""
+
+    def vf(t, y, args):
+        x, w = y
+        coeffs = process.coefficients(jnp.asarray(t, dtype=x.dtype))
+        s, js_w = jax.jvp(lambda z: score(z, t), (x,), (w,))
+        # J_u w = f w - 1/2 g^2 J_s w has the same form as the drift itself.
+        return dyn.pf_drift(coeffs, x, s), dyn.pf_drift(coeffs, w, js_w)
+
+    return vf
+
+
+def _second_order_traces(inner: Callable, x, probes):
+    """(s, J_s w, traces (P, N)) with traces the per-probe ``v^T d/dx(J_s(x) w) v``.
+
+    ``inner(z) = (s(z), J_s(z) w)``; one forward-over-forward pass per probe gives s, J_s w and the
+    mixed second-order term together (under vmap, s and J_s w do not depend on the probe and are
+    computed once). ``probes`` (K, N, *shape) are Hutchinson's; None means exact: the D basis vectors,
+    summed (chunked with ``lax.map``; memory N * D per chunk entry).
+    """
+
+    def one(v):
+        (s, js_w), (_, mixed) = jax.jvp(inner, (x,), (v,))
+        return s, js_w, batch_dot(v, mixed)
+
+    if probes is not None:
+        if probes.shape[0] == 1:
+            s, js_w, tr = one(probes[0])
+            return s, js_w, tr[None]
+        return jax.vmap(one, out_axes=(None, None, 0))(probes)
+    d = x[0].size
+    basis = jnp.reshape(jnp.eye(d, dtype=x.dtype), (d, 1) + x.shape[1:])
+    diag = jax.lax.map(lambda e: one(jnp.broadcast_to(e, x.shape))[2], basis, batch_size=min(d, 64))
+    s, js_w = inner(x)
+    return s, js_w, jnp.sum(diag, axis=0)[None]
+
+
+def _score_free_field(score: Callable, process, divergence: DivergenceEstimator, redraw: bool, t_span):
+    """(dx/dt, dw/dt, d omega/dt per probe (P, N)), with d omega/dt = 1/2 g^2 div_x(J_s(x) w).
+
+    ``args`` is the fixed probes (None for ``dg.Exact``), or (``redraw``) a key from which fresh probes
+    are drawn at each evaluation time (folded in from t, so every distinct stage time gets its own).
+    """
+    t_hi, t_lo = t_span
+
+    def vf(t, y, args):
+        x, w, _ = y
+        if redraw:
+            tick = jnp.floor((jnp.asarray(t) - t_lo) / (t_hi - t_lo) * 2.0**30).astype(jnp.int32)
+            probes = divergence.draw(jax.random.fold_in(args, tick), x)
+        else:
+            probes = args
+        coeffs = process.coefficients(jnp.asarray(t, dtype=x.dtype))
+        # z -> (s(z), J_s(z) w): w is a constant inside (held fixed in the divergence).
+        inner = lambda z: jax.jvp(lambda q: score(q, t), (z,), (w,))  # noqa: E731
+        s, js_w, traces = _second_order_traces(inner, x, probes)
+        _, _, _, g2 = coeffs
+        return dyn.pf_drift(coeffs, x, s), dyn.pf_drift(coeffs, w, js_w), 0.5 * g2 * traces
+
+    return vf
+
+
+def _check_t_end(process, t_end) -> float:
+    """t_end must be a concrete scalar strictly inside (t_min, t_max): the solve's span is static."""
+    if not is_concrete(t_end):
+        raise ValueError("t_end must be a concrete number (a Python float), not a traced value: the solve's "
+                         "time span is static; close over it instead of passing it through jit")
+    if np.ndim(t_end) != 0:
+        raise ValueError(f"t_end must be a scalar time in ({process.t_min}, {process.t_max}); "
+                         f"got shape {np.shape(t_end)}")
+    t = float(t_end)
+    if not process.t_min < t < process.t_max:  # also rejects NaN
+        raise ValueError(f"t_end must lie in ({process.t_min}, {process.t_max}), the time range of "
+                         f"{type(process).__name__} without its ends (t_max: nothing to push forward); got {t}")
+    return t
+
+
+def _prepare_w_T(w_T, x_T, process):
+    if isinstance(w_T, str):
+        if w_T != "prior":
+            raise ValueError(f"w_T: expected None (the score s_T(x_T)), 'prior' (-x_T / sigma_T^2) or an array "
+                             f"like x_T; got {w_T!r}")
+        sigma_T = process.sigma(jnp.asarray(process.t_max, dtype=x_T.dtype))
+        return -x_T / sigma_T**2
+    w_T = jnp.asarray(w_T)
+    if w_T.shape != x_T.shape:
+        raise ValueError(f"w_T must have the shape of x_T, {tuple(x_T.shape)}; got {tuple(w_T.shape)}")
+    if not jnp.issubdtype(w_T.dtype, jnp.floating):
+        raise ValueError(f"w_T must be a floating-point array; got dtype {w_T.dtype}")
+    return check_finite(w_T.astype(x_T.dtype), "w_T")
+
+
+def score_alignment(score: Callable, process, x_T, t_end, *, key=None, score_free: bool = False,
+                    w_T=None, divergence: DivergenceEstimator | None = None, solver=None,
+                    steps: int | None = None, rtol: float | None = None, atol: float | None = None,
+                    redraw_probes: bool = False, return_details: bool = False, adjoint=None,
+                    max_steps: int | None = None):
+    """Score alignment <s_{t_end}(x_{t_end}), w_{t_end}> of latents x_T (MATH.md section 6).
+
+    Solves the PF-ODE together with its tangent ODE dw/dt = J_u(x_t) w from t_max down to ``t_end``
+    (one ``diffrax.diffeqsolve``), starting from ``w_T``, and reads out the inner product with the score
+    at t_end; or, with ``score_free=True``, tracks omega_t = <s_t(x_t), w_t> by its score-free rate
+    -div_x(J_u(x) w) and never evaluates the score at t_end. See the module docstring for the formulas
+    and the NFE count.
+
+    Args:
+      score: pure ``score(x (N, *shape), t) -> like x``.
+      process: the forward process (``dg.VP()`` etc.).
+      x_T: (N, *shape) latents at t_max (finite).
+      t_end: scalar time strictly inside (t_min, t_max) where alignment is measured.
+      key: PRNG key for the Hutchinson probes (score-free form only; one key per sample is split off).
+      score_free: track omega instead of evaluating s at t_end.
+      w_T: the direction to push forward: None (default) the score ``s_T(x_T)`` at t_max; ``"prior"``
+        the Gaussian prior's score ``-x_T / sigma_T^2`` (then ``-sigma_T^2 * value`` is exactly
+        d/dc log p_{t_end}(Phi(c x_T)) at c = 1); or an array like x_T. In the score-free form omega
+        starts from ``<s_T(x_T), w_T>`` with the given score at t_max.
+      divergence: estimator of div_x(J_s(x) w) for the score-free form: ``dg.Hutchinson(K)`` (default
+        K = 1; K second-order JVPs per evaluation) or ``dg.Exact()`` (D of them; small D).
+      redraw_probes: score-free form with constant ``steps`` only: draw fresh Hutchinson probes at every
+        vector-field evaluation instead of once per solve (MATH 4 allows it for fixed-step solvers).
+        omega does not feed back into x or w, so its solve is a quadrature of unbiased estimates: it
+        stays unbiased, and the noise of the evaluations averages instead of adding up coherently along
+        one probe. Each evaluation's noise is weighted by the solver's own weights, so use it with
+        positive-weight solvers (``diffrax.Euler()``, ``Heun()``): Tsit5's weights (up to -3.3) amplify
+        it. Oracle, D = 64, one probe, the same NFE (benchmarks/bench_alignment.py): median relative
+        error against the score form 1.4% fixed (Tsit5 x 64), 2.2% redrawn with Tsit5 x 64, 0.25%
+        redrawn with Euler x 384.
+      solver, steps, rtol, atol, adjoint, max_steps: as in ``dg.sample`` (default adaptive Tsit5 with
+        rtol = atol = 1e-5; the error norm weighs x, w and omega equally).
+      return_details: return a ``dg.Alignment`` (value, cosine, aligned_fraction, x_end, w_end, w_T,
+        stderr, nfe, num_steps) instead of the (N,) value.
+
+    Returns: the alignment, shape (N,); or ``dg.Alignment`` when ``return_details``.
+    Alignment holds at x_T where the value is > 0 (``Alignment.aligned_fraction`` over the batch).
+    """
+    x_T = check_finite(check_batch(x_T, "x_T"), "x_T")
+    t_end = _check_t_end(process, t_end)
+    t_max = process.t_max
+    if divergence is None:
+        divergence = Hutchinson()
+    elif not isinstance(divergence, (Exact, Hutchinson)):  # the second-order traces are computed here
+        raise ValueError(f"divergence: expected dg.Hutchinson(...) or dg.Exact(); got {divergence!r}")
+    t_T = jnp.asarray(t_max, dtype=x_T.dtype)
+    check_score_fn(score, x_T, t_T)
+    n, dim = x_T.shape[0], x_T[0].size
+
+    nfe_init = 0
+    s_T = None
+    if w_T is None or score_free:
+        s_T = score(x_T, t_T)
+        nfe_init = 1
+    w0 = s_T if w_T is None else _prepare_w_T(w_T, x_T, process)
+
+    if score_free:
+        probes = divergence.draw(key, x_T)
+        p = 1 if probes is None else probes.shape[0]
+        redraw = redraw_probes and probes is not None  # Exact has no probes to redraw
+        if redraw and steps is None:
+            raise ValueError("redraw_probes: fresh probes per evaluation need constant steps (pass steps=...); "
+                             "an adaptive controller cannot step a vector field that changes at random")
+        omega_T = batch_dot(s_T, w0)
+        y0 = (x_T, w0, jnp.broadcast_to(omega_T, (p, n)))
+        (x_end, w_end, omega), evals, stats = solve(
+            _score_free_field(score, process, divergence, redraw, (t_max, t_end)), y0, t_max, t_end,
+            args=jax.random.fold_in(key, 1) if redraw else probes, solver=solver,
+            steps=steps, rtol=rtol, atol=atol, adjoint=adjoint, max_steps=max_steps)
+        value, stderr = dyn.mean_and_stderr(omega)
+        cosine = None
+        per_eval, nfe_final = 2 + 2 * divergence.num_jvps(dim), 0
+    else:
+        (x_end, w_end), evals, stats = solve(
+            _tangent_field(score, process), (x_T, w0), t_max, t_end, solver=solver, steps=steps, rtol=rtol,
+            atol=atol, adjoint=adjoint, max_steps=max_steps)
+        s_end = score(x_end, jnp.asarray(t_end, dtype=x_T.dtype))
+        value = batch_dot(s_end, w_end)
+        denom = _flat_norm(s_end) * _flat_norm(w_end)
+        cosine = jnp.where(denom > 0, value / jnp.where(denom > 0, denom, 1.0), 0.0)
+        stderr = jnp.zeros_like(value)
+        per_eval, nfe_final = 2, 1
+
+    if not return_details:
+        return value
+    nfe = jnp.where(evals < 0, -1, nfe_init + per_eval * evals + nfe_final)
+    return Alignment(value=value, cosine=cosine, aligned_fraction=jnp.mean(value > 0), x_end=x_end,
+                     w_end=w_end, w_T=w0, stderr=stderr, nfe=nfe, num_steps=stats["num_steps"])
