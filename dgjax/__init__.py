@@ -5,6 +5,7 @@ The specification is MATH.md (conventions, signs, formulas); the public names ar
 
 from .alignment import Alignment, score_alignment
 from .divergence import DivergenceEstimator, Exact, Hutchinson
+from .guidance import DensityGuidance, HighDensity, prior_guidance, typicality
 from .likelihood import Likelihood, bits_per_dim, log_likelihood
 from .oracle import GaussianMixture, random_mixture
 from .parametrizations import score_from, score_to
@@ -14,6 +15,7 @@ from .samplers import ODE, PFODE, ODESampler, Sample, sample
 __all__ = [
     "Alignment", "score_alignment",
     "DivergenceEstimator", "Exact", "Hutchinson",
+    "DensityGuidance", "HighDensity", "prior_guidance", "typicality",
     "Likelihood", "bits_per_dim", "log_likelihood",
     "GaussianMixture", "random_mixture",
     "score_from", "score_to",

@@ -29,11 +29,13 @@ def check_finite(x, name: str):
     """Return ``x``; raise (eagerly, or at run time under jit) if it has NaN or inf entries."""
     x = jnp.asarray(x)
     msg = f"{name} contains non-finite values (NaN or inf); pass finite arrays (check the upstream computation)"
-    if is_concrete(x):
-        if not bool(jnp.all(jnp.isfinite(x))):
+    bad = ~jnp.all(jnp.isfinite(x))
+    # test the *result*: under jit, operations on a closed-over concrete array still give tracers
+    if is_concrete(bad):
+        if bool(bad):
             raise ValueError(msg)
         return x
-    return eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), msg)
+    return eqx.error_if(x, bad, msg)
 
 
 def check_time(process, t, name: str = "t", *, closed: bool = True):
@@ -47,11 +49,12 @@ def check_time(process, t, name: str = "t", *, closed: bool = True):
     else:
         bad = (t <= lo) | (t >= hi) | ~jnp.isfinite(t)
     msg = f"{name} must lie in {rng}, the time range of {type(process).__name__}"
-    if is_concrete(t):
-        if bool(jnp.any(bad)):
+    any_bad = jnp.any(bad)
+    if is_concrete(any_bad):  # the result, not t: see check_finite
+        if bool(any_bad):
             raise ValueError(f"{msg}; got {t}")
         return t
-    return eqx.error_if(t, jnp.any(bad), msg)
+    return eqx.error_if(t, any_bad, msg)
 
 
 def check_batch(x, name: str = "x"):

@@ -125,7 +125,9 @@ def sample(score: Callable, process, x_T, *, sampler=None, key=None, track_logp:
       solver: any diffrax ODE solver (default ``diffrax.Tsit5()``).
       steps: number of constant steps; or ``rtol``/``atol`` for the adaptive PID controller
         (default adaptive, rtol = atol = 1e-5).
-      logp_T: (N,) log-density of x_T to start from; default the prior ``process.prior_log_prob``.
+      logp_T: (N,) log-density of x_T to start from, or a callable ``logp_T(x) -> (N,)`` evaluated at the
+        latent the sampler actually starts from (after ``sampler.prepare``, e.g. the median rescaling of
+        density guidance); default the prior ``process.prior_log_prob``.
       adjoint: a diffrax adjoint for gradients (default: diffrax's recursive checkpointing).
 
     Returns: ``dg.Sample`` (x, logp, logp_T, logp_stderr, nfe, num_steps).
@@ -155,7 +157,12 @@ def _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, sol
     probes = divergence.draw(key, x) if use_div else None
     p = 1 if probes is None else probes.shape[0]
     if track_logp:
-        logp_T = process.prior_log_prob(x) if logp_T is None else check_per_sample(logp_T, n, "logp_T")
+        if logp_T is None:
+            logp_T = process.prior_log_prob(x)
+        elif callable(logp_T):
+            logp_T = check_per_sample(logp_T(x), n, "logp_T(x)")
+        else:
+            logp_T = check_per_sample(logp_T, n, "logp_T")
         logp_T = logp_T.astype(x.dtype)
         y = (x, jnp.broadcast_to(logp_T, (p, n)))
     else:
