@@ -8,9 +8,11 @@ from .divergence import DivergenceEstimator, Exact, Hutchinson
 from .guidance import DensityGuidance, HighDensity, prior_guidance, typicality
 from .likelihood import Likelihood, bits_per_dim, log_likelihood
 from .oracle import GaussianMixture, random_mixture
+from .parallel import sample_sharded, shard_batch
 from .parametrizations import score_from, score_to
 from .processes import EDM, VE, VP, LinearFlow, Process, VPCosine, VPLinear
 from .samplers import ODE, PFODE, ODESampler, Sample, sample
+from .stochastic import SDE, ReverseSDE, SDESampler, StochasticDensityGuidance, noise_window, noise_window_log_snr
 
 __all__ = [
     "Alignment", "score_alignment",
@@ -18,8 +20,10 @@ __all__ = [
     "DensityGuidance", "HighDensity", "prior_guidance", "typicality",
     "Likelihood", "bits_per_dim", "log_likelihood",
     "GaussianMixture", "random_mixture",
+    "sample_sharded", "shard_batch",
     "score_from", "score_to",
     "EDM", "VE", "VP", "LinearFlow", "Process", "VPCosine", "VPLinear",
     "ODE", "PFODE", "ODESampler", "Sample", "sample",
+    "SDE", "ReverseSDE", "SDESampler", "StochasticDensityGuidance", "noise_window", "noise_window_log_snr",
 ]
 __version__ = "0.1.0"

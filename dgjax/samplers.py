@@ -19,6 +19,7 @@ from . import dynamics as dyn
 from ._checks import check_batch, check_finite, check_per_sample, check_score_fn, check_time, is_concrete
 from .divergence import DivergenceEstimator, Hutchinson
 from .solve import solve
+from .stochastic import SDESampler, run_sde
 
 Array = jax.Array
 
@@ -118,11 +119,14 @@ def sample(score: Callable, process, x_T, *, sampler=None, key=None, track_logp:
       score: pure ``score(x (N, *shape), t) -> like x``.
       process: the forward process (``dg.VP()`` etc.).
       x_T: (N, *shape) starting latents (finite).
-      sampler: ``dg.PFODE()`` (default), ``dg.ODE(drift)``, or a guidance sampler.
-      key: PRNG key; needed for Hutchinson probes when tracking (one key per sample is split from it).
+      sampler: ``dg.PFODE()`` (default), ``dg.ODE(drift)``, a guidance sampler, or a stochastic one
+        (``dg.ReverseSDE()``, ``dg.SDE(drift, diffusion)``, ``dg.StochasticDensityGuidance(q, noise)``).
+      key: PRNG key; needed for Hutchinson probes when tracking (one key per sample is split from it)
+        and for the Brownian path of stochastic samplers.
       track_logp: integrate log p_t(x_t) along the path (MATH 4) and return it in ``Sample.logp``.
       divergence: ``dg.Hutchinson(num_probes=1)`` (default) or ``dg.Exact()``.
-      solver: any diffrax ODE solver (default ``diffrax.Tsit5()``).
+      solver: any diffrax ODE solver (default ``diffrax.Tsit5()``); for SDE samplers ``diffrax.Euler()``
+        (Euler-Maruyama, the default) or a Stratonovich solver where the sampler allows it.
       steps: number of constant steps; or ``rtol``/``atol`` for the adaptive PID controller
         (default adaptive, rtol = atol = 1e-5).
       logp_T: (N,) log-density of x_T to start from, or a callable ``logp_T(x) -> (N,)`` evaluated at the
@@ -133,7 +137,7 @@ def sample(score: Callable, process, x_T, *, sampler=None, key=None, track_logp:
     Returns: ``dg.Sample`` (x, logp, logp_T, logp_stderr, nfe, num_steps).
     """
     sampler = PFODE() if sampler is None else sampler
-    if not isinstance(sampler, ODESampler):
+    if not isinstance(sampler, (ODESampler, SDESampler)):
         raise ValueError(f"sampler: expected a dgjax sampler such as dg.PFODE(); got {sampler!r}")
     divergence = Hutchinson() if divergence is None else divergence
     x_T = check_finite(check_batch(x_T, "x_T"), "x_T")
@@ -145,6 +149,11 @@ def sample(score: Callable, process, x_T, *, sampler=None, key=None, track_logp:
         raise ValueError(f"t_end: sampling runs from noise to data, so t_end must be below t_start; got {t_end} >= {t_start}")
     check_score_fn(score, x_T, jnp.asarray(t_start, dtype=x_T.dtype))
     x = sampler.prepare(process, x_T)
+    if isinstance(sampler, SDESampler):
+        logp0 = _initial_logp(process, x, logp_T) if track_logp else None
+        y, nfe, num_steps = run_sde(score, process, x, sampler, key, track_logp, divergence, solver, steps, rtol,
+                                    atol, logp0, t_start, t_end, adjoint, max_steps)
+        return _make_sample(y, logp0, nfe, num_steps, track_logp)
     return _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, solver, steps, rtol,
                            atol, logp_T, t_start, t_end, adjoint, max_steps)
 
@@ -157,13 +166,7 @@ def _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, sol
     probes = divergence.draw(key, x) if use_div else None
     p = 1 if probes is None else probes.shape[0]
     if track_logp:
-        if logp_T is None:
-            logp_T = process.prior_log_prob(x)
-        elif callable(logp_T):
-            logp_T = check_per_sample(logp_T(x), n, "logp_T(x)")
-        else:
-            logp_T = check_per_sample(logp_T, n, "logp_T")
-        logp_T = logp_T.astype(x.dtype)
+        logp_T = _initial_logp(process, x, logp_T)
         y = (x, jnp.broadcast_to(logp_T, (p, n)))
     else:
         y = x
@@ -178,6 +181,22 @@ def _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, sol
                                 atol=atol, adjoint=adjoint, max_steps=max_steps)
         nfe = jnp.where((evals < 0) | (nfe < 0), -1, nfe + nfe_per_eval * evals)
         num_steps = num_steps + stats["num_steps"]
+    return _make_sample(y, logp_T, nfe, num_steps, track_logp)
+
+
+def _initial_logp(process, x, logp_T):
+    """log p_T at the starting latent: the prior by default, an (N,) array, or a callable of x."""
+    n = x.shape[0]
+    if logp_T is None:
+        logp_T = process.prior_log_prob(x)
+    elif callable(logp_T):
+        logp_T = check_per_sample(logp_T(x), n, "logp_T(x)")
+    else:
+        logp_T = check_per_sample(logp_T, n, "logp_T")
+    return logp_T.astype(x.dtype)
+
+
+def _make_sample(y, logp_T, nfe, num_steps, track_logp) -> Sample:
     if track_logp:
         x_out, logp_probes = y
         logp, stderr = dyn.mean_and_stderr(logp_probes)
