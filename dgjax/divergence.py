@@ -106,4 +106,5 @@ class Hutchinson(DivergenceEstimator):
     def quadratic_traces(self, quad, x, probes):
         if probes is None:
             raise ValueError("probes: Hutchinson needs probes drawn with .draw(key, x)")
-        return jax.vmap(quad)(probes)
+        # the solver may promote the state (float32 x with float64 time under x64): follow x's dtype
+        return jax.vmap(lambda z: quad(z.astype(x.dtype)))(probes)

@@ -73,6 +73,10 @@ def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, solver=
     """
     solver = dfx.Tsit5() if solver is None else solver
     ctrl, dt0, default_max = controller(steps, rtol, atol, t0, t1)
+    # time in the state's precision: diffrax promotes the state to the time dtype (float64 under x64)
+    tdtype = jax.tree_util.tree_leaves(y0)[0].dtype
+    t0, t1 = jnp.asarray(t0, tdtype), jnp.asarray(t1, tdtype)
+    dt0 = None if dt0 is None else jnp.asarray(dt0, tdtype)
     kwargs = {} if adjoint is None else {"adjoint": adjoint}
     sol = dfx.diffeqsolve(
         term, solver, t0=t0, t1=t1, dt0=dt0, y0=y0, args=args, stepsize_controller=ctrl,

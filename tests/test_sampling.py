@@ -127,3 +127,14 @@ def test_untracked_has_no_logp():
     out = dg.sample(gm.score(p), p, p.prior_sample(jax.random.key(0), (4, 2)), steps=5)
     assert out.logp is None and out.logp_T is None
     assert int(out.nfe) == 1 + 6 * 5 and int(out.num_steps) == 5
+
+
+def test_float32_state_stays_float32_under_x64(x64):
+    """With x64 on, float32 latents keep float32 (time is cast to the state's precision), probes included."""
+    p = dg.VP()
+    gm = dg.random_mixture(jax.random.key(0), 2, (4,))
+    x = p.prior_sample(jax.random.key(1), (3, 4)).astype(jnp.float32)
+    for sampler in (dg.PFODE(), dg.ReverseSDE(scheme="stratonovich")):
+        out = dg.sample(gm.score(p), p, x, sampler=sampler, key=jax.random.key(2), track_logp=True, steps=1000)
+        assert out.x.dtype == out.logp.dtype == jnp.float32
+        assert int(out.num_steps) == 1000
