@@ -4,26 +4,32 @@ The specification is MATH.md (conventions, signs, formulas); the public names ar
 """
 
 from .alignment import Alignment, score_alignment
+from .data import DATASETS, Dataset, load_dataset
 from .divergence import DivergenceEstimator, Exact, Hutchinson
 from .guidance import DensityGuidance, HighDensity, prior_guidance, typicality
 from .likelihood import Likelihood, bits_per_dim, log_likelihood
+from .models import SHIPPED_MODELS, ArchitectureMismatch, ModelError, TrainedModel, load_model, save_model
 from .oracle import GaussianMixture, random_mixture
 from .parallel import sample_sharded, shard_batch
 from .parametrizations import score_from, score_to
 from .processes import EDM, VE, VP, LinearFlow, Process, VPCosine, VPLinear
 from .samplers import ODE, PFODE, ODESampler, Sample, sample
 from .stochastic import SDE, ReverseSDE, SDESampler, StochasticDensityGuidance, noise_window, noise_window_log_snr
+from .training import TrainConfig, train
 
 __all__ = [
     "Alignment", "score_alignment",
+    "DATASETS", "Dataset", "load_dataset",
     "DivergenceEstimator", "Exact", "Hutchinson",
     "DensityGuidance", "HighDensity", "prior_guidance", "typicality",
     "Likelihood", "bits_per_dim", "log_likelihood",
+    "SHIPPED_MODELS", "ArchitectureMismatch", "ModelError", "TrainedModel", "load_model", "save_model",
     "GaussianMixture", "random_mixture",
     "sample_sharded", "shard_batch",
     "score_from", "score_to",
     "EDM", "VE", "VP", "LinearFlow", "Process", "VPCosine", "VPLinear",
     "ODE", "PFODE", "ODESampler", "Sample", "sample",
     "SDE", "ReverseSDE", "SDESampler", "StochasticDensityGuidance", "noise_window", "noise_window_log_snr",
+    "TrainConfig", "train",
 ]
 __version__ = "0.1.0"

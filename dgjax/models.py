@@ -1,0 +1,416 @@
+"""Score networks (Flax linen), trained models, and the models shipped with dgjax.
+
+Networks predict the noise eps from ``(x_t, lambda_t)`` -- they are conditioned on the log-SNR
+``lambda_t = log(alpha_t^2 / sigma_t^2)``, not on t, so one network serves any parametrisation of time:
+
+* ``MLP``: for low-dimensional data (the 2-D toys): the flattened input concatenated with a sinusoidal
+  log-SNR embedding, ``depth`` SiLU layers of ``width``, a zero-initialised output layer.
+* ``UNet``: for images (channels last): residual blocks (GroupNorm, SiLU, 3x3 conv, the log-SNR embedding
+  added per channel, dropout), self-attention at the resolutions in ``attn_resolutions``, a middle block
+  with attention, skip connections, and a zero-initialised output convolution.
+
+``TrainedModel`` binds a network to its (EMA) parameters, its forward process and its config; its
+``.score`` is a pure ``score(x, t)`` made by ``dg.score_from(..., parametrization="eps")``, so every
+sampler, ``dg.log_likelihood`` and ``dg.score_alignment`` work on it unchanged.
+
+Files. A model is two files side by side: ``NAME.json`` (the config: architecture, shape, process, data
+set, training settings and results) and ``NAME.msgpack`` (the parameters, ``flax.serialization``). Both
+are written to a temporary name and renamed, so an interrupted write never leaves a half-written model.
+Loading checks the stored parameter tree against the architecture in the config and refuses a mismatch
+with an error naming the first differing entries.
+
+``dg.load_model(name_or_path)`` accepts a shipped name (``SHIPPED_MODELS``: ``digits``, ``patches``), a
+``.msgpack`` file (its ``.json`` beside it), a directory holding ``model.msgpack``/``model.json`` (what
+``dgjax train`` exports), or a training run directory (its latest orbax checkpoint; EMA parameters).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import flax.linen as nn
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .parametrizations import score_from
+from .processes import VP
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+SHIPPED_MODELS = ("digits", "patches")
+FORMAT = "dgjax-model-1"
+
+
+class ModelError(ValueError):
+    """A model or checkpoint that cannot be used: unknown name, missing, corrupt or mismatched files."""
+
+
+class ArchitectureMismatch(ModelError):
+    """Stored parameters do not fit the architecture the config describes."""
+
+
+# ------------------------------------------------------------------------------------------------------
+# networks
+# ------------------------------------------------------------------------------------------------------
+def logsnr_embedding(lam, dim: int, scale: float = 50.0):
+    """Sinusoidal embedding of the log-SNR: (N,) -> (N, dim); ``scale * lambda`` spans about +-500 on
+    lambda in [-10, 10], like the usual 0..1000 time-step embeddings."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+    args = (scale * lam.astype(jnp.float32))[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+def _broadcast_lam(lam, n):
+    lam = jnp.asarray(lam, jnp.float32)
+    return jnp.broadcast_to(lam, (n,)) if lam.ndim == 0 else lam
+
+
+class MLP(nn.Module):
+    """eps-predictor for flat low-dimensional data: x (N, *shape), lam (N,) -> (N, *shape)."""
+
+    width: int = 256
+    depth: int = 3
+    emb_dim: int = 64
+
+    @nn.compact
+    def __call__(self, x, lam, train: bool = False):
+        n, shape = x.shape[0], x.shape[1:]
+        lam = _broadcast_lam(lam, n)
+        emb = nn.Dense(self.width)(logsnr_embedding(lam, self.emb_dim))
+        h = jnp.concatenate([x.reshape(n, -1).astype(jnp.float32), nn.silu(emb)], axis=-1)
+        for _ in range(self.depth):
+            h = nn.silu(nn.Dense(self.width)(h))
+        out = nn.Dense(math.prod(shape), kernel_init=nn.initializers.zeros)(h)
+        return out.reshape(x.shape)
+
+
+def _groups(c):
+    for g in (8, 4, 2, 1):
+        if c % g == 0:
+            return g
+    return 1
+
+
+class ResBlock(nn.Module):
+    out_ch: int
+    dropout: float
+
+    @nn.compact
+    def __call__(self, x, emb, train: bool):
+        h = nn.silu(nn.GroupNorm(_groups(x.shape[-1]))(x))
+        h = nn.Conv(self.out_ch, (3, 3))(h)
+        h = h + nn.Dense(self.out_ch)(emb)[:, None, None, :]
+        h = nn.silu(nn.GroupNorm(_groups(self.out_ch))(h))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros)(h)
+        if x.shape[-1] != self.out_ch:
+            x = nn.Conv(self.out_ch, (1, 1))(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    num_heads: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        n, hh, ww, c = x.shape
+        h = nn.GroupNorm(_groups(c))(x).reshape(n, hh * ww, c)
+        h = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, out_kernel_init=nn.initializers.zeros)(h, h)
+        return x + h.reshape(n, hh, ww, c)
+
+
+class UNet(nn.Module):
+    """eps-predictor for images x (N, H, W, C) conditioned on the log-SNR lam (N,).
+
+    ``ch_mult[i] * channels`` channels at level i (resolution H / 2^i), ``num_res_blocks`` residual blocks
+    per level (one more on the way up), attention where the resolution is in ``attn_resolutions``.
+    """
+
+    channels: int = 32
+    ch_mult: Sequence[int] = (1, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: Sequence[int] = (4,)
+    dropout: float = 0.1
+    num_heads: int = 1
+
+    @nn.compact
+    def __call__(self, x, lam, train: bool = False):
+        n, res = x.shape[0], x.shape[1]
+        lam = _broadcast_lam(lam, n)
+        emb = logsnr_embedding(lam, self.channels)
+        emb = nn.Dense(4 * self.channels)(emb)
+        emb = nn.Dense(4 * self.channels)(nn.silu(emb))
+        emb = nn.silu(emb)
+        h = nn.Conv(self.channels, (3, 3))(x.astype(jnp.float32))
+        skips = [h]
+        for i, mult in enumerate(self.ch_mult):
+            for _ in range(self.num_res_blocks):
+                h = ResBlock(self.channels * mult, self.dropout)(h, emb, train)
+                if res in self.attn_resolutions:
+                    h = AttnBlock(self.num_heads)(h)
+                skips.append(h)
+            if i != len(self.ch_mult) - 1:
+                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2))(h)
+                res //= 2
+                skips.append(h)
+        h = ResBlock(h.shape[-1], self.dropout)(h, emb, train)
+        h = AttnBlock(self.num_heads)(h)
+        h = ResBlock(h.shape[-1], self.dropout)(h, emb, train)
+        for i, mult in reversed(list(enumerate(self.ch_mult))):
+            for _ in range(self.num_res_blocks + 1):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = ResBlock(self.channels * mult, self.dropout)(h, emb, train)
+                if res in self.attn_resolutions:
+                    h = AttnBlock(self.num_heads)(h)
+            if i != 0:
+                h = jax.image.resize(h, (n, 2 * h.shape[1], 2 * h.shape[2], h.shape[3]), "nearest")
+                h = nn.Conv(h.shape[-1], (3, 3))(h)
+                res *= 2
+        h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]))(h))
+        return nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)
+
+
+ARCHITECTURES = {"mlp": MLP, "unet": UNet}
+
+
+def make_network(arch: str, shape, arch_kwargs: dict | None = None) -> nn.Module:
+    """The network ``arch`` ("mlp" or "unet") with ``arch_kwargs``, checked against the data ``shape``."""
+    if arch not in ARCHITECTURES:
+        raise ModelError(f"arch: unknown {arch!r}; choose one of {tuple(ARCHITECTURES)}")
+    kwargs = dict(arch_kwargs or {})
+    for k in ("ch_mult", "attn_resolutions"):
+        if k in kwargs:
+            kwargs[k] = tuple(kwargs[k])
+    try:
+        net = ARCHITECTURES[arch](**kwargs)
+    except TypeError as e:
+        raise ModelError(f"arch_kwargs for {arch!r}: {e}") from e
+    shape = tuple(shape)
+    if arch == "unet":
+        if len(shape) != 3:
+            raise ModelError(f"the unet needs image data of shape (H, W, C); got shape {shape}")
+        down = 2 ** (len(net.ch_mult) - 1)
+        if shape[0] % down or shape[1] % down:
+            raise ModelError(f"the unet halves the resolution {len(net.ch_mult) - 1} times, so H and W must be "
+                             f"multiples of {down}; got shape {shape}")
+    return net
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init(net, shape, key):
+    x = jnp.zeros((1,) + shape, jnp.float32)
+    return net.init({"params": key}, x, jnp.zeros((1,), jnp.float32), train=False)["params"]
+
+
+def init_params(net: nn.Module, shape, key) -> dict:
+    """Freshly initialised parameters: one compiled call (not op by op), cached per (network, shape)."""
+    return _init(net, tuple(int(d) for d in shape), key)
+
+
+def param_shapes(net: nn.Module, shape) -> dict:
+    """The parameter tree of ``net`` on data ``shape`` as {path: shape} (no computation)."""
+    tree = jax.eval_shape(lambda k: init_params(net, shape, k), jax.random.key(0))
+    return {jax.tree_util.keystr(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def num_params(params) -> int:
+    return int(sum(np.prod(np.shape(v)) for v in jax.tree_util.tree_leaves(params)))
+
+
+def check_same_architecture(expected: dict, got: dict, where: str) -> None:
+    """Raise ``ArchitectureMismatch`` naming the first differences between two {path: shape} maps."""
+    if expected == got:
+        return
+    diffs = []
+    for k in sorted(set(expected) | set(got)):
+        a, b = expected.get(k), got.get(k)
+        if a != b:
+            diffs.append(f"{k}: architecture expects {a if a is not None else 'nothing'}, "
+                         f"stored {b if b is not None else 'nothing'}")
+    more = f" (and {len(diffs) - 5} more)" if len(diffs) > 5 else ""
+    raise ArchitectureMismatch(
+        f"{where} was written by a different architecture than the one configured: "
+        + "; ".join(diffs[:5]) + more
+        + ". Load it with the config it was trained with, or start a new run in another directory.")
+
+
+def leaf_shapes(tree) -> dict:
+    return {jax.tree_util.keystr(p): tuple(np.shape(v)) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+# ------------------------------------------------------------------------------------------------------
+# processes in configs
+# ------------------------------------------------------------------------------------------------------
+def process_from_config(cfg: dict):
+    cfg = dict(cfg or {"name": "VP"})
+    name = cfg.pop("name", "VP")
+    if name != "VP":
+        raise ModelError(f"process {name!r}: dgjax trains and loads models on the VP log-SNR process only "
+                         f"(the networks are conditioned on lambda; training samples lambda directly)")
+    return VP(**cfg)
+
+
+def process_to_config(process) -> dict:
+    return {"name": "VP", "lambda_min": process.lambda_min, "lambda_max": process.lambda_max}
+
+
+# ------------------------------------------------------------------------------------------------------
+# trained models
+# ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class TrainedModel:
+    """A network with its parameters: ``.process``, ``.score`` (pure score(x, t)), ``.shape`` (per sample),
+    ``.params`` (EMA parameters), ``.config`` (dict), ``.network`` (the flax module), ``.apply(x, t)``
+    (the eps prediction), ``.dataset`` (the data set it was trained on, with its transform)."""
+
+    network: nn.Module
+    params: Any
+    config: dict
+    process: Any = None
+    shape: tuple = ()
+    parametrization: str = "eps"
+    _score: Any = field(default=None, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "process", process_from_config(self.config.get("process")))
+        object.__setattr__(self, "shape", tuple(self.config["shape"]))
+        object.__setattr__(self, "_score", score_from(self.apply, self.process, "eps"))
+
+    def apply(self, x, t):
+        """eps prediction at (x (N, *shape), t scalar or (N,)), in x's dtype; dropout off."""
+        lam = self.process.log_snr(jnp.asarray(t, jnp.float32))
+        out = self.network.apply({"params": self.params}, x.astype(jnp.float32), lam, train=False)
+        return out.astype(x.dtype)
+
+    @property
+    def score(self):
+        return self._score
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def name(self) -> str:
+        return self.config.get("name", "model")
+
+    @property
+    def dataset(self):
+        from .data import load_dataset
+
+        return load_dataset(self.config["data"], **self.config.get("data_kwargs", {}))
+
+    def prior_sample(self, key, n: int):
+        return self.process.prior_sample(key, (n,) + self.shape)
+
+    def __repr__(self):
+        return (f"TrainedModel(name={self.name!r}, arch={self.config.get('arch')!r}, shape={self.shape}, "
+                f"params={num_params(self.params)}, data={self.config.get('data')!r})")
+
+
+def network_from_config(config: dict) -> nn.Module:
+    for k in ("arch", "shape"):
+        if k not in config:
+            raise ModelError(f"model config lacks {k!r}; is it a dgjax model config ({FORMAT})?")
+    return make_network(config["arch"], config["shape"], config.get("arch_kwargs"))
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ModelError(f"output path {path!r}: directory {directory!r} does not exist")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ModelError(f"output path {path!r}: could not write ({e})") from e
+
+
+def save_model(prefix: str, params, config: dict) -> tuple[str, str]:
+    """Write ``prefix.msgpack`` (params) and ``prefix.json`` (config), each atomically. Returns the paths."""
+    net = network_from_config(config)
+    check_same_architecture(param_shapes(net, config["shape"]), leaf_shapes(params), "the parameters to save")
+    cfg = dict(config, format=FORMAT)
+    params_np = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float32), params)
+    blob = flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(params_np))
+    _atomic_write(prefix + ".msgpack", blob)
+    _atomic_write(prefix + ".json", (json.dumps(cfg, indent=1, sort_keys=True) + "\n").encode())
+    return prefix + ".msgpack", prefix + ".json"
+
+
+def _read_config(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            cfg = json.load(fh)
+    except FileNotFoundError:
+        raise ModelError(f"model config {path!r} is missing (a model is NAME.json beside NAME.msgpack)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"model config {path!r} is corrupt or truncated: {e}") from e
+    if not isinstance(cfg, dict):
+        raise ModelError(f"model config {path!r} is not a JSON object")
+    return cfg
+
+
+def params_from_bytes(blob: bytes, config: dict, where: str):
+    """Decode msgpack parameters and check them against the config's architecture."""
+    net = network_from_config(config)
+    try:
+        state = flax.serialization.msgpack_restore(blob)
+    except Exception as e:  # msgpack raises several exception types on damaged input
+        raise ModelError(f"{where} is corrupt or truncated (could not decode the parameters: "
+                         f"{type(e).__name__}: {e})") from e
+    if not isinstance(state, dict):
+        raise ModelError(f"{where} is corrupt: it holds {type(state).__name__}, not a parameter tree")
+    check_same_architecture(param_shapes(net, config["shape"]), leaf_shapes(state), where)
+    return jax.tree_util.tree_map(jnp.asarray, state)
+
+
+def load_model_files(prefix: str) -> TrainedModel:
+    config = _read_config(prefix + ".json")
+    try:
+        with open(prefix + ".msgpack", "rb") as fh:
+            blob = fh.read()
+    except FileNotFoundError:
+        raise ModelError(f"model parameters {prefix + '.msgpack'!r} are missing") from None
+    params = params_from_bytes(blob, config, f"model file {prefix + '.msgpack'!r}")
+    return TrainedModel(network_from_config(config), params, config)
+
+
+def load_model(name_or_path: str) -> TrainedModel:
+    """Load a trained model: a shipped name (``SHIPPED_MODELS``), a ``.msgpack`` file, a directory with
+    ``model.msgpack``/``model.json``, or a ``dgjax train`` run directory (latest checkpoint, EMA params)."""
+    if isinstance(name_or_path, TrainedModel):
+        return name_or_path
+    s = os.fspath(name_or_path)
+    if s in SHIPPED_MODELS and not os.path.exists(s):
+        prefix = os.path.join(WEIGHTS_DIR, s)
+        if not os.path.exists(prefix + ".msgpack"):
+            raise ModelError(f"the shipped model {s!r} is missing from the installed package ({prefix}.msgpack); "
+                             f"reinstall dgjax")
+        return load_model_files(prefix)
+    if os.path.isfile(s):
+        if s.endswith(".msgpack"):
+            return load_model_files(s[: -len(".msgpack")])
+        if s.endswith(".json"):
+            return load_model_files(s[: -len(".json")])
+        raise ModelError(f"model file {s!r}: expected NAME.msgpack (with NAME.json beside it)")
+    if os.path.isdir(s):
+        if os.path.exists(os.path.join(s, "model.msgpack")):
+            return load_model_files(os.path.join(s, "model"))
+        from .training import load_run
+
+        return load_run(s)
+    raise ModelError(f"unknown model {s!r}: not a shipped model {SHIPPED_MODELS} and no such file or directory")
