@@ -156,7 +156,7 @@ def _sample(args) -> int:
             msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             if "infeasible" in str(e):
                 msg = (f"infeasible: the prescribed rise {shift(q):+.0f} nats exceeds the log-density head-room "
-                       f"(about D/2 = {dim / 2:.0f}) (MATH 5); move q toward 0.5")
+                       f"(of the order of D/2 = {dim / 2:.0f} nats, MATH 5); move q toward 0.5")
             elif "max_steps" in str(e) or "maximum number of solver steps" in str(e):
                 msg = f"the adaptive solve did not finish in --max-steps {args.max_steps} steps"
             rows.append(np.zeros((args.num,) + model.shape, np.float32))
