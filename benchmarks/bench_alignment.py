@@ -26,16 +26,15 @@ import numpy as np
 
 import dgjax as dg
 
+try:
+    from benchmarks._common import timed
+except ImportError:  # run as a script from benchmarks/
+    from _common import timed
+
 
 def _time(fn, x, repeats):
-    out = fn(x)
-    jax.block_until_ready(out)  # compile + warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(x))
-        times.append(time.perf_counter() - t0)
-    return min(times), out  # best of: the least disturbed by other load on a shared machine
+    out, best = timed(fn, x, repeats=repeats)
+    return best, out
 
 
 def main(argv=None):

@@ -25,36 +25,16 @@ import json
 import time
 
 import diffrax as dfx
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 import dgjax as dg
 
+try:
+    from benchmarks._common import small_flax_score
+except ImportError:  # run as a script from benchmarks/
+    from _common import small_flax_score
 
-class MLP(nn.Module):
-    width: int = 256
-    depth: int = 2
-
-    @nn.compact
-    def __call__(self, x, lam):
-        freqs = jnp.exp(jnp.linspace(0.0, 3.0, 8))
-        emb = jnp.concatenate([jnp.sin(lam[:, None] * freqs / 10), jnp.cos(lam[:, None] * freqs / 10)], -1)
-        h = jnp.concatenate([x, emb], -1)
-        for _ in range(self.depth):
-            h = nn.silu(nn.Dense(self.width)(h))
-        return nn.Dense(x.shape[-1])(h)
-
-
-def flax_score(process, dim: int, seed: int = 0):
-    net = MLP()
-    params = net.init(jax.random.key(seed), jnp.zeros((1, dim)), jnp.zeros((1,)))
-
-    def eps_model(x, t):
-        lam = jnp.broadcast_to(process.log_snr(t), (x.shape[0],))
-        return process.sigma(t) * x + 0.1 * net.apply(params, x, lam)
-
-    return dg.score_from(eps_model, process, "eps")
 
 
 def main(argv=None):
@@ -69,7 +49,7 @@ def main(argv=None):
     process = dg.VP()
     d, n = args.dim, args.n
     mixture = dg.random_mixture(jax.random.key(0), 4, (d,))
-    scores = {"oracle": mixture.score(process), "flax": flax_score(process, d)}
+    scores = {"oracle": mixture.score(process), "flax": small_flax_score(process, d)}
     solvers = {"Tsit5 x 32": (dfx.Tsit5(), 32), "Euler x 128": (dfx.Euler(), 128)}
     x_T = process.prior_sample(jax.random.key(1), (n, d))
     key = jax.random.key(2)

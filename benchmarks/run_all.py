@@ -1,0 +1,218 @@
+"""One command, one table: dgjax's costs and accuracies as ratios taken side by side in one run.
+
+    python benchmarks/run_all.py            # under 10 minutes on a 2-core CPU
+    python benchmarks/run_all.py --quick    # a smoke run (seconds)
+
+Rows (B / A: the second configuration over the first; wall times are best-of interleaved rounds after a
+compiling run; NFE counts score evaluations per sample, a JVP counting as one more):
+
+- published baseline vs dgjax at equal accuracy: the published research code's setup -- fixed-step Euler,
+  1024 steps, in a ``lax.scan`` over a per-sample function, ``vmap``-ed over the batch, one Rademacher
+  probe -- against dgjax's adaptive Tsit5 (one probe) at the cheapest tolerance that is at least as accurate.
+  Error: mean |tracked log p - reference| / D; the reference is the exact log p at the sample (oracle) or a
+  tight solve with the exact divergence from the same latent (trained model).
+- DG-ODE / PF-ODE, tracked / untracked (PF-ODE and reverse SDE), DG-SDE / DG-ODE per step, the cost of one
+  more Hutchinson probe, and the two score-alignment forms against a plain PF-ODE solve.
+
+Models: the Gaussian-mixture oracle in D = 3072 (5 components: every row), the shipped ``digits`` UNet
+(D = 64: the baseline comparison), and a small Flax MLP (D = 3072: guidance and tracking costs).
+Per-sampler tables with more settings: bench_guidance.py, bench_sde.py, bench_alignment.py,
+bench_pfode_accuracy.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import diffrax as dfx
+import jax
+import jax.numpy as jnp
+
+import dgjax as dg
+
+try:
+    from benchmarks._common import interleaved_best, small_flax_score
+except ImportError:  # run as a script from benchmarks/
+    from _common import interleaved_best, small_flax_score
+
+P = dg.VP()
+
+
+def published_baseline(score, process, x_T, key, steps: int = 1024, logp_T=None):
+    """The published code's approach: per-sample Euler in lax.scan with one fixed Rademacher probe, vmapped.
+    Returns (x (N, *shape), tracked log p (N,))."""
+    ts = jnp.linspace(process.t_max, process.t_min, steps + 1).astype(x_T.dtype)
+
+    def one(x, k):
+        eps = jax.random.rademacher(k, x.shape, x.dtype)
+
+        def drift(z, t):
+            _, _, f, g2 = process.coefficients(t)
+            return f * z - 0.5 * g2 * score(z[None], t)[0]
+
+        def step(carry, tt):
+            z, lp = carry
+            t0, t1 = tt
+            u, ju = jax.jvp(lambda w: drift(w, t0), (z,), (eps,))
+            return (z + (t1 - t0) * u, lp - (t1 - t0) * jnp.sum(eps * ju)), None
+
+        (z1, dlp), _ = jax.lax.scan(step, (x, jnp.zeros((), x.dtype)), (ts[:-1], ts[1:]))
+        return z1, dlp
+
+    x1, dlp = jax.vmap(one)(x_T, jax.random.split(key, x_T.shape[0]))
+    start = process.prior_log_prob(x_T) if logp_T is None else logp_T
+    return x1, start + dlp
+
+
+def _row(name, setting, nfe_a, nfe_b, t_a, t_b, err_a=None, err_b=None):
+    return dict(comparison=name, setting=setting, nfe_a=int(nfe_a), nfe_b=int(nfe_b), nfe_ratio=nfe_b / nfe_a,
+                wall_a=t_a, wall_b=t_b, wall_ratio=t_b / t_a, err_a=err_a, err_b=err_b)
+
+
+def baseline_vs_dgjax(score, x_T, label, reference, euler_steps, tols, repeats, logp_T=None):
+    """Baseline (A) vs the cheapest dgjax Tsit5 tolerance at least as accurate (B); also dgjax's own fixed
+    Euler at the same steps (adaptive vs fixed at equal accuracy)."""
+    key = jax.random.key(7)
+    fns = {"baseline": (jax.jit(lambda x, k: published_baseline(score, P, x, k, euler_steps, logp_T)), (x_T, key)),
+           "dg_euler": (jax.jit(lambda x, k: dg.sample(score, P, x, key=k, track_logp=True, solver=dfx.Euler(),
+                                                       steps=euler_steps, logp_T=logp_T)), (x_T, key))}
+    for tol in tols:
+        fns[f"tsit5_{tol:g}"] = (jax.jit(lambda x, k, tol=tol: dg.sample(score, P, x, key=k, track_logp=True, rtol=tol,
+                                                                        atol=tol, logp_T=logp_T)), (x_T, key))
+    outs, best = interleaved_best(fns, repeats)
+    d = x_T[0].size
+    err = {k: float(jnp.mean(jnp.abs(o[1] - reference(o[0])) if k == "baseline"
+                             else jnp.abs(o.logp - reference(o.x)))) / d for k, o in outs.items()}
+    nfe = {k: (2 * euler_steps if k == "baseline" else int(o.nfe)) for k, o in outs.items()}
+    ok = [k for k in fns if k.startswith("tsit5") and err[k] <= err["baseline"]]
+    pick = min(ok, key=lambda k: nfe[k]) if ok else min((k for k in fns if k.startswith("tsit5")), key=lambda k: err[k])
+    rows = [_row("published baseline -> dgjax Tsit5 " + pick.split("_")[1], label, nfe["baseline"], nfe[pick],
+                 best["baseline"], best[pick], err["baseline"], err[pick]),
+            _row("dgjax Euler (fixed) -> dgjax Tsit5 " + pick.split("_")[1], label, nfe["dg_euler"], nfe[pick],
+                 best["dg_euler"], best[pick], err["dg_euler"], err[pick])]
+    return rows, {k: (nfe[k], best[k], err[k]) for k in fns}
+
+
+def sampler_ratios(score, x_T, label, steps, repeats, include_sde=True, include_alignment=False):
+    key = jax.random.key(3)
+    noise = dg.noise_window_log_snr(P, 0.3, -3.0, 9.0)
+
+    def run(sampler=None, track=False, **kw):
+        return jax.jit(lambda x, k: dg.sample(score, P, x, sampler=sampler, key=k, track_logp=track, **kw)), (x_T, key)
+
+    fns = {
+        "pf": run(solver=dfx.Tsit5(), steps=steps),
+        "dg": run(dg.DensityGuidance(0.6), solver=dfx.Tsit5(), steps=steps),
+        "pf_track": run(track=True, solver=dfx.Tsit5(), steps=steps),
+        "pf_track4": run(track=True, solver=dfx.Tsit5(), steps=steps, divergence=dg.Hutchinson(4)),
+    }
+    if include_sde:
+        fns.update({
+            "rsde": run(dg.ReverseSDE(), steps=4 * steps),
+            "rsde_track": run(dg.ReverseSDE(), track=True, steps=4 * steps),
+            "dg_euler": run(dg.DensityGuidance(0.6), solver=dfx.Euler(), steps=4 * steps),
+            "dgsde": run(dg.StochasticDensityGuidance(0.6, noise), steps=4 * steps),
+        })
+    if include_alignment:
+        t_end = 0.3
+        fns["pf_align_span"] = (jax.jit(lambda x, k: dg.sample(score, P, x, steps=steps, t_end=t_end).x), (x_T, key))
+        fns["align"] = (jax.jit(lambda x, k: dg.score_alignment(score, P, x, t_end, steps=steps)), (x_T, key))
+        fns["align_free"] = (jax.jit(lambda x, k: dg.score_alignment(score, P, x, t_end, key=k, steps=steps,
+                                                                     score_free=True)), (x_T, key))
+    outs, best = interleaved_best(fns, repeats)
+    nfe = {k: int(o.nfe) for k, o in outs.items() if hasattr(o, "nfe")}
+    rows = [_row("PF-ODE -> DG-ODE (q=0.6)", label, nfe["pf"], nfe["dg"], best["pf"], best["dg"]),
+            _row("PF-ODE untracked -> tracked", label, nfe["pf"], nfe["pf_track"], best["pf"], best["pf_track"]),
+            _row("tracked, 1 -> 4 Hutchinson probes", label, nfe["pf_track"], nfe["pf_track4"], best["pf_track"],
+                 best["pf_track4"])]
+    rows[-1]["per_probe_wall_vs_untracked"] = (best["pf_track4"] - best["pf_track"]) / 3 / best["pf"]
+    if include_sde:
+        rows += [_row("reverse SDE untracked -> tracked", label, nfe["rsde"], nfe["rsde_track"], best["rsde"],
+                      best["rsde_track"]),
+                 _row("DG-ODE (Euler) -> DG-SDE", label, nfe["dg_euler"], nfe["dgsde"], best["dg_euler"], best["dgsde"])]
+    if include_alignment:
+        n_pf = int(dg.sample(score, P, x_T, steps=steps, t_end=0.3).nfe)
+        n_al = int(dg.score_alignment(score, P, x_T, 0.3, steps=steps, return_details=True).nfe)
+        n_fr = int(dg.score_alignment(score, P, x_T, 0.3, key=key, steps=steps, score_free=True,
+                                      return_details=True).nfe)
+        rows += [_row("PF-ODE solve -> score alignment", label, n_pf, n_al, best["pf_align_span"], best["align"]),
+                 _row("PF-ODE solve -> score-free alignment", label, n_pf, n_fr, best["pf_align_span"],
+                      best["align_free"])]
+    return rows
+
+
+def print_table(rows):
+    print(f"\n{'comparison (A -> B)':<44} {'setting':<22} {'NFE A':>6} {'NFE B':>6} {'NFE B/A':>8} "
+          f"{'wall A s':>9} {'wall B s':>9} {'wall B/A':>9} {'err/dim A':>10} {'err/dim B':>10}")
+    for r in rows:
+        ea = "" if r["err_a"] is None else f"{r['err_a']:.2e}"
+        eb = "" if r["err_b"] is None else f"{r['err_b']:.2e}"
+        print(f"{r['comparison']:<44} {r['setting']:<22} {r['nfe_a']:>6d} {r['nfe_b']:>6d} {r['nfe_ratio']:>8.3f} "
+              f"{r['wall_a']:>9.3f} {r['wall_b']:>9.3f} {r['wall_ratio']:>9.3f} {ea:>10} {eb:>10}")
+    for r in rows:
+        if "per_probe_wall_vs_untracked" in r:
+            print(f"one more Hutchinson probe ({r['setting']}): +{r['per_probe_wall_vs_untracked']:.3f} of an "
+                  f"untracked PF-ODE solve")
+    for r in rows:
+        if r["comparison"].startswith("published baseline"):
+            print(f"speed-up over the published approach at equal or better accuracy ({r['setting']}): "
+                  f"{1 / r['wall_ratio']:.1f}x wall, {1 / r['nfe_ratio']:.1f}x fewer NFE")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = ap.parse_args(argv)
+    quick = args.quick
+    repeats = 1 if quick else args.repeats
+    n = 4 if quick else 16
+    print(f"backend: {jax.default_backend()}, devices: {jax.devices()}")
+    rows, details = [], {}
+
+    # oracle, D = 3072
+    shape = (3, 8, 8) if quick else (3, 32, 32)
+    gm = dg.random_mixture(jax.random.key(0), 5, shape, mean_scale=0.5, var_range=(1e-3, 0.1))
+    o_score, o_lp = gm.score(P), gm.log_prob(P)
+    x_T = P.prior_sample(jax.random.key(1), (n,) + shape)
+    r, details["oracle"] = baseline_vs_dgjax(o_score, x_T, f"oracle D={gm.dim}", lambda x: o_lp(x, P.t_min),
+                                             128 if quick else 1024, (1e-2,) if quick else (1e-3, 1e-4),
+                                             repeats, logp_T=o_lp(x_T, P.t_max))
+    rows += r
+    rows += sampler_ratios(o_score, x_T, f"oracle D={gm.dim}", 8 if quick else 32, repeats,
+                           include_alignment=True)
+
+    if quick:  # the trained model's rows need its compile time: full runs only
+        print_table(rows)
+        return rows
+
+    # the shipped digits model, D = 64
+    model = dg.load_model("digits")
+    m_score = model.score
+    xm = model.prior_sample(jax.random.key(2), n)
+    ref = dg.sample(m_score, P, xm, track_logp=True, divergence=dg.Exact(), rtol=1e-6, atol=1e-6)
+    # the reference log p belongs to the latent, so each method's error is taken against it
+    r, details["digits"] = baseline_vs_dgjax(m_score, xm, f"digits UNet D={model.dim}", lambda x: ref.logp,
+                                             1024, (1e-3, 1e-4), repeats)
+    rows += r
+
+    # a small Flax MLP, D = 3072 (network-like cost of the score)
+    d = 192 if quick else 3072
+    rows += sampler_ratios(small_flax_score(P, d), P.prior_sample(jax.random.key(4), (n, d)), f"Flax MLP D={d}",
+                           8 if quick else 32, repeats, include_sde=False)
+
+    print_table(rows)
+    for label, det in details.items():
+        print(f"\n[{label}] every configuration: NFE, wall s, mean |err|/dim")
+        for k, (nf, t, e) in det.items():
+            print(f"  {k:<14} {nf:>6d} {t:>8.3f} {e:>10.2e}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dict(rows=rows, details=details), fh, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
