@@ -55,6 +55,7 @@ def test_forms_agree_d64_batch256():
     assert float(a.aligned_fraction) >= 0.95
 
 
+@pytest.mark.slow  # ~40 s; the batch-256 agreement test covers the default path
 def test_forms_agree_random_direction(x64):
     """A random w_T makes the alignment take both signs (about half each): a sharp test of the signs."""
     process, _, score, x_T = _setup(16, 256, jnp.float64, k=6, seed=3)
@@ -68,6 +69,7 @@ def test_forms_agree_random_direction(x64):
     np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3 * float(jnp.std(a)))
 
 
+@pytest.mark.slow  # ~50 s
 def test_forms_agree_hutchinson():
     """The Hutchinson estimate of the second-order term (the default) is unbiased: averaged over the batch
     it matches the score form within a few standard errors, and it is correlated with it. Fresh probes
