@@ -22,8 +22,8 @@ Noise-level sampling (``importance``):
   Dividing by p(lambda) keeps the estimate unbiased while lowering its variance.
 * ``"uniform"``: p(lambda) = 1 / (lambda_max - lambda_min).
 
-Optimisation: Adam with linear warm-up and cosine decay to ``lr_final_frac * lr``, global-norm gradient
-clipping, an EMA of the parameters (decay ``min(ema_decay, (1 + step) / (10 + step))``; the EMA parameters
+Optimisation: Adam with linear warm-up and cosine decay to ``lr_final_frac * lr`` (``learning_rate``),
+global-norm gradient clipping, an EMA of the parameters (decay ``min(ema_decay, (1 + step) / (10 + step))``; the EMA parameters
 are the ones exported and evaluated). One jit-compiled step does the loss, the update, the EMA and the
 histogram.
 
@@ -182,20 +182,30 @@ def update_histogram(hist, lam, values, cfg: TrainConfig):
 # ------------------------------------------------------------------------------------------------------
 # the state and the step
 # ------------------------------------------------------------------------------------------------------
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate at ``step`` (0-based): linear warm-up to ``lr``, then cosine decay to
+    ``lr_final_frac * lr`` at ``steps``. Plain Python (a pure function of the step), passed to the compiled
+    step as an argument, so runs that differ only in steps or learning rate share one compilation."""
+    warm = max(cfg.warmup, 1)
+    if step < warm:
+        return cfg.lr * step / warm
+    frac = min((step - warm) / max(cfg.steps - warm, 1), 1.0)
+    return cfg.lr * (cfg.lr_final_frac + (1 - cfg.lr_final_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
 def make_optimizer(cfg: TrainConfig):
-    decay_steps = max(cfg.steps - cfg.warmup, 1)
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup, 1)),
-         optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=cfg.lr_final_frac)],
-        [max(cfg.warmup, 1)])
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(schedule))
+    """Global-norm clipping, then Adam's scaling; the step multiplies by -learning_rate(cfg, step)."""
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.scale_by_adam())
 
 
 def init_state(cfg: TrainConfig, net, shape, tx) -> dict:
+    """The state at step 0. (JAX arrays are immutable, so the EMA starts as the very same arrays; Adam's
+    zero moments are made in numpy from the abstract state, which compiles nothing.)"""
     params = init_params(net, shape, jax.random.fold_in(jax.random.key(cfg.seed), -1 & 0x7FFFFFFF))
-    return {"step": jnp.asarray(0, jnp.int32), "params": params,
-            "ema_params": jax.tree_util.tree_map(jnp.copy, params), "opt_state": tx.init(params),
-            "hist": jnp.ones((cfg.num_bins,), jnp.float32)}
+    opt_state = jax.tree_util.tree_map(lambda a: jnp.asarray(np.zeros(a.shape, a.dtype)),
+                                       jax.eval_shape(tx.init, params))
+    return {"step": jnp.asarray(0, jnp.int32), "params": params, "ema_params": params, "opt_state": opt_state,
+            "hist": jnp.asarray(np.ones((cfg.num_bins,), np.float32))}
 
 
 def make_loss_fn(cfg: TrainConfig, net, dim: int):
@@ -222,12 +232,13 @@ _STEP_CACHE: dict = {}
 
 
 def _settings_key(cfg: TrainConfig) -> str:
-    return json.dumps({k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}, sort_keys=True)
+    skip = _RESUME_FREE + ("steps", "lr", "warmup", "lr_final_frac", "seed")  # not part of the compiled step
+    return json.dumps({k: v for k, v in cfg.to_dict().items() if k not in skip}, sort_keys=True)
 
 
 def make_train_step(cfg: TrainConfig, net, tx, dim: int):
-    """The jit-compiled step(state, x, key) -> (state, metrics); reused for identical settings in a process
-    (so repeated or resumed runs compile once)."""
+    """The jit-compiled step(state, x, key, lr) -> (state, metrics); reused within a process for runs whose
+    compiled settings agree (so repeated, resumed or longer runs compile once)."""
     key = (_settings_key(cfg), dim)
     if key not in _STEP_CACHE:
         _STEP_CACHE[key] = _make_train_step(cfg, net, tx, dim)
@@ -238,10 +249,10 @@ def _make_train_step(cfg: TrainConfig, net, tx, dim: int):
     loss_fn = make_loss_fn(cfg, net, dim)
 
     @jax.jit
-    def step(state, x, key):
+    def step(state, x, key, lr):
         (loss, (lam, values)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["hist"], x, key)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        params = optax.apply_updates(state["params"], jax.tree_util.tree_map(lambda u: -lr * u, updates))
         k = state["step"].astype(jnp.float32)
         decay = jnp.minimum(cfg.ema_decay, (1.0 + k) / (10.0 + k))
         ema = jax.tree_util.tree_map(lambda e, q: decay * e + (1.0 - decay) * q, state["ema_params"], params)
@@ -293,11 +304,17 @@ def _to_saveable(state) -> dict:
 
 
 def _from_saveable(saved, template) -> dict:
+    """Rebuild the state from a restored tree, as plain (uncommitted) arrays of the template's dtypes: the
+    compiled step then sees exactly the input types of a fresh run and is not compiled again."""
+    fresh = lambda v, like: jnp.asarray(np.asarray(v, dtype=like.dtype))  # noqa: E731
     treedef = jax.tree_util.tree_structure(template["opt_state"])
     opt_leaves = [saved["opt_state"][k] for k in sorted(saved["opt_state"])]
-    return {"step": jnp.asarray(saved["step"]), "params": saved["params"], "ema_params": saved["ema_params"],
-            "opt_state": jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v) for v in opt_leaves]),
-            "hist": jnp.asarray(saved["hist"])}
+    opt_like = jax.tree_util.tree_leaves(template["opt_state"])
+    return {"step": fresh(saved["step"], template["step"]),
+            "params": jax.tree_util.tree_map(fresh, saved["params"], template["params"]),
+            "ema_params": jax.tree_util.tree_map(fresh, saved["ema_params"], template["ema_params"]),
+            "opt_state": jax.tree_util.tree_unflatten(treedef, [fresh(v, w) for v, w in zip(opt_leaves, opt_like)]),
+            "hist": fresh(saved["hist"], template["hist"])}
 
 
 class Checkpoints:
@@ -365,7 +382,7 @@ class Checkpoints:
                              f"checkpoint.") from e
         state = _from_saveable(saved, template)
         bad = [k for k, v in (("params", state["params"]), ("ema_params", state["ema_params"]))
-               if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(v))]
+               if not all(np.isfinite(np.asarray(a)).all() for a in jax.tree_util.tree_leaves(v))]
         if bad:
             raise ModelError(f"{where} is corrupt: {bad} hold non-finite values")
         return state
@@ -512,7 +529,8 @@ def train(cfg: TrainConfig, run_dir: str | None = None, *, resume: bool = False,
     try:
         for k in range(start, cfg.steps):
             x = jnp.asarray(ds.train_batch(cfg.seed, k, cfg.batch_size))
-            state, metrics = step_fn(state, x, jax.random.fold_in(base_key, k))
+            state, metrics = step_fn(state, x, jax.random.fold_in(base_key, k),
+                                     jnp.asarray(learning_rate(cfg, k), jnp.float32))
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training diverged at step {k + 1}: loss {loss}; lower --lr or "
