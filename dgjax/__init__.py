@@ -10,11 +10,13 @@ from .guidance import DensityGuidance, HighDensity, prior_guidance, typicality
 from .likelihood import Likelihood, bits_per_dim, log_likelihood
 from .models import SHIPPED_MODELS, ArchitectureMismatch, ModelError, TrainedModel, load_model, save_model
 from .oracle import GaussianMixture, random_mixture
-from .parallel import sample_sharded, shard_batch
+from .parallel import (batch_sharding, host_local_batch, host_slice, log_likelihood_sharded, pad_batch, sample_sharded,
+                       score_alignment_sharded, shard_batch)
 from .parametrizations import score_from, score_to
 from .processes import EDM, VE, VP, LinearFlow, Process, VPCosine, VPLinear
 from .samplers import ODE, PFODE, ODESampler, Sample, sample
-from .stochastic import SDE, ReverseSDE, SDESampler, StochasticDensityGuidance, noise_window, noise_window_log_snr
+from .stochastic import (SDE, NoiseWindow, NoiseWindowLogSNR, ReverseSDE, SDESampler, StochasticDensityGuidance, noise_window,
+                         noise_window_log_snr)
 from .training import TrainConfig, train
 
 __all__ = [
@@ -25,11 +27,12 @@ __all__ = [
     "Likelihood", "bits_per_dim", "log_likelihood",
     "SHIPPED_MODELS", "ArchitectureMismatch", "ModelError", "TrainedModel", "load_model", "save_model",
     "GaussianMixture", "random_mixture",
-    "sample_sharded", "shard_batch",
+    "batch_sharding", "host_local_batch", "host_slice", "log_likelihood_sharded", "pad_batch", "sample_sharded",
+    "score_alignment_sharded", "shard_batch",
     "score_from", "score_to",
     "EDM", "VE", "VP", "LinearFlow", "Process", "VPCosine", "VPLinear",
     "ODE", "PFODE", "ODESampler", "Sample", "sample",
-    "SDE", "ReverseSDE", "SDESampler", "StochasticDensityGuidance", "noise_window", "noise_window_log_snr",
+    "SDE", "NoiseWindow", "NoiseWindowLogSNR", "ReverseSDE", "SDESampler", "StochasticDensityGuidance", "noise_window", "noise_window_log_snr",
     "TrainConfig", "train",
 ]
 __version__ = "0.1.0"

@@ -281,22 +281,37 @@ class HighDensity(ODESampler):
 
     Args:
       t_switch: a time in [t_min, t_max] of the process (checked when sampling). At or above t_start the
-        whole path is HD-ODE; at or below t_end it is the PF-ODE.
+        whole path is HD-ODE; at or below t_end it is the PF-ODE. Stored as a 0-d array (a pytree leaf),
+        so a sweep over t_switch through one ``jax.jit`` / ``dg.sample_sharded`` reuses one compiled
+        program; a traced t_switch (under jit) is clipped to [t_end, t_start], with the constant steps
+        split between the phases as for a concrete one (``round(steps * phase length / span)``, at least 1).
     """
 
-    t_switch: float = eqx.field(static=True)
+    t_switch: Array
 
-    def __init__(self, t_switch: float):
-        check_param(isinstance(t_switch, (int, float, np.floating)) and math.isfinite(float(t_switch)),
-                    "t_switch", f"must be a finite number (a time of the process); got {t_switch!r}")
-        self.t_switch = float(t_switch)
+    def __init__(self, t_switch):
+        if is_concrete(t_switch):
+            ok = isinstance(t_switch, (int, float, np.floating, np.ndarray, jax.Array)) and np.ndim(t_switch) == 0
+            ok = ok and not isinstance(t_switch, (bool, np.bool_)) and np.issubdtype(np.asarray(t_switch).dtype, np.number)
+            check_param(ok and math.isfinite(float(t_switch)), "t_switch",
+                        f"must be a finite number (a time of the process); got {t_switch!r}")
+            self.t_switch = np.asarray(float(t_switch), np.float64)
+        else:
+            check_param(jnp.ndim(t_switch) == 0 and jnp.issubdtype(jnp.result_type(t_switch), jnp.floating),
+                        "t_switch", f"a traced t_switch must be a floating-point scalar; got {t_switch!r}")
+            self.t_switch = t_switch
 
     def phases(self, process, t_start, t_end):
-        ts = self.t_switch
-        if not process.t_min <= ts <= process.t_max:
-            raise ValueError(f"t_switch must lie in [{process.t_min}, {process.t_max}], the time range of "
-                             f"{type(process).__name__}; got {ts}")
         hd = lambda coeffs, x, s, **_: dyn.hd_drift(coeffs, x, s)  # noqa: E731
+        lo, hi = process.t_min, process.t_max
+        msg = f"t_switch must lie in [{lo}, {hi}], the time range of {type(process).__name__}"
+        if not is_concrete(self.t_switch):
+            ts = eqx.error_if(self.t_switch, ~((self.t_switch >= lo) & (self.t_switch <= hi)), msg)
+            ts = jnp.clip(ts, t_end, t_start)  # phases of zero length where the switch lies outside the span
+            return [(t_start, ts, dyn.pf_velocity), (ts, t_end, hd)]
+        ts = float(self.t_switch)
+        if not lo <= ts <= hi:
+            raise ValueError(f"{msg}; got {ts}")
         if ts >= t_start:
             return [(t_start, t_end, hd)]
         if ts <= t_end:

@@ -1,40 +1,238 @@
-"""Data parallelism: place a batch across all local devices (``jax.sharding``).
+"""Data parallelism: a batch spread over every device (``jax.sharding``), one compiled program per sweep.
 
-Samplers act per sample, so a batch sharded on its leading axis runs data-parallel under ``jax.jit`` with
-no other change (XLA's SPMD partitioner splits every batched op; the adaptive step-size controller's
-error norm is a global reduction, so the step sequence -- and the result -- is the same as on one device).
+Samplers, ``dg.log_likelihood`` and ``dg.score_alignment`` act per sample, so a batch whose leading axis is
+sharded over a one-axis ``Mesh`` (``NamedSharding(mesh, PartitionSpec("batch"))``) runs data-parallel under
+``jax.jit`` with no other change: XLA's SPMD partitioner gives every device its rows, and the only
+cross-device traffic is the adaptive controller's error norm (a global reduction per step). Hence:
+
+* Same result on any device count. The step sequence is chosen from the whole batch, exactly as on one
+  device, and every random draw is a function of (key, global row): Hutchinson probes come from
+  ``split(key, N)`` (one key per sample) and Brownian increments from draws of shape (N, *shape); with
+  ``jax_threefry_partitionable`` (the default since JAX 0.5) each device generates its own rows of these
+  without communication, and the values do not depend on how the rows are split. These per-device PRNG
+  streams are also *prefix-stable*: row i of a batch of N equals row i of a batch of N' > N, which is
+  what makes padding exact (below). Results agree with one device to float rounding (the batch reduction
+  of the error norm is summed in another order); tested with 4 virtual CPU devices.
+* Compile once. The entry points below jit-compile through ``equinox.filter_jit``: arrays in the
+  arguments are traced, everything else (the score function, the process, solver, step count, flags) is
+  static and keys the compilation cache. Samplers keep their tunable numbers as array leaves -- q of
+  ``DensityGuidance``/``StochasticDensityGuidance``, ``HighDensity``'s t_switch, the level and bounds of
+  ``dg.noise_window``/``dg.noise_window_log_snr`` -- so a sweep over them reuses one program. Pass the
+  *same* score function object each call (a new closure is a new static argument: a recompile).
+* Uneven batches. By default a batch size that is not a multiple of the device count raises a
+  ``ValueError`` naming the fix. With ``pad=True`` the batch is padded to the next multiple with copies of
+  its last sample and every per-sample output is trimmed back to N (so is any per-sample argument:
+  ``logp_T``, ``w_T``, a per-sample q). With constant ``steps`` the padded result equals the unpadded one
+  exactly (the prefix-stable streams above); with an adaptive controller the copies enter the error norm,
+  so the step sequence -- and the result -- may differ within the solver tolerance.
+* Multi-host. Every process runs the same program (``jax.distributed.initialize()`` first). Either every
+  process builds the same global batch (e.g. from one key) and ``shard_batch`` keeps each process's rows,
+  or each process builds only its rows, ``x[host_slice(N)]``, and ``host_local_batch`` assembles the
+  global array. ``devices`` defaults to ``jax.devices()`` (all devices of all processes). README, Scale,
+  has a worked launch.
+
+Memory: no extra per-step storage (see README, Scale, for the measured peak memory per sample of each
+sampler): without gradients every solve is a while loop over its state.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-
-def batch_sharding(devices=None) -> NamedSharding:
-    """A sharding that splits the leading (batch) axis over ``devices`` (default: all local devices)."""
-    devices = jax.local_devices() if devices is None else list(devices)
-    return NamedSharding(Mesh(np.array(devices), ("batch",)), PartitionSpec("batch"))
+__all__ = ["batch_sharding", "shard_batch", "pad_batch", "host_slice", "host_local_batch", "sample_sharded",
+           "log_likelihood_sharded", "score_alignment_sharded"]
 
 
-def shard_batch(x, devices=None):
-    """Place ``x`` (N, *shape) with its batch axis split across ``devices``; N must divide evenly."""
+def _devices(devices) -> list:
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("devices: an empty device list; pass None (all devices) or a list of jax devices")
+    return devices
+
+
+def batch_sharding(devices: Sequence | None = None) -> NamedSharding:
+    """A sharding that splits the leading (batch) axis over ``devices`` (default ``jax.devices()``: every
+    device of every process; on one host, all local devices). Mesh axis name: ``"batch"``."""
+    return NamedSharding(Mesh(np.array(_devices(devices)), ("batch",)), PartitionSpec("batch"))
+
+
+def _check_divisible(n: int, n_dev: int, name: str) -> None:
+    if n % n_dev:
+        raise ValueError(f"{name}: the batch size {n} is not a multiple of the number of devices ({n_dev}); "
+                         f"pass pad=True (pads with copies of the last sample and trims every per-sample "
+                         f"output back to {n}), use a batch of a multiple of {n_dev}, or pass devices=")
+
+
+def pad_batch(x, n_to: int):
+    """Pad ``x`` (N, ...) to ``n_to`` rows with copies of its last row (a real sample, so no NaN or
+    infeasible path can come from the padding)."""
+    x = jnp.asarray(x)
+    n = x.shape[0]
+    if n_to < n:
+        raise ValueError(f"n_to: cannot pad {n} rows down to {n_to}")
+    if n_to == n:
+        return x
+    return jnp.concatenate([x, jnp.broadcast_to(x[-1:], (n_to - n,) + x.shape[1:])], axis=0)
+
+
+def shard_batch(x, devices: Sequence | None = None, *, pad: bool = False, name: str = "x"):
+    """Place ``x`` (N, *shape) with its batch axis split across ``devices`` (default ``jax.devices()``).
+
+    N must be a multiple of the device count, or ``pad=True`` pads it (``pad_batch``) to the next multiple.
+    On several processes, pass the same global ``x`` on every process (each keeps its own rows), or build
+    the global array from per-process rows with ``host_local_batch``. An ``x`` that already has this
+    sharding is returned unchanged.
+    """
     sharding = batch_sharding(devices)
     n_dev = sharding.mesh.size
-    if x.ndim < 1 or x.shape[0] % n_dev:
-        raise ValueError(f"x: the batch size {x.shape[0] if x.ndim else None} must be a multiple of the number of "
-                         f"devices ({n_dev}); pad the batch or pass devices=")
-    return jax.device_put(x, sharding)
+    if getattr(x, "ndim", np.ndim(x)) < 1:
+        raise ValueError(f"{name}: must have a leading batch axis, shape (N, *shape); got a scalar")
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # a global multi-process array
+        _check_divisible(x.shape[0], n_dev, name)
+        if x.sharding.is_equivalent_to(sharding, x.ndim):
+            return x
+        return jax.jit(lambda a: a, out_shardings=sharding)(x)
+    n = x.shape[0]
+    if pad:
+        x = pad_batch(x, -(-n // n_dev) * n_dev)
+    _check_divisible(x.shape[0], n_dev, name)
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    x_host = np.asarray(x)  # every process holds the same global x: keep the addressable rows
+    return jax.make_array_from_callback(x_host.shape, sharding, lambda idx: x_host[idx])
 
 
-def sample_sharded(score: Callable, process, x_T, *, devices=None, **kwargs):
-    """``dg.sample`` with x_T sharded across devices, jit-compiled; same keyword arguments as ``dg.sample``.
-    Returns a ``dg.Sample`` whose arrays stay sharded on the batch axis."""
+def host_slice(n_global: int, process_index: int | None = None, process_count: int | None = None) -> slice:
+    """The rows of a global batch of ``n_global`` that this process owns (contiguous, in process order).
+
+    ``n_global`` must split evenly over the processes (and, for sharding, over all devices); defaults ``jax.process_index()``
+    and ``jax.process_count()``. With the slice each process builds only its rows (``x[host_slice(N)]``,
+    or draws them from ``jax.random.fold_in(key, jax.process_index())``) and ``host_local_batch``
+    assembles the global batch.
+    """
+    idx = jax.process_index() if process_index is None else int(process_index)
+    cnt = jax.process_count() if process_count is None else int(process_count)
+    if not (isinstance(n_global, (int, np.integer)) and n_global >= 1):
+        raise ValueError(f"n_global: must be a positive integer; got {n_global!r}")
+    if not 0 <= idx < cnt:
+        raise ValueError(f"process_index: must lie in [0, {cnt}); got {idx}")
+    if n_global % cnt:
+        raise ValueError(f"n_global: {n_global} rows do not split evenly over {cnt} processes; use a multiple of "
+                         f"{cnt} (and of the total device count, for shard_batch)")
+    n_local = n_global // cnt
+    return slice(idx * n_local, (idx + 1) * n_local)
+
+
+def host_local_batch(x_local, devices: Sequence | None = None):
+    """The global batch-sharded array from each process's own rows ``x_local`` (n_local, *shape):
+    ``jax.make_array_from_process_local_data``; global N = n_local * process_count (process order)."""
+    sharding = batch_sharding(devices)
+    x_local = np.asarray(x_local)
+    n_global = x_local.shape[0] * jax.process_count()
+    return jax.make_array_from_process_local_data(sharding, x_local, (n_global,) + x_local.shape[1:])
+
+
+# ------------------------------------------------------------------------------------------------------
+# the compiled programs: arrays traced, everything else static (equinox.filter_jit)
+# ------------------------------------------------------------------------------------------------------
+@eqx.filter_jit
+def _sample_program(score, process, x_T, options):
     from .samplers import sample
 
-    x_T = shard_batch(x_T, devices)
-    key = kwargs.pop("key", None)
-    return jax.jit(lambda x, k: sample(score, process, x, key=k, **kwargs))(x_T, key)
+    return sample(score, process, x_T, **options)
+
+
+@eqx.filter_jit
+def _likelihood_program(score, process, x0, options):
+    from .likelihood import log_likelihood
+
+    return log_likelihood(score, process, x0, **options)
+
+
+@eqx.filter_jit
+def _alignment_program(score, process, x_T, t_end, options):
+    from .alignment import score_alignment
+
+    return score_alignment(score, process, x_T, t_end, **options)
+
+
+def _prepare(x, devices, pad: bool, name: str):
+    """(x sharded (and padded), N, padded N)."""
+    xs = shard_batch(x, devices, pad=pad, name=name)
+    return xs, int(np.shape(x)[0]), xs.shape[0]
+
+
+def _pad_per_sample(v, n: int, n_pad: int, devices):
+    """Pad and shard a per-sample (N, ...) array argument; anything else passes through."""
+    if n_pad == n or v is None or callable(v) or isinstance(v, str) or np.ndim(v) == 0:
+        return v
+    if np.shape(v)[0] != n:
+        return v  # wrong shape: let the function raise its own error naming the argument
+    return shard_batch(pad_batch(v, n_pad), devices)
+
+
+def _pad_sampler(sampler, n: int, n_pad: int):
+    """Pad a per-sample q (N,) of density guidance (deterministic or stochastic) to n_pad rows."""
+    if sampler is None or n_pad == n:
+        return sampler
+    for where in (lambda s: s.q, lambda s: s.guidance.q):
+        try:
+            q = where(sampler)
+        except AttributeError:
+            continue
+        if isinstance(q, jax.Array) and q.ndim == 1 and q.shape[0] == n:
+            return eqx.tree_at(where, sampler, pad_batch(q, n_pad))
+    return sampler
+
+
+def _trim(tree, n: int, n_pad: int):
+    if n_pad == n:
+        return tree
+    return jax.tree_util.tree_map(
+        lambda a: a[:n] if isinstance(a, jax.Array) and a.ndim >= 1 and a.shape[0] == n_pad else a, tree)
+
+
+def sample_sharded(score: Callable, process, x_T, *, devices: Sequence | None = None, pad: bool = False,
+                   **kwargs):
+    """``dg.sample`` data-parallel over ``devices`` (default all), jit-compiled once per configuration.
+
+    Same keyword arguments as ``dg.sample`` (sampler, key, track_logp, divergence, solver, steps, ...), for
+    every sampler. x_T (N, *shape) is sharded on its batch axis; N must be a multiple of the device count
+    unless ``pad=True`` (module docstring). Returns a ``dg.Sample`` whose per-sample arrays stay sharded
+    (with ``pad=True`` and an uneven N they are trimmed to N). Equal to ``dg.sample`` on one device for the
+    same key, to float rounding. A sweep over the sampler's array leaves (q, t_switch, noise levels)
+    reuses one compiled program.
+    """
+    x, n, n_pad = _prepare(x_T, devices, pad, "x_T")
+    kwargs["sampler"] = _pad_sampler(kwargs.get("sampler"), n, n_pad)
+    if "logp_T" in kwargs:
+        kwargs["logp_T"] = _pad_per_sample(kwargs["logp_T"], n, n_pad, devices)
+    return _trim(_sample_program(score, process, x, kwargs), n, n_pad)
+
+
+def log_likelihood_sharded(score: Callable, process, x0, *, devices: Sequence | None = None, pad: bool = False,
+                           **kwargs):
+    """``dg.log_likelihood`` data-parallel over ``devices``; arguments and padding as ``sample_sharded``.
+    Returns a ``dg.Likelihood`` (logp, logp_stderr, x_T, logp_T per sample; nfe)."""
+    x, n, n_pad = _prepare(x0, devices, pad, "x0")
+    return _trim(_likelihood_program(score, process, x, kwargs), n, n_pad)
+
+
+def score_alignment_sharded(score: Callable, process, x_T, t_end, *, devices: Sequence | None = None,
+                            pad: bool = False, **kwargs):
+    """``dg.score_alignment`` data-parallel over ``devices``; arguments and padding as ``sample_sharded``
+    (``t_end`` is static: a Python float). Returns the (N,) alignment, or ``dg.Alignment`` with
+    ``return_details=True`` (its aligned_fraction over the N real samples)."""
+    x, n, n_pad = _prepare(x_T, devices, pad, "x_T")
+    if "w_T" in kwargs:
+        kwargs["w_T"] = _pad_per_sample(kwargs["w_T"], n, n_pad, devices)
+    out = _trim(_alignment_program(score, process, x, t_end, kwargs), n, n_pad)
+    if n_pad != n and kwargs.get("return_details", False):
+        out = eqx.tree_at(lambda a: a.aligned_fraction, out, jnp.mean(out.value > 0))
+    return out

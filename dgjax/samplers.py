@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from . import dynamics as dyn
-from ._checks import check_batch, check_finite, check_per_sample, check_score_fn, check_time, is_concrete
+from ._checks import check_batch, check_finite, check_param, check_per_sample, check_score_fn, check_time, is_concrete
 from .divergence import DivergenceEstimator, Hutchinson
 from .solve import solve
 from .stochastic import SDESampler, run_sde
@@ -175,10 +175,19 @@ def _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, sol
     nfe_per_eval = 1 + (divergence.num_jvps(dim) if use_div else 0)
     nfe, num_steps = jnp.asarray(0), jnp.asarray(0)
     for t0, t1, velocity in phases:
-        phase_steps = None if steps is None else max(1, round(steps * abs(t0 - t1) / total_span))
+        phase_max_steps = max_steps
+        if steps is None:
+            phase_steps = None
+        elif is_concrete(t0) and is_concrete(t1):
+            phase_steps = max(1, round(steps * abs(float(t0) - float(t1)) / total_span))
+        else:  # a traced phase boundary (e.g. HighDensity's t_switch under jit): the same split, traced
+            check_param(isinstance(steps, int) and steps >= 1, "steps", f"must be an integer >= 1; got {steps!r}")
+            frac = jnp.abs(jnp.asarray(t0, x.dtype) - jnp.asarray(t1, x.dtype)) / total_span
+            phase_steps = jnp.maximum(1, jnp.round(steps * frac)).astype(jnp.int32)
+            phase_max_steps = steps if max_steps is None else max_steps
         vf = _ode_vector_field(score, process, divergence, track_logp, needs_div, velocity)
         y, evals, stats = solve(vf, y, t0, t1, args=probes, solver=solver, steps=phase_steps, rtol=rtol,
-                                atol=atol, adjoint=adjoint, max_steps=max_steps)
+                                atol=atol, adjoint=adjoint, max_steps=phase_max_steps)
         nfe = jnp.where((evals < 0) | (nfe < 0), -1, nfe + nfe_per_eval * evals)
         num_steps = num_steps + stats["num_steps"]
     return _make_sample(y, logp_T, nfe, num_steps, track_logp)

@@ -37,6 +37,8 @@ def controller(steps: int | None, rtol: float | None, atol: float | None, t0: fl
     if steps is not None and (rtol is not None or atol is not None):
         raise ValueError("steps: give either steps (constant step size) or rtol/atol (adaptive), not both")
     if steps is not None:
+        if isinstance(steps, jax.core.Tracer):  # a traced step count: the caller bounds it with max_steps
+            return dfx.ConstantStepSize(), (t1 - t0) / steps, None
         check_param(isinstance(steps, int) and steps >= 1, "steps", f"must be an integer >= 1; got {steps!r}")
         return dfx.ConstantStepSize(), (t1 - t0) / steps, steps
     rtol = DEFAULT_RTOL if rtol is None else rtol
@@ -77,6 +79,8 @@ def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, solver=
     tdtype = jax.tree_util.tree_leaves(y0)[0].dtype
     t0, t1 = jnp.asarray(t0, tdtype), jnp.asarray(t1, tdtype)
     dt0 = None if dt0 is None else jnp.asarray(dt0, tdtype)
+    if default_max is None and max_steps is None:
+        raise ValueError("max_steps: a traced number of constant steps needs a static max_steps bound")
     kwargs = {} if adjoint is None else {"adjoint": adjoint}
     sol = dfx.diffeqsolve(
         term, solver, t0=t0, t1=t1, dt0=dt0, y0=y0, args=args, stepsize_controller=ctrl,

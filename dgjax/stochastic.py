@@ -34,15 +34,17 @@ for the measured cost of each.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import dynamics as dyn
-from ._checks import batch_dot, bcast, check_param, event_dim
+from ._checks import batch_dot, bcast, check_param, event_dim, is_concrete
 
 Array = jax.Array
 
@@ -283,28 +285,66 @@ class StochasticDensityGuidance(SDESampler):
         return phi * pdw, jnp.zeros(dw.shape[0], dw.dtype)
 
 
-def noise_window(level: float, t_from: float, t_to: float) -> Callable:
-    """phi_tilde(t) = level on t_from <= t <= t_to, 0 elsewhere (a window in process time)."""
-    check_param(level >= 0, "level", f"must be >= 0; got {level}")
-    check_param(t_from < t_to, "t_from", f"must be below t_to; got {t_from} >= {t_to}")
-
-    def fn(t):
-        return jnp.where((t >= t_from) & (t <= t_to), level, 0.0)
-
-    return fn
+def _window_param(v, name: str):
+    """A window parameter as a leaf: a float64 0-d numpy array when concrete (exact, and traced by
+    ``equinox.filter_jit`` so that a sweep over it compiles once), or the tracer itself under jit."""
+    if is_concrete(v):
+        check_param(np.ndim(v) == 0 and math.isfinite(float(v)), name, f"must be a finite number; got {v!r}")
+        return np.asarray(float(v), np.float64)
+    return v
 
 
-def noise_window_log_snr(process, level: float, lambda_from: float, lambda_to: float) -> Callable:
+class NoiseWindow(eqx.Module):
+    """phi_tilde(t) = level on t_from <= t <= t_to, 0 elsewhere (``dg.noise_window``). Its parameters are
+    pytree leaves: a sweep over them through one jit-compiled sampler (``dg.sample_sharded``) compiles once."""
+
+    level: Array
+    t_from: Array
+    t_to: Array
+
+    def __call__(self, t):
+        return jnp.where((t >= self.t_from) & (t <= self.t_to), self.level, 0.0)
+
+
+class NoiseWindowLogSNR(eqx.Module):
+    """phi_tilde(t) = level where lambda_from <= lambda_t <= lambda_to (``dg.noise_window_log_snr``); leaves
+    as ``NoiseWindow``."""
+
+    process: eqx.Module
+    level: Array
+    lambda_from: Array
+    lambda_to: Array
+
+    def __call__(self, t):
+        lam = self.process.log_snr(t)
+        return jnp.where((lam >= self.lambda_from) & (lam <= self.lambda_to), self.level, 0.0)
+
+
+def _check_window(level, lo, hi, names):
+    if is_concrete((level, lo, hi)):
+        check_param(float(level) >= 0, "level", f"must be >= 0; got {level}")
+        check_param(float(lo) < float(hi), names[0], f"must be below {names[1]}; got {lo} >= {hi}")
+        return level
+    return eqx.error_if(level, (level < 0) | (lo >= hi),
+                        f"noise window: level must be >= 0 and {names[0]} below {names[1]}")
+
+
+def noise_window(level: float, t_from: float, t_to: float) -> NoiseWindow:
+    """phi_tilde(t) = level on t_from <= t <= t_to, 0 elsewhere (a window in process time). Arguments may
+    be traced (under jit)."""
+    level, t_from, t_to = (_window_param(v, n) for v, n in ((level, "level"), (t_from, "t_from"), (t_to, "t_to")))
+    level = _check_window(level, t_from, t_to, ("t_from", "t_to"))
+    return NoiseWindow(level, t_from, t_to)
+
+
+def noise_window_log_snr(process, level: float, lambda_from: float, lambda_to: float) -> NoiseWindowLogSNR:
     """phi_tilde(t) = level where lambda_from <= lambda_t <= lambda_to (a window in log-SNR, as in the
-    published experiments: early 0.2 on (-10, -4), late 0.3 on (-3, 9) for VP in [-10, 10])."""
-    check_param(level >= 0, "level", f"must be >= 0; got {level}")
-    check_param(lambda_from < lambda_to, "lambda_from", f"must be below lambda_to; got {lambda_from} >= {lambda_to}")
-
-    def fn(t):
-        lam = process.log_snr(t)
-        return jnp.where((lam >= lambda_from) & (lam <= lambda_to), level, 0.0)
-
-    return fn
+    published experiments: early 0.2 on (-10, -4), late 0.3 on (-3, 9) for VP in [-10, 10]). Arguments
+    other than ``process`` may be traced."""
+    level, lo, hi = (_window_param(v, n) for v, n in
+                     ((level, "level"), (lambda_from, "lambda_from"), (lambda_to, "lambda_to")))
+    level = _check_window(level, lo, hi, ("lambda_from", "lambda_to"))
+    return NoiseWindowLogSNR(process, level, lo, hi)
 
 
 # ------------------------------------------------------------------------------------------------------
