@@ -141,25 +141,39 @@ def host_local_batch(x_local, devices: Sequence | None = None):
 # ------------------------------------------------------------------------------------------------------
 # the compiled programs: arrays traced, everything else static (equinox.filter_jit)
 # ------------------------------------------------------------------------------------------------------
+def _batch_constrained(score: Callable, sharding: NamedSharding) -> Callable:
+    """``score`` with its input and output pinned to the batch sharding. Without the pin, XLA's sharding
+    propagation through the solver's while loop may settle on a replicated loop state and run the network
+    on the whole batch on every device (measured: an all-gather of x, then full-batch convolutions);
+    ``with_sharding_constraint`` also applies to the JVP tangents (Hutchinson probes, alignment tangent)."""
+
+    def constrained(x, t):
+        x = jax.lax.with_sharding_constraint(x, sharding)
+        return jax.lax.with_sharding_constraint(score(x, t), sharding)
+
+    return constrained
+
+
 @eqx.filter_jit
-def _sample_program(score, process, x_T, options):
+def _sample_program(score, process, x_T, options, sharding):
     from .samplers import sample
 
-    return sample(score, process, x_T, **options)
+    x_T = jax.lax.with_sharding_constraint(x_T, sharding)
+    return sample(_batch_constrained(score, sharding), process, x_T, **options)
 
 
 @eqx.filter_jit
-def _likelihood_program(score, process, x0, options):
+def _likelihood_program(score, process, x0, options, sharding):
     from .likelihood import log_likelihood
 
-    return log_likelihood(score, process, x0, **options)
+    return log_likelihood(_batch_constrained(score, sharding), process, x0, **options)
 
 
 @eqx.filter_jit
-def _alignment_program(score, process, x_T, t_end, options):
+def _alignment_program(score, process, x_T, t_end, options, sharding):
     from .alignment import score_alignment
 
-    return score_alignment(score, process, x_T, t_end, **options)
+    return score_alignment(_batch_constrained(score, sharding), process, x_T, t_end, **options)
 
 
 def _prepare(x, devices, pad: bool, name: str):
@@ -213,7 +227,7 @@ def sample_sharded(score: Callable, process, x_T, *, devices: Sequence | None = 
     kwargs["sampler"] = _pad_sampler(kwargs.get("sampler"), n, n_pad)
     if "logp_T" in kwargs:
         kwargs["logp_T"] = _pad_per_sample(kwargs["logp_T"], n, n_pad, devices)
-    return _trim(_sample_program(score, process, x, kwargs), n, n_pad)
+    return _trim(_sample_program(score, process, x, kwargs, x.sharding), n, n_pad)
 
 
 def log_likelihood_sharded(score: Callable, process, x0, *, devices: Sequence | None = None, pad: bool = False,
@@ -221,7 +235,7 @@ def log_likelihood_sharded(score: Callable, process, x0, *, devices: Sequence | 
     """``dg.log_likelihood`` data-parallel over ``devices``; arguments and padding as ``sample_sharded``.
     Returns a ``dg.Likelihood`` (logp, logp_stderr, x_T, logp_T per sample; nfe)."""
     x, n, n_pad = _prepare(x0, devices, pad, "x0")
-    return _trim(_likelihood_program(score, process, x, kwargs), n, n_pad)
+    return _trim(_likelihood_program(score, process, x, kwargs, x.sharding), n, n_pad)
 
 
 def score_alignment_sharded(score: Callable, process, x_T, t_end, *, devices: Sequence | None = None,
@@ -232,7 +246,7 @@ def score_alignment_sharded(score: Callable, process, x_T, t_end, *, devices: Se
     x, n, n_pad = _prepare(x_T, devices, pad, "x_T")
     if "w_T" in kwargs:
         kwargs["w_T"] = _pad_per_sample(kwargs["w_T"], n, n_pad, devices)
-    out = _trim(_alignment_program(score, process, x, t_end, kwargs), n, n_pad)
+    out = _trim(_alignment_program(score, process, x, t_end, kwargs, x.sharding), n, n_pad)
     if n_pad != n and kwargs.get("return_details", False):
         out = eqx.tree_at(lambda a: a.aligned_fraction, out, jnp.mean(out.value > 0))
     return out
