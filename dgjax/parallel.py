@@ -11,8 +11,12 @@ cross-device traffic is the adaptive controller's error norm (a global reduction
   ``jax_threefry_partitionable`` (the default since JAX 0.5) each device generates its own rows of these
   without communication, and the values do not depend on how the rows are split. These per-device PRNG
   streams are also *prefix-stable*: row i of a batch of N equals row i of a batch of N' > N, which is
-  what makes padding exact (below). Results agree with one device to float rounding (the batch reduction
-  of the error norm is summed in another order); tested with 4 virtual CPU devices.
+  what makes padding exact (below). Results agree with one device to float rounding (each device's
+  kernels round differently); with an adaptive controller a rounding-level change of the error norm can
+  flip one accept/reject decision, and the results then agree within the solver's error. Tested with 4
+  virtual CPU devices. The score's input and output are pinned to the batch sharding
+  (``_batch_constrained``): otherwise XLA may keep the solver loop's state replicated and run the network
+  on the whole batch on every device.
 * Compile once. The entry points below jit-compile through ``equinox.filter_jit``: arrays in the
   arguments are traced, everything else (the score function, the process, solver, step count, flags) is
   static and keys the compilation cache. Samplers keep their tunable numbers as array leaves -- q of
