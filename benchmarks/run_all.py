@@ -9,8 +9,10 @@ compiling run; NFE counts score evaluations per sample, a JVP counting as one mo
 - published baseline vs dgjax at equal accuracy: the published research code's setup -- fixed-step Euler,
   1024 steps, in a ``lax.scan`` over a per-sample function, ``vmap``-ed over the batch, one Rademacher
   probe -- against dgjax's adaptive Tsit5 (one probe) at the cheapest tolerance that is at least as accurate.
-  Error: mean |tracked log p - reference| / D; the reference is the exact log p at the sample (oracle) or a
-  tight solve with the exact divergence from the same latent (trained model).
+  Both get the same latents and the same probes. Error: mean |tracked log p - reference| / D; the reference
+  is the exact log p at the sample (oracle: discretisation error plus probe noise) or, for the trained
+  model, the same one-probe estimator solved to rtol = 1e-6 from the same latent (discretisation error
+  alone).
 - DG-ODE / PF-ODE, tracked / untracked (PF-ODE and reverse SDE), DG-SDE / DG-ODE per step, the cost of one
   more Hutchinson probe, and the two score-alignment forms against a plain PF-ODE solve.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import diffrax as dfx
 import jax
@@ -37,6 +40,12 @@ except ImportError:  # run as a script from benchmarks/
     from _common import interleaved_best, small_flax_score
 
 P = dg.VP()
+# dgjax configurations offered against the baseline: adaptive Tsit5, and fixed-step Heun (on the trained
+# UNet, whose vector field is rough at low noise, second order beats Tsit5's fifth: 1.9e-4 per dim at 1024 NFE
+# against Tsit5 rtol 1e-5's 1.1e-3 at 2390 NFE)
+TSIT5 = {"Tsit5 rtol 1e-3": dict(rtol=1e-3, atol=1e-3), "Tsit5 rtol 1e-4": dict(rtol=1e-4, atol=1e-4)}
+HEUN = {f"Heun x{n}": dict(solver=dfx.Heun(), steps=n) for n in (128, 192, 256)}
+BENCH_KEY = jax.random.key(7)  # probes of the baseline comparison: dgjax and the baseline draw the same ones
 
 
 def published_baseline(score, process, x_T, key, steps: int = 1024, logp_T=None):
@@ -70,27 +79,31 @@ def _row(name, setting, nfe_a, nfe_b, t_a, t_b, err_a=None, err_b=None):
                 wall_a=t_a, wall_b=t_b, wall_ratio=t_b / t_a, err_a=err_a, err_b=err_b)
 
 
-def baseline_vs_dgjax(score, x_T, label, reference, euler_steps, tols, repeats, logp_T=None):
-    """Baseline (A) vs the cheapest dgjax Tsit5 tolerance at least as accurate (B); also dgjax's own fixed
-    Euler at the same steps (adaptive vs fixed at equal accuracy)."""
-    key = jax.random.key(7)
+def baseline_vs_dgjax(score, x_T, label, reference, euler_steps, candidates, repeats, logp_T=None):
+    """Baseline (A) vs the cheapest dgjax configuration (B) that is at least as accurate, picked from
+    ``candidates`` (name -> dg.sample keyword arguments); also dgjax's own fixed Euler at the baseline's steps
+    (adaptive or higher-order vs fixed Euler at equal accuracy). If no candidate reaches the baseline's
+    accuracy, the most accurate one is reported and the row says so (``equal_accuracy`` False)."""
+    key = BENCH_KEY
     fns = {"baseline": (jax.jit(lambda x, k: published_baseline(score, P, x, k, euler_steps, logp_T)), (x_T, key)),
            "dg_euler": (jax.jit(lambda x, k: dg.sample(score, P, x, key=k, track_logp=True, solver=dfx.Euler(),
                                                        steps=euler_steps, logp_T=logp_T)), (x_T, key))}
-    for tol in tols:
-        fns[f"tsit5_{tol:g}"] = (jax.jit(lambda x, k, tol=tol: dg.sample(score, P, x, key=k, track_logp=True, rtol=tol,
-                                                                        atol=tol, logp_T=logp_T)), (x_T, key))
+    for name, kw in candidates.items():
+        fns[name] = (jax.jit(lambda x, k, kw=kw: dg.sample(score, P, x, key=k, track_logp=True, logp_T=logp_T, **kw)),
+                     (x_T, key))
     outs, best = interleaved_best(fns, repeats)
     d = x_T[0].size
     err = {k: float(jnp.mean(jnp.abs(o[1] - reference(o[0])) if k == "baseline"
                              else jnp.abs(o.logp - reference(o.x)))) / d for k, o in outs.items()}
     nfe = {k: (2 * euler_steps if k == "baseline" else int(o.nfe)) for k, o in outs.items()}
-    ok = [k for k in fns if k.startswith("tsit5") and err[k] <= err["baseline"]]
-    pick = min(ok, key=lambda k: nfe[k]) if ok else min((k for k in fns if k.startswith("tsit5")), key=lambda k: err[k])
-    rows = [_row("published baseline -> dgjax Tsit5 " + pick.split("_")[1], label, nfe["baseline"], nfe[pick],
+    ok = [k for k in candidates if err[k] <= err["baseline"]]
+    pick = min(ok, key=lambda k: nfe[k]) if ok else min(candidates, key=lambda k: err[k])
+    rows = [_row("published baseline -> dgjax " + pick, label, nfe["baseline"], nfe[pick],
                  best["baseline"], best[pick], err["baseline"], err[pick]),
-            _row("dgjax Euler (fixed) -> dgjax Tsit5 " + pick.split("_")[1], label, nfe["dg_euler"], nfe[pick],
+            _row("dgjax Euler (fixed) -> dgjax " + pick, label, nfe["dg_euler"], nfe[pick],
                  best["dg_euler"], best[pick], err["dg_euler"], err[pick])]
+    for r in rows:
+        r["equal_accuracy"] = bool(ok)
     return rows, {k: (nfe[k], best[k], err[k]) for k in fns}
 
 
@@ -156,8 +169,12 @@ def print_table(rows):
                   f"untracked PF-ODE solve")
     for r in rows:
         if r["comparison"].startswith("published baseline"):
-            print(f"speed-up over the published approach at equal or better accuracy ({r['setting']}): "
-                  f"{1 / r['wall_ratio']:.1f}x wall, {1 / r['nfe_ratio']:.1f}x fewer NFE")
+            if r["equal_accuracy"]:
+                print(f"speed-up over the published approach at equal or better accuracy ({r['setting']}): "
+                      f"{1 / r['wall_ratio']:.1f}x wall, {1 / r['nfe_ratio']:.1f}x fewer NFE")
+            else:
+                print(f"no dgjax configuration offered reached the published approach's accuracy ({r['setting']}); "
+                      f"the most accurate is shown")
 
 
 def main(argv=None):
@@ -169,8 +186,12 @@ def main(argv=None):
     quick = args.quick
     repeats = 1 if quick else args.repeats
     n = 4 if quick else 16
-    print(f"backend: {jax.default_backend()}, devices: {jax.devices()}")
+    print(f"backend: {jax.default_backend()}, devices: {jax.devices()}", flush=True)
     rows, details = [], {}
+    t0 = time.perf_counter()
+
+    def done(section):
+        print(f"[{time.perf_counter() - t0:6.1f}s] {section} done", flush=True)
 
     # oracle, D = 3072
     shape = (3, 8, 8) if quick else (3, 32, 32)
@@ -178,11 +199,13 @@ def main(argv=None):
     o_score, o_lp = gm.score(P), gm.log_prob(P)
     x_T = P.prior_sample(jax.random.key(1), (n,) + shape)
     r, details["oracle"] = baseline_vs_dgjax(o_score, x_T, f"oracle D={gm.dim}", lambda x: o_lp(x, P.t_min),
-                                             128 if quick else 1024, (1e-2,) if quick else (1e-3, 1e-4),
-                                             repeats, logp_T=o_lp(x_T, P.t_max))
+                                             128 if quick else 1024, {"Tsit5 rtol 1e-2": dict(rtol=1e-2, atol=1e-2)} if quick else TSIT5, repeats,
+                                             logp_T=o_lp(x_T, P.t_max))
     rows += r
+    done("oracle: baseline vs dgjax")
     rows += sampler_ratios(o_score, x_T, f"oracle D={gm.dim}", 8 if quick else 32, repeats,
                            include_alignment=True)
+    done("oracle: sampler ratios")
 
     if quick:  # the trained model's rows need its compile time: full runs only
         print_table(rows)
@@ -191,17 +214,23 @@ def main(argv=None):
     # the shipped digits model, D = 64
     model = dg.load_model("digits")
     m_score = model.score
-    xm = model.prior_sample(jax.random.key(2), n)
-    ref = dg.sample(m_score, P, xm, track_logp=True, divergence=dg.Exact(), rtol=1e-6, atol=1e-6)
-    # the reference log p belongs to the latent, so each method's error is taken against it
+    # Reference: the same one-probe estimator (same latent, same Rademacher probe as both compared methods)
+    # solved to rtol = atol = 1e-6, so the error is the discretisation error alone; the probe noise, common to
+    # every method, cancels (an exact-divergence reference costs D = 64 UNet JVPs per stage, about 30000 NFE
+    # per sample, and its error would be dominated by that shared noise, about 1e-2 per dim).
+    xm = model.prior_sample(jax.random.key(2), 8)
+    ref = jax.jit(lambda x, k: dg.sample(m_score, P, x, key=k, track_logp=True, rtol=1e-6, atol=1e-6))(xm, BENCH_KEY)
+    done(f"digits: same-probe reference ({int(ref.nfe)} NFE)")
     r, details["digits"] = baseline_vs_dgjax(m_score, xm, f"digits UNet D={model.dim}", lambda x: ref.logp,
-                                             1024, (1e-3, 1e-4), repeats)
+                                             1024, {**TSIT5, **HEUN}, min(repeats, 2))
     rows += r
+    done("digits: baseline vs dgjax")
 
     # a small Flax MLP, D = 3072 (network-like cost of the score)
     d = 192 if quick else 3072
     rows += sampler_ratios(small_flax_score(P, d), P.prior_sample(jax.random.key(4), (n, d)), f"Flax MLP D={d}",
                            8 if quick else 32, repeats, include_sde=False)
+    done("Flax MLP: sampler ratios")
 
     print_table(rows)
     for label, det in details.items():
