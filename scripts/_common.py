@@ -272,15 +272,15 @@ def batched(fn, x, key, batch: int, *extra):
     import jax
     import jax.numpy as jnp
 
+    import dgjax as dg
+
     x = jnp.asarray(x)
     n = x.shape[0]
     outs = []
     for i, lo in enumerate(range(0, n, batch)):
         chunk = x[lo:lo + batch]
         m = chunk.shape[0]
-        if m < batch:
-            chunk = jnp.concatenate([chunk, jnp.repeat(chunk[-1:], batch - m, axis=0)])
-        res = fn(chunk, *extra, jax.random.fold_in(key, i))
+        res = fn(dg.pad_batch(chunk, batch), *extra, jax.random.fold_in(key, i))
         res = res if isinstance(res, tuple) else (res,)
         outs.append(tuple(np.asarray(r)[:m] for r in res))
     cat = tuple(np.concatenate([o[j] for o in outs]) for j in range(len(outs[0])))
