@@ -68,10 +68,13 @@ def _train(args) -> int:
                            attn_resolutions=list(args.attn_res), dropout=args.dropout)
     else:
         arch_kwargs = dict(width=args.width, depth=args.depth)
+    # flow matching samples t uniformly and has its own loss: --importance defaults to uniform there
+    importance = args.importance or ("uniform" if args.objective == "flow" else "adaptive")
     cfg = TrainConfig(data=args.data, patch_size=args.patch_size, arch=args.arch, arch_kwargs=arch_kwargs,
+                      objective=args.objective,
                       steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                       grad_clip=args.grad_clip, ema_decay=args.ema_decay, weighting=args.weighting,
-                      importance=args.importance, seed=args.seed, eval_every=args.eval_every,
+                      importance=importance, seed=args.seed, eval_every=args.eval_every,
                       eval_num=args.eval_num, final_eval_num=args.final_eval_num, ckpt_every=args.ckpt_every,
                       keep=args.keep)
     command = "dgjax " + " ".join(args.argv)
@@ -288,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tr.add_argument("--data", default="digits", choices=DATASETS, help="training data set")
     tr.add_argument("--patch-size", type=int, default=16, help="patch size for --data patches")
+    tr.add_argument("--objective", default="eps", choices=["eps", "flow"],
+                    help="eps: eps-prediction denoising loss on VP (default); flow: flow matching on dg.LinearFlow "
+                         "(x_t = (1-t) x + t eps, velocity target eps - x, t ~ U[1e-3, 1-1e-3]; model predicts v)")
     tr.add_argument("--arch", default="unet", choices=["unet", "mlp"], help="network (mlp for the 2-D toys)")
     tr.add_argument("--channels", type=int, default=32, help="unet: base channel count")
     tr.add_argument("--ch-mult", type=int, nargs="+", default=[1, 2],
@@ -305,8 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ema-decay", type=float, default=0.999, help="decay of the parameter EMA")
     tr.add_argument("--weighting", default="likelihood", choices=["likelihood", "sigmoid"],
                     help="loss weighting in log-SNR: likelihood (unweighted, the ELBO) or sigmoid (perceptual)")
-    tr.add_argument("--importance", default="adaptive", choices=["adaptive", "uniform"],
-                    help="noise-level sampling: adaptive importance sampling (Kingma & Gao 2023) or uniform in log-SNR")
+    tr.add_argument("--importance", default=None, choices=["adaptive", "uniform"],
+                    help="noise-level sampling: adaptive importance sampling (Kingma & Gao 2023; default for "
+                         "--objective eps) or uniform in log-SNR (uniform in t for --objective flow, its only choice)")
     tr.add_argument("--seed", type=int, default=0, help="seed: the data order and all randomness are functions of (seed, step)")
     tr.add_argument("--eval-every", type=int, default=500, help="steps between held-out bits/dim evaluations")
     tr.add_argument("--eval-num", type=int, default=32, help="test examples in each periodic evaluation")

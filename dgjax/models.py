@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .parametrizations import score_from
-from .processes import VP
+from .processes import VP, LinearFlow
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 SHIPPED_MODELS = ("digits", "patches")
@@ -266,13 +266,17 @@ def leaf_shapes(tree) -> dict:
 def process_from_config(cfg: dict):
     cfg = dict(cfg or {"name": "VP"})
     name = cfg.pop("name", "VP")
+    if name == "LinearFlow":  # flow-matching models (dgjax train --objective flow)
+        return LinearFlow(**cfg)
     if name != "VP":
-        raise ModelError(f"process {name!r}: dgjax trains and loads models on the VP log-SNR process only "
-                         f"(the networks are conditioned on lambda; training samples lambda directly)")
+        raise ModelError(f"process {name!r}: dgjax trains and loads models on the VP log-SNR process or on "
+                         f"LinearFlow (flow matching) only (the networks are conditioned on lambda)")
     return VP(**cfg)
 
 
 def process_to_config(process) -> dict:
+    if isinstance(process, LinearFlow):
+        return {"name": "LinearFlow", "eps": process.eps}
     return {"name": "VP", "lambda_min": process.lambda_min, "lambda_max": process.lambda_max}
 
 
@@ -296,10 +300,12 @@ class TrainedModel:
     def __post_init__(self):
         object.__setattr__(self, "process", process_from_config(self.config.get("process")))
         object.__setattr__(self, "shape", tuple(self.config["shape"]))
-        object.__setattr__(self, "_score", score_from(self.apply, self.process, "eps"))
+        object.__setattr__(self, "parametrization", self.config.get("parametrization", "eps"))
+        object.__setattr__(self, "_score", score_from(self.apply, self.process, self.parametrization))
 
     def apply(self, x, t):
-        """eps prediction at (x (N, *shape), t scalar or (N,)), in x's dtype; dropout off."""
+        """The network's prediction (``.parametrization``: eps, or the velocity v for flow models) at
+        (x (N, *shape), t scalar or (N,)), in x's dtype; dropout off."""
         lam = self.process.log_snr(jnp.asarray(t, jnp.float32))
         out = self.network.apply({"params": self.params}, x.astype(jnp.float32), lam, train=False)
         return out.astype(x.dtype)

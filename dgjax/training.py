@@ -60,10 +60,11 @@ import optax
 from .data import load_dataset
 from .models import (ArchitectureMismatch, ModelError, TrainedModel, check_same_architecture, init_params,
                      make_network, num_params, param_shapes, process_to_config, save_model)
-from .processes import VP
+from .processes import VP, LinearFlow
 
 WEIGHTINGS = ("likelihood", "sigmoid")
 IMPORTANCE = ("adaptive", "uniform")
+OBJECTIVES = ("eps", "flow")
 # settings that may change when a run is resumed (they do not affect the parameters)
 _RESUME_FREE = ("eval_every", "eval_num", "ckpt_every", "keep", "final_eval_num", "eval_rtol")
 
@@ -74,6 +75,7 @@ class TrainConfig:
 
     data: str = "digits"
     patch_size: int = 16
+    objective: str = "eps"  # "eps": VP eps-prediction; "flow": flow matching on LinearFlow (flow_matching_loss_fn)
     arch: str = "unet"
     arch_kwargs: dict = field(default_factory=lambda: dict(channels=32, ch_mult=[1, 2], num_res_blocks=2,
                                                            attn_resolutions=[4], dropout=0.1))
@@ -107,6 +109,12 @@ class TrainConfig:
 
         need(self.weighting in WEIGHTINGS, "weighting", f"choose one of {WEIGHTINGS}")
         need(self.importance in IMPORTANCE, "importance", f"choose one of {IMPORTANCE}")
+        need(self.objective in OBJECTIVES, "objective", f"choose one of {OBJECTIVES}")
+        if self.objective == "flow":
+            need(self.weighting == "likelihood", "weighting", "flow matching has its own (velocity) loss; "
+                 "use weighting='likelihood' (the default) with objective='flow'")
+            need(self.importance == "uniform", "importance", "flow matching samples t uniformly; "
+                 "use importance='uniform' with objective='flow'")
         for k in ("steps", "batch_size", "num_bins", "eval_every", "eval_num", "ckpt_every", "keep", "final_eval_num"):
             need(isinstance(getattr(self, k), int) and getattr(self, k) >= 1, k, "must be an int >= 1")
         need(self.lr > 0, "lr", "must be > 0")
@@ -134,9 +142,14 @@ class TrainConfig:
 
 
 def model_config(cfg: TrainConfig, shape, name: str = "model") -> dict:
-    """The model part of a config (what ``dg.load_model`` needs)."""
+    """The model part of a config (what ``dg.load_model`` needs): objective, process and parametrization
+    (eps on VP, or the velocity "v" on LinearFlow for objective "flow")."""
+    if cfg.objective == "flow":
+        process, param = process_to_config(LinearFlow()), "v"
+    else:
+        process, param = process_to_config(VP(cfg.lambda_min, cfg.lambda_max)), "eps"
     return {"name": name, "arch": cfg.arch, "arch_kwargs": cfg.arch_kwargs, "shape": list(shape),
-            "process": process_to_config(VP(cfg.lambda_min, cfg.lambda_max)), "parametrization": "eps",
+            "objective": cfg.objective, "process": process, "parametrization": param,
             "data": cfg.data, "data_kwargs": cfg.data_kwargs}
 
 
@@ -210,6 +223,8 @@ def init_state(cfg: TrainConfig, net, shape, tx) -> dict:
 
 def make_loss_fn(cfg: TrainConfig, net, dim: int):
     """loss(params, hist, x, key) -> (mean loss, (lambda, w |eps - eps_hat|^2 / D)); dropout on."""
+    if cfg.objective == "flow":
+        return flow_matching_loss_fn(cfg, net, dim)
 
     def loss_fn(params, hist, x, key):
         k_lam, k_eps, k_drop = jax.random.split(key, 3)
@@ -224,6 +239,33 @@ def make_loss_fn(cfg: TrainConfig, net, dim: int):
         w = weight(lam, cfg)
         loss = jnp.mean(0.5 * w / p * sq)
         return loss, (lam, jax.lax.stop_gradient(w * sq))
+
+    return loss_fn
+
+
+def flow_matching_loss_fn(cfg: TrainConfig, net, dim: int):
+    """The flow-matching (conditional velocity) loss on ``dg.LinearFlow`` (MATH 2; Lipman et al. 2023,
+    Liu et al. 2023): with ``t ~ U[t_min, t_max]`` (uniform time sampling, t_min = 1 - t_max = 1e-3) and
+    ``x_t = (1 - t) x + t eps``, the velocity target is ``d x_t / dt = eps - x`` and
+
+        L = 1/2 |(eps - x) - v_hat(x_t, lambda_t)|^2 / D        (per example; mean over the batch)
+
+    The network sees the log-SNR ``lambda_t = 2 log((1 - t) / t)`` (as every dgjax network does); its output
+    is the velocity, converted to the score by ``dg.score_from(..., "v")`` (s = 2 (f x - v) / g^2).
+    Returns loss(params, hist, x, key) -> (mean loss, (lambda, |v - v_hat|^2 / D)); ``hist`` is unused.
+    """
+    process = LinearFlow()
+
+    def loss_fn(params, hist, x, key):
+        k_t, k_eps, k_drop = jax.random.split(key, 3)
+        t = jax.random.uniform(k_t, (x.shape[0],), minval=process.t_min, maxval=process.t_max)
+        eps = jax.random.normal(k_eps, x.shape)
+        tb = t.reshape((-1,) + (1,) * (x.ndim - 1))
+        z = (1.0 - tb) * x + tb * eps
+        lam = process.log_snr(t)
+        v_hat = net.apply({"params": params}, z, lam, train=True, rngs={"dropout": k_drop})
+        sq = jnp.sum(jnp.reshape((eps - x - v_hat) ** 2, (x.shape[0], -1)), axis=-1) / dim
+        return jnp.mean(0.5 * sq), (lam, jax.lax.stop_gradient(sq))
 
     return loss_fn
 
