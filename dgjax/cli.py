@@ -110,7 +110,7 @@ def _sample(args) -> int:
 
     import dgjax as dg
 
-    from .data import save_image_grid
+    from .grids import save_labelled_grid
     from .models import ModelError
 
     qs = args.q
@@ -119,6 +119,8 @@ def _sample(args) -> int:
             return _fail(f"--q: every q must lie in (0, 1) (the log-density quantile); got {q}")
     if args.num < 1:
         return _fail(f"--num must be >= 1; got {args.num}")
+    if args.scale is not None and args.scale < 1:
+        return _fail(f"--scale must be >= 1; got {args.scale}")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
         return _fail(f"--out {args.out!r}: directory {out_dir!r} does not exist or is not writable")
@@ -167,8 +169,11 @@ def _sample(args) -> int:
         bar.update(1)
     bar.close()
     elapsed = time.perf_counter() - start
+    labels = [f"q={q:g}  " + (f"mean log p {logp.mean():.1f}" if err is None else
+                              ("infeasible" if "infeasible" in err else "failed")) for q, logp, _, err in table]
     try:
-        save_image_grid(args.out, np.stack(rows), ds.transform, scale=args.scale)
+        save_labelled_grid(args.out, np.stack(rows), ds.transform, labels, scale=args.scale,
+                           title=f"{model.name}: density guidance, one latent per column")
     except ValueError as e:
         return _fail(str(e))
     mode = f"{args.steps} Tsit5 steps" if args.steps else f"adaptive Tsit5, rtol=atol={args.rtol:g}"
@@ -349,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="guidance feasibility check tolerance in log-SNR units (0 disables it)")
     sm.add_argument("--seed", type=int, default=0, help="PRNG seed of the latents and probes")
     sm.add_argument("--out", default="samples.png", help="output PNG")
-    sm.add_argument("--scale", type=int, default=4, help="pixel upscaling of the grid")
+    sm.add_argument("--scale", type=int, default=None,
+                    help="nearest-neighbour upscaling of each image (default: about 64 pixels a side, x8 for digits)")
     sm.add_argument("--no-progress", action="store_true", help="no progress bar")
     sm.set_defaults(func=_sample)
 
