@@ -8,9 +8,10 @@ inverse transform (``floor((x + 1) 17 / 2)`` clipped to 0..16), so a sample is s
 Measured per configuration (the same N prior latents in every one): the fraction of samples whose top class
 has probability >= ``--threshold`` (0.9), the classes covered (distinct top classes among those confident
 samples, of 10), the mean top probability, the mean tracked log p (nats, MATH 4) and bits/dim. The
-configurations: the PF-ODE (``dg.PFODE``) and density guidance ``dg.DensityGuidance(q)`` at a few q, adaptive
-Tsit5 at rtol = atol = ``--rtol`` (1e-4), or constant ``--steps`` (--quick: 6 steps, 8 latents). The reference row "real test digits" is the
-classifier on the 297 held-out real digits (the ceiling: about 0.59 of them clear p >= 0.9).
+configurations: the PF-ODE (``dg.PFODE``) and density guidance ``dg.DensityGuidance(q)`` at a few q (default
+0.3, 0.6), adaptive Tsit5 at rtol = atol = ``--rtol`` (1e-4), or constant ``--steps`` (--quick: 6 steps,
+8 latents, q = 0.6). The reference row "real test digits" is the classifier on the 297 held-out real digits
+(the ceiling: about 0.59 of them clear p >= 0.9).
 
 Files: ``table.csv`` (one row per configuration), ``samples.csv`` (per sample: class, probability, log p),
 ``grid.png`` (one row per configuration, the same latents in every column), ``summary.json``.
