@@ -414,8 +414,8 @@ class Checkpoints:
         check_same_architecture(
             {jax.tree_util.keystr(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(template["params"])},
             self.stored_param_shapes(step), where)
-        target = jax.tree_util.tree_map(lambda v: jax.ShapeDtypeStruct(np.shape(v), jnp.asarray(v).dtype),
-                                        _to_saveable(template))
+        # the template may be abstract (load_run passes jax.eval_shape's ShapeDtypeStructs)
+        target = jax.tree_util.tree_map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), _to_saveable(template))
         try:
             saved = self.manager.restore(step, args=self._ocp.args.StandardRestore(target))
         except Exception as e:

@@ -88,6 +88,12 @@ def test_flow_run_resumes_exactly_and_exports_a_velocity_model(tmp_path):
     for a, b in zip(jax.tree_util.tree_leaves(resumed.state), jax.tree_util.tree_leaves(full.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
+    # a run directory without an exported model loads from its latest checkpoint (EMA parameters)
+    from_ckpt = load_model(str(tmp_path / "full"))
+    assert from_ckpt.parametrization == "v" and isinstance(from_ckpt.process, dg.LinearFlow)
+    for a, b in zip(jax.tree_util.tree_leaves(from_ckpt.params), jax.tree_util.tree_leaves(full.state["ema_params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
     stored = json.loads((tmp_path / "cut" / "model.json").read_text())
     assert (stored["objective"], stored["parametrization"], stored["process"]["name"]) == ("flow", "v", "LinearFlow")
     model = load_model(str(tmp_path / "cut"))
