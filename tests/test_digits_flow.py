@@ -15,6 +15,11 @@ import dgjax as dg
 MODEL = os.environ.get("DGJAX_FLOW_MODEL", "digits-flow")
 STEPS = dict(steps=8, max_steps=16)
 
+if MODEL == "digits-flow" and "digits-flow" not in dg.models.SHIPPED_MODELS:
+    # its training run (README, "Shipped models") had not finished when these tests were written; they were
+    # run on its checkpoints with DGJAX_FLOW_MODEL=runs/digits-flow, and run here once it is registered
+    pytest.skip("digits-flow is not registered in dgjax.models.SHIPPED_MODELS yet", allow_module_level=True)
+
 
 @pytest.fixture(scope="module")
 def flow():
@@ -35,7 +40,7 @@ def test_digits_flow_loads_as_a_velocity_model_and_samples(flow):
 
 
 def test_density_guidance_on_digits_flow_is_monotone_in_q(flow):
-    qs = [0.2, 0.35, 0.5, 0.6]
+    qs = [0.2, 0.35, 0.5, 0.55]   # LinearFlow spans lambda in [-13.8, 13.8]: q = 0.6 asks for ~40 nats, infeasible
     x_T = flow.prior_sample(jax.random.key(2), 6)
 
     @jax.jit
@@ -60,6 +65,6 @@ def test_every_sampler_runs_on_digits_flow(flow):
     assert np.all(np.isfinite(hd.x)) and np.mean(hd.logp) > np.mean(pf.logp)
     al = dg.score_alignment(flow.score, p, x_T, 0.05, **STEPS)
     assert np.all(np.isfinite(np.asarray(al)))
-    sdg_sampler = dg.StochasticDensityGuidance(0.6, dg.noise_window(0.2, 0.3, 0.7))
+    sdg_sampler = dg.StochasticDensityGuidance(0.55, dg.noise_window(0.2, 0.3, 0.7))
     sdg = dg.sample(flow.score, p, x_T, sampler=sdg_sampler, key=key, track_logp=True, steps=32)
     assert np.all(np.isfinite(sdg.x)) and np.all(np.isfinite(sdg.logp))
