@@ -10,7 +10,8 @@ Networks predict the noise eps from ``(x_t, lambda_t)`` -- they are conditioned 
   with attention, skip connections, and a zero-initialised output convolution.
 
 ``TrainedModel`` binds a network to its (EMA) parameters, its forward process and its config; its
-``.score`` is a pure ``score(x, t)`` made by ``dg.score_from(..., parametrization="eps")``, so every
+``.score`` is a pure ``score(x, t)`` made by ``dg.score_from(..., parametrization)`` with the config's
+parametrization ("eps" on ``VP``; "v", the velocity, on ``LinearFlow`` for flow-matching models), so every
 sampler, ``dg.log_likelihood`` and ``dg.score_alignment`` work on it unchanged.
 
 Files. A model is two files side by side: ``NAME.json`` (the config: architecture, shape, process, data
