@@ -50,7 +50,8 @@ from jax.scipy.special import gammainc, ndtri
 from scipy import stats
 
 from . import dynamics as dyn
-from ._checks import batch_dot, bcast, check_batch, check_finite, check_param, check_time, event_dim, is_concrete
+from ._checks import (batch_dot, bcast, check_batch, check_finite, check_param, check_time, event_dim, is_concrete,
+                      runtime_check)
 from .divergence import DivergenceEstimator, Hutchinson
 from .samplers import ODESampler
 
@@ -74,7 +75,11 @@ _INFEASIBLE_MSG = (
 # ------------------------------------------------------------------------------------------------------
 def _check_q(q, name: str = "q"):
     """q as a float array in (0, 1): eagerly when concrete, with ``equinox.error_if`` when traced."""
+    if q is None or isinstance(q, (str, bytes, bool)):
+        raise ValueError(f"{name}: must be a number (or (N,) array) in (0, 1); got {q!r}")
     q = jnp.asarray(q)
+    if not (jnp.issubdtype(q.dtype, jnp.floating) or jnp.issubdtype(q.dtype, jnp.integer)):
+        raise ValueError(f"{name}: must be a number (or (N,) array) in (0, 1); got dtype {q.dtype}")
     if not jnp.issubdtype(q.dtype, jnp.floating):
         q = q.astype(float)
     if q.ndim > 1:
@@ -144,6 +149,9 @@ def chi_radius(q, dim: int):
 def _rescale(x_T, radius):
     """Rescale each row of x_T to the given norm (scalar or (N,))."""
     norm = jnp.sqrt(batch_dot(x_T, x_T))
+    # a zero row has no direction to rescale along (it would become NaN)
+    norm = runtime_check(norm, norm <= 0, "x_T: some row is all zeros; rescaling a latent to a radius needs a "
+                         "nonzero row (draw x_T from the prior, e.g. process.prior_sample(key, (N, *shape)))")
     return x_T * bcast(jnp.asarray(radius, x_T.dtype) / norm, x_T)
 
 
@@ -199,6 +207,9 @@ class DensityGuidance(ODESampler):
       data_scale: an upper bound on the per-dimension standard deviation of the data, used only by the
         feasibility check (module docstring). Default 1 (data in [-1, 1]).
       feasibility_tol: the check's tolerance in units of log-SNR; 0 disables it.
+      data_range: r when the data lie in [-r, r] (``TrainedModel.data_range``; 1 for dgjax's data sets):
+        dg.sample then raises when a sample leaves it (more than 1% of its entries beyond 1.05 r), as
+        guidance far from q = 0.5 does in either direction. None (default): not checked.
 
     With ``track_logp=True`` dg.sample reports log p along the guided path through the generic rate of
     MATH 4(b), which equals the known rate b here.
@@ -209,15 +220,19 @@ class DensityGuidance(ODESampler):
     start_at_median: bool = eqx.field(static=True)
     data_scale: float = eqx.field(static=True)
     feasibility_tol: float = eqx.field(static=True)
+    data_range: float | None = eqx.field(static=True)
 
     def __init__(self, q=0.5, rate: Callable | None = None, start_at_median: bool = True, *,
-                 data_scale: float = 1.0, feasibility_tol: float = 1.0):
+                 data_scale: float = 1.0, feasibility_tol: float = 1.0, data_range: float | None = None):
         if rate is not None and not callable(rate):
             raise ValueError(f"rate: must be a callable rate(x, t) -> (N,) or None; got {rate!r}")
         check_param(isinstance(data_scale, (int, float)) and data_scale > 0, "data_scale",
                     f"must be a positive number; got {data_scale!r}")
         check_param(isinstance(feasibility_tol, (int, float)) and feasibility_tol >= 0, "feasibility_tol",
                     f"must be a number >= 0; got {feasibility_tol!r}")
+        check_param(data_range is None or (isinstance(data_range, (int, float)) and 0 < data_range < math.inf),
+                    "data_range", f"must be None or a finite positive number (data in [-r, r]); got {data_range!r}")
+        self.data_range = None if data_range is None else float(data_range)
         self.q = _check_q(q)
         self.rate = rate
         self.start_at_median = bool(start_at_median)

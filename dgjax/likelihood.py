@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from . import dynamics as dyn
-from ._checks import check_batch, check_finite, check_score_fn
+from ._checks import check_batch, check_finite, check_output, check_score_fn
 from .divergence import DivergenceEstimator, Hutchinson
 from .solve import solve
 
@@ -42,7 +42,10 @@ def log_likelihood(score: Callable, process, x0, *, key=None, divergence: Diverg
 
     Args mirror ``dg.sample``. ``prior_log_prob(x_T) -> (N,)`` defaults to ``process.prior_log_prob``.
     """
+    from .samplers import _check_common
+
     divergence = Hutchinson() if divergence is None else divergence
+    _check_common(process, divergence, key, steps, rtol, atol)
     x0 = check_finite(check_batch(x0, "x0"), "x0")
     t0, t1 = process.t_min, process.t_max
     check_score_fn(score, x0, jnp.asarray(t0, dtype=x0.dtype))
@@ -55,8 +58,10 @@ def log_likelihood(score: Callable, process, x0, *, key=None, divergence: Diverg
 
     (x_T, change), evals, _ = solve(vf, y0, t0, t1, args=probes, solver=solver, steps=steps, rtol=rtol,
                                     atol=atol, adjoint=adjoint, max_steps=max_steps)
+    x_T, change = check_output((x_T, change), "dg.log_likelihood: the PF-ODE encoding solve")
     prior = process.prior_log_prob if prior_log_prob is None else prior_log_prob
     logp_T = prior(x_T)
+    logp_T = check_output(logp_T, "dg.log_likelihood: the prior term log p_T(x_T)")
     logp, stderr = dyn.mean_and_stderr(logp_T[None, :] - change)
     nfe = jnp.where(evals < 0, -1, (1 + divergence.num_jvps(x0[0].size)) * evals)
     return Likelihood(logp, stderr, x_T, logp_T, nfe)
@@ -69,5 +74,16 @@ def bits_per_dim(logp, shape, offset_bits: float = 7.0):
     Jacobian of y + u -> x is (1/128)^D, so offset_bits = log2(128) = 7 (the default). For
     x = (y + u) / 256 in [0, 1) use offset_bits = 8. ``offset_bits = 0`` gives bits/dim of x itself.
     """
-    d = math.prod(tuple(shape))
-    return -jnp.asarray(logp) / (d * math.log(2.0)) + offset_bits
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise ValueError(f"shape: must be the per-sample event shape, a tuple of ints; got {shape!r}") from None
+    if len(shape) == 0 or any(s < 1 for s in shape):
+        raise ValueError(f"shape: must be the per-sample event shape (D = prod(shape) >= 1, without the batch axis); "
+                         f"got {shape}")
+    logp = jnp.asarray(logp)
+    if logp.ndim == 1 and len(shape) >= 2 and logp.shape[0] >= 2 and shape[0] == logp.shape[0]:
+        raise ValueError(f"shape: {shape} starts with the batch size N = {logp.shape[0]} of logp; pass the per-sample "
+                         f"event shape (x.shape[1:], here {shape[1:]})")
+    d = math.prod(shape)
+    return -logp / (d * math.log(2.0)) + offset_bits

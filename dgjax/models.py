@@ -269,7 +269,14 @@ def process_from_config(cfg: dict):
     if name != "VP":
         raise ModelError(f"process {name!r}: dgjax trains and loads models on the VP log-SNR process only "
                          f"(the networks are conditioned on lambda; training samples lambda directly)")
-    return VP(**cfg)
+    unknown = sorted(set(cfg) - {"lambda_min", "lambda_max"})
+    if unknown:
+        raise ModelError(f"model config: unknown process field(s) {unknown}; a VP process takes lambda_min and "
+                         f"lambda_max")
+    try:
+        return VP(**cfg)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"model config: invalid process {cfg}: {e}") from e
 
 
 def process_to_config(process) -> dict:
@@ -343,6 +350,14 @@ class TrainedModel:
 
         return load_dataset(self.config["data"], **self.config.get("data_kwargs", {}))
 
+    @property
+    def data_range(self) -> float | None:
+        """r when the model's data lie in [-r, r] (1 for dequantised image data; None for continuous toys):
+        pass it to ``dg.DensityGuidance(..., data_range=...)`` to be told when guidance leaves the data."""
+        from .data import Dequantize
+
+        return 1.0 if isinstance(self.dataset.transform, Dequantize) else None
+
     def prior_sample(self, key, n: int):
         return self.process.prior_sample(key, (n,) + self.shape)
 
@@ -355,6 +370,10 @@ def network_from_config(config: dict) -> nn.Module:
     for k in ("arch", "shape"):
         if k not in config:
             raise ModelError(f"model config lacks {k!r}; is it a dgjax model config ({FORMAT})?")
+    shape = config["shape"]
+    if not (isinstance(shape, (list, tuple)) and len(shape) >= 1
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+        raise ModelError(f"model config: 'shape' must be a list of positive integers (the per-sample shape); got {shape!r}")
     return make_network(config["arch"], config["shape"], config.get("arch_kwargs"))
 
 
@@ -411,7 +430,19 @@ def params_from_bytes(blob: bytes, config: dict, where: str):
     if not isinstance(state, dict):
         raise ModelError(f"{where} is corrupt: it holds {type(state).__name__}, not a parameter tree")
     check_same_architecture(param_shapes(net, config["shape"]), leaf_shapes(state), where)
+    check_params_finite(state, where)
     return jax.tree_util.tree_map(jnp.asarray, state)
+
+
+def check_params_finite(params, where: str) -> None:
+    """Raise ``ModelError`` naming the first parameter with NaN/inf entries (a damaged file or checkpoint
+    would otherwise load and then make every solve fail or run to max_steps)."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        a = np.asarray(leaf)
+        if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+            raise ModelError(f"{where} is corrupt: parameter {jax.tree_util.keystr(path)} holds "
+                             f"{int((~np.isfinite(a)).sum())} non-finite values (NaN or inf); re-export or "
+                             f"re-download the model")
 
 
 def load_model_files(prefix: str) -> TrainedModel:
@@ -438,6 +469,9 @@ def load_model(name_or_path: str, *, compute_dtype=None) -> TrainedModel:
 def _load_model(name_or_path: str) -> TrainedModel:
     if isinstance(name_or_path, TrainedModel):
         return name_or_path
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ModelError(f"load_model: expected a shipped model name {SHIPPED_MODELS}, a NAME.msgpack path or a run "
+                         f"directory; got {name_or_path!r}")
     s = os.fspath(name_or_path)
     if s in SHIPPED_MODELS and not os.path.exists(s):
         prefix = os.path.join(WEIGHTS_DIR, s)

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from ._checks import all_finite, check_batch, check_finite, deferred_errors, raise_if_not_finite
 
 __all__ = ["batch_sharding", "shard_batch", "pad_batch", "host_slice", "host_local_batch", "sample_sharded",
            "log_likelihood_sharded", "score_alignment_sharded"]
@@ -163,27 +164,42 @@ def _sample_program(score, process, x_T, options, sharding):
     from .samplers import sample
 
     x_T = jax.lax.with_sharding_constraint(x_T, sharding)
-    return sample(_batch_constrained(score, sharding), process, x_T, **options)
+    out = sample(_batch_constrained(score, sharding), process, x_T, **options)
+    return out, all_finite(out)
 
 
 @eqx.filter_jit
 def _likelihood_program(score, process, x0, options, sharding):
     from .likelihood import log_likelihood
 
-    return log_likelihood(_batch_constrained(score, sharding), process, x0, **options)
+    out = log_likelihood(_batch_constrained(score, sharding), process, x0, **options)
+    return out, all_finite(out)
 
 
 @eqx.filter_jit
 def _alignment_program(score, process, x_T, t_end, options, sharding):
     from .alignment import score_alignment
 
-    return score_alignment(_batch_constrained(score, sharding), process, x_T, t_end, **options)
+    out = score_alignment(_batch_constrained(score, sharding), process, x_T, t_end, **options)
+    return out, all_finite(out)
 
 
 def _prepare(x, devices, pad: bool, name: str):
-    """(x sharded (and padded), N, padded N)."""
+    """(x sharded (and padded), N, padded N); x is checked here, where its values are concrete."""
+    if not isinstance(x, jax.core.Tracer):
+        check_finite(check_batch(jnp.asarray(x) if not isinstance(x, jax.Array) else x, name), name)
     xs = shard_batch(x, devices, pad=pad, name=name)
     return xs, int(np.shape(x)[0]), xs.shape[0]
+
+
+def _run(program, where: str, sharding, *args):
+    """Run a sharded program; on several devices its run-time checks are deferred (``_checks.deferred_errors``)
+    and a failed one is raised here, on every process, instead of aborting the program."""
+    n_dev = sharding.mesh.size
+    with deferred_errors(n_dev > 1):
+        out, ok = program(*args)
+    raise_if_not_finite(ok, where, n_dev)
+    return out
 
 
 def _pad_per_sample(v, n: int, n_pad: int, devices):
@@ -231,7 +247,8 @@ def sample_sharded(score: Callable, process, x_T, *, devices: Sequence | None = 
     kwargs["sampler"] = _pad_sampler(kwargs.get("sampler"), n, n_pad)
     if "logp_T" in kwargs:
         kwargs["logp_T"] = _pad_per_sample(kwargs["logp_T"], n, n_pad, devices)
-    return _trim(_sample_program(score, process, x, kwargs, x.sharding), n, n_pad)
+    return _trim(_run(_sample_program, "dg.sample_sharded", x.sharding, score, process, x, kwargs, x.sharding),
+                 n, n_pad)
 
 
 def log_likelihood_sharded(score: Callable, process, x0, *, devices: Sequence | None = None, pad: bool = False,
@@ -239,7 +256,8 @@ def log_likelihood_sharded(score: Callable, process, x0, *, devices: Sequence | 
     """``dg.log_likelihood`` data-parallel over ``devices``; arguments and padding as ``sample_sharded``.
     Returns a ``dg.Likelihood`` (logp, logp_stderr, x_T, logp_T per sample; nfe)."""
     x, n, n_pad = _prepare(x0, devices, pad, "x0")
-    return _trim(_likelihood_program(score, process, x, kwargs, x.sharding), n, n_pad)
+    return _trim(_run(_likelihood_program, "dg.log_likelihood_sharded", x.sharding, score, process, x, kwargs,
+                      x.sharding), n, n_pad)
 
 
 def score_alignment_sharded(score: Callable, process, x_T, t_end, *, devices: Sequence | None = None,
@@ -250,7 +268,8 @@ def score_alignment_sharded(score: Callable, process, x_T, t_end, *, devices: Se
     x, n, n_pad = _prepare(x_T, devices, pad, "x_T")
     if "w_T" in kwargs:
         kwargs["w_T"] = _pad_per_sample(kwargs["w_T"], n, n_pad, devices)
-    out = _trim(_alignment_program(score, process, x, t_end, kwargs, x.sharding), n, n_pad)
+    out = _trim(_run(_alignment_program, "dg.score_alignment_sharded", x.sharding, score, process, x, t_end, kwargs,
+                     x.sharding), n, n_pad)
     if n_pad != n and kwargs.get("return_details", False):
         out = eqx.tree_at(lambda a: a.aligned_fraction, out, jnp.mean(out.value > 0))
     return out

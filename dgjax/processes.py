@@ -87,6 +87,13 @@ class Process(eqx.Module):
 
     def prior_sample(self, key: Array, shape) -> Array:
         """Draw x_T ~ N(0, sigma_T^2 I); ``shape`` includes the batch axis: (N, *event_shape)."""
+        shape = (shape,) if isinstance(shape, int) else shape
+        try:
+            shape = tuple(int(v) for v in shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"shape: must be a tuple of integers (N, *event_shape); got {shape!r}") from None
+        check_param(len(shape) >= 1 and all(v >= 0 for v in shape), "shape",
+                    f"must be (N, *event_shape) with non-negative sizes; got {shape}")
         return self.sigma(self.t_max) * jax.random.normal(key, tuple(shape))
 
     def prior_log_prob(self, x: Array) -> Array:
@@ -101,6 +108,11 @@ class Process(eqx.Module):
         var = self.sigma(self.t_max) ** 2
         sq = jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1)
         return -0.5 * d * jnp.log(2 * jnp.pi * var) - 0.5 * sq / var
+
+
+def _check_finite_params(**values) -> None:
+    for name, v in values.items():
+        check_param(isinstance(v, (int, float)) and math.isfinite(v), name, f"must be a finite number; got {v!r}")
 
 
 def _log_sigmoid(z):
@@ -121,6 +133,7 @@ class VP(Process):
     lambda_max: float = eqx.field(static=True)
 
     def __init__(self, lambda_min: float = -10.0, lambda_max: float = 10.0):
+        _check_finite_params(lambda_min=lambda_min, lambda_max=lambda_max)
         check_param(lambda_min < lambda_max, "lambda_min", f"must be below lambda_max ({lambda_min} >= {lambda_max})")
         self.lambda_min, self.lambda_max = float(lambda_min), float(lambda_max)
         self.t_min, self.t_max = 0.0, 1.0
@@ -144,6 +157,7 @@ class VPLinear(Process):
     beta_max: float = eqx.field(static=True)
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3):
+        _check_finite_params(beta_min=beta_min, beta_max=beta_max, t_min=t_min)
         check_param(0 < beta_min <= beta_max, "beta_min", f"need 0 < beta_min <= beta_max, got {beta_min}, {beta_max}")
         check_param(0 < t_min < 1, "t_min", f"must lie in (0, 1) (sigma is 0 at t = 0), got {t_min}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
@@ -183,6 +197,7 @@ class VE(Process):
     sigma_max: float = eqx.field(static=True)
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        _check_finite_params(sigma_min=sigma_min, sigma_max=sigma_max)
         check_param(0 < sigma_min < sigma_max, "sigma_min", f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.t_min, self.t_max = 0.0, 1.0
@@ -198,6 +213,7 @@ class EDM(Process):
     """EDM (Karras et al.): alpha = 1, sigma_t = t, t in [sigma_min, sigma_max] = [0.002, 80]."""
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        _check_finite_params(sigma_min=sigma_min, sigma_max=sigma_max)
         check_param(0 < sigma_min < sigma_max, "sigma_min", f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.t_min, self.t_max = float(sigma_min), float(sigma_max)
 

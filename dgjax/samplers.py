@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from . import dynamics as dyn
-from ._checks import check_batch, check_finite, check_param, check_per_sample, check_score_fn, check_time, is_concrete
+from ._checks import (check_batch, check_finite, check_int, check_key, check_output, check_param, check_per_sample,
+                      check_score_fn, check_time, is_concrete, runtime_check)
 from .divergence import DivergenceEstimator, Hutchinson
+from .processes import Process
 from .solve import solve
 from .stochastic import SDESampler, run_sde
 
@@ -140,6 +142,7 @@ def sample(score: Callable, process, x_T, *, sampler=None, key=None, track_logp:
     if not isinstance(sampler, (ODESampler, SDESampler)):
         raise ValueError(f"sampler: expected a dgjax sampler such as dg.PFODE(); got {sampler!r}")
     divergence = Hutchinson() if divergence is None else divergence
+    _check_common(process, divergence, key, steps, rtol, atol)
     x_T = check_finite(check_batch(x_T, "x_T"), "x_T")
     t_start = process.t_max if t_start is None else t_start
     t_end = process.t_min if t_end is None else t_end
@@ -147,15 +150,48 @@ def sample(score: Callable, process, x_T, *, sampler=None, key=None, track_logp:
     check_time(process, t_end, "t_end")
     if is_concrete(jnp.asarray(t_start)) and is_concrete(jnp.asarray(t_end)) and not float(t_end) < float(t_start):
         raise ValueError(f"t_end: sampling runs from noise to data, so t_end must be below t_start; got {t_end} >= {t_start}")
+    # traced times (under jit): the same check at run time
+    x_T = runtime_check(x_T, ~(jnp.asarray(t_end) < jnp.asarray(t_start)),
+                        "t_end: sampling runs from noise to data, so t_end must be below t_start (traced values)")
     check_score_fn(score, x_T, jnp.asarray(t_start, dtype=x_T.dtype))
     x = sampler.prepare(process, x_T)
     if isinstance(sampler, SDESampler):
         logp0 = _initial_logp(process, x, logp_T) if track_logp else None
         y, nfe, num_steps = run_sde(score, process, x, sampler, key, track_logp, divergence, solver, steps, rtol,
                                     atol, logp0, t_start, t_end, adjoint, max_steps)
-        return _make_sample(y, logp0, nfe, num_steps, track_logp)
-    return _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, solver, steps, rtol,
-                           atol, logp_T, t_start, t_end, adjoint, max_steps)
+        y = check_output(y, f"dg.sample: the SDE solve ({type(sampler).__name__})")
+        return _check_range(sampler, _make_sample(y, logp0, nfe, num_steps, track_logp))
+    return _check_range(sampler, _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, solver,
+                                                 steps, rtol, atol, logp_T, t_start, t_end, adjoint, max_steps))
+
+
+def _check_common(process, divergence, key, steps, rtol, atol) -> None:
+    """Eager checks of the arguments shared by dg.sample and dg.log_likelihood (issue 15)."""
+    if not isinstance(process, Process):
+        raise ValueError(f"process: expected a dgjax process such as dg.VP(); got {process!r}")
+    if not isinstance(divergence, DivergenceEstimator):
+        raise ValueError(f"divergence: expected dg.Hutchinson(num_probes) or dg.Exact(); got {divergence!r}")
+    check_key(key)
+    if steps is not None and not isinstance(steps, jax.core.Tracer):
+        check_int(steps, "steps")  # before the step count is split between phases
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if tol is not None and not isinstance(tol, jax.core.Tracer):
+            check_param(isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < float("inf"),
+                        name, f"must be a finite positive number; got {tol!r}")
+
+
+def _check_range(sampler, out: Sample) -> Sample:
+    """When the sampler knows the data range ``data_range`` (data in [-r, r]), raise if any sample has more
+    than 1% of its entries beyond 1.05 r: the guidance has left the data (issue 15)."""
+    r = getattr(sampler, "data_range", None)
+    if r is None:
+        return out
+    x = out.x
+    frac = jnp.mean(jnp.reshape(jnp.abs(x) > 1.05 * r, (x.shape[0], -1)), axis=1)
+    msg = (f"{type(sampler).__name__}: some samples left the data range [-{r:g}, {r:g}] (more than 1% of their "
+           f"entries beyond +-{1.05 * r:g}): the guidance pushed them off the data, and their log p is not a "
+           f"density of data. Move q toward 0.5 (or make the rate push less), or pass data_range=None to accept it")
+    return eqx.tree_at(lambda o: o.x, out, runtime_check(x, frac > 0.01, msg))
 
 
 def _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, solver, steps, rtol, atol,
@@ -174,7 +210,7 @@ def _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, sol
     total_span = abs(t_start - t_end)
     nfe_per_eval = 1 + (divergence.num_jvps(dim) if use_div else 0)
     nfe, num_steps = jnp.asarray(0), jnp.asarray(0)
-    for t0, t1, velocity in phases:
+    for k, (t0, t1, velocity) in enumerate(phases):
         phase_max_steps = max_steps
         if steps is None:
             phase_steps = None
@@ -188,6 +224,8 @@ def _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, sol
         vf = _ode_vector_field(score, process, divergence, track_logp, needs_div, velocity)
         y, evals, stats = solve(vf, y, t0, t1, args=probes, solver=solver, steps=phase_steps, rtol=rtol,
                                 atol=atol, adjoint=adjoint, max_steps=phase_max_steps)
+        y = check_output(y, f"dg.sample: the ODE solve of phase {k + 1} "
+                            f"of {len(phases)} ({type(sampler).__name__})")
         nfe = jnp.where((evals < 0) | (nfe < 0), -1, nfe + nfe_per_eval * evals)
         num_steps = num_steps + stats["num_steps"]
     return _make_sample(y, logp_T, nfe, num_steps, track_logp)
@@ -202,7 +240,7 @@ def _initial_logp(process, x, logp_T):
         logp_T = check_per_sample(logp_T(x), n, "logp_T(x)")
     else:
         logp_T = check_per_sample(logp_T, n, "logp_T")
-    return logp_T.astype(x.dtype)
+    return check_finite(logp_T.astype(x.dtype), "logp_T")
 
 
 def _make_sample(y, logp_T, nfe, num_steps, track_logp) -> Sample:

@@ -15,7 +15,7 @@ import diffrax as dfx
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_param
+from ._checks import check_int, check_param
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-5
@@ -39,11 +39,12 @@ def controller(steps: int | None, rtol: float | None, atol: float | None, t0: fl
     if steps is not None:
         if isinstance(steps, jax.core.Tracer):  # a traced step count: the caller bounds it with max_steps
             return dfx.ConstantStepSize(), (t1 - t0) / steps, None
-        check_param(isinstance(steps, int) and steps >= 1, "steps", f"must be an integer >= 1; got {steps!r}")
+        steps = check_int(steps, "steps")  # not a bool, not a float (True and 2.5 are no step counts)
         return dfx.ConstantStepSize(), (t1 - t0) / steps, steps
     rtol = DEFAULT_RTOL if rtol is None else rtol
     atol = DEFAULT_ATOL if atol is None else atol
-    check_param(rtol > 0 and atol > 0, "rtol", f"rtol and atol must be positive; got {rtol}, {atol}")
+    check_param(0 < rtol < float("inf") and 0 < atol < float("inf"), "rtol",
+                f"rtol and atol must be finite positive numbers; got {rtol}, {atol}")
     return dfx.PIDController(rtol=rtol, atol=atol, norm=leafwise_rms_norm), None, DEFAULT_MAX_STEPS
 
 
@@ -81,6 +82,8 @@ def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, solver=
     dt0 = None if dt0 is None else jnp.asarray(dt0, tdtype)
     if default_max is None and max_steps is None:
         raise ValueError("max_steps: a traced number of constant steps needs a static max_steps bound")
+    if max_steps is not None:
+        check_int(max_steps, "max_steps")
     kwargs = {} if adjoint is None else {"adjoint": adjoint}
     sol = dfx.diffeqsolve(
         term, solver, t0=t0, t1=t1, dt0=dt0, y0=y0, args=args, stepsize_controller=ctrl,
