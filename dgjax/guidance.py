@@ -208,7 +208,7 @@ class DensityGuidance(ODESampler):
         feasibility check (module docstring). Default 1 (data in [-1, 1]).
       feasibility_tol: the check's tolerance in units of log-SNR; 0 disables it.
       data_range: r when the data lie in [-r, r] (``TrainedModel.data_range``; 1 for dgjax's data sets):
-        dg.sample then raises when a sample leaves it (more than 1% of its entries beyond 1.05 r), as
+        dg.sample then raises when the samples leave it (more than 1% of the batch's entries beyond 1.05 r), as
         guidance far from q = 0.5 does in either direction. None (default): not checked.
 
     With ``track_logp=True`` dg.sample reports log p along the guided path through the generic rate of

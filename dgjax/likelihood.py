@@ -82,8 +82,5 @@ def bits_per_dim(logp, shape, offset_bits: float = 7.0):
         raise ValueError(f"shape: must be the per-sample event shape (D = prod(shape) >= 1, without the batch axis); "
                          f"got {shape}")
     logp = jnp.asarray(logp)
-    if logp.ndim == 1 and len(shape) >= 2 and logp.shape[0] >= 2 and shape[0] == logp.shape[0]:
-        raise ValueError(f"shape: {shape} starts with the batch size N = {logp.shape[0]} of logp; pass the per-sample "
-                         f"event shape (x.shape[1:], here {shape[1:]})")
     d = math.prod(shape)
     return -logp / (d * math.log(2.0)) + offset_bits
