@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import dynamics as dyn
-from ._checks import batch_dot, check_batch, check_finite, check_score_fn, is_concrete
+from ._checks import batch_dot, check_batch, check_finite, check_output, check_score_fn, is_concrete
 from .divergence import DivergenceEstimator, Exact, Hutchinson
 from .solve import solve
 
@@ -260,6 +260,7 @@ def score_alignment(score: Callable, process, x_T, t_end, *, key=None, score_fre
             _score_free_field(score, process, divergence, redraw, (t_max, t_end)), y0, t_max, t_end,
             args=jax.random.fold_in(key, 1) if redraw else probes, solver=solver,
             steps=steps, rtol=rtol, atol=atol, adjoint=adjoint, max_steps=max_steps)
+        x_end, omega = check_output((x_end, omega), "dg.score_alignment: the score-free solve")
         value, stderr = dyn.mean_and_stderr(omega)
         cosine = None
         per_eval, nfe_final = 2 + 2 * divergence.num_jvps(dim), 0
@@ -267,8 +268,9 @@ def score_alignment(score: Callable, process, x_T, t_end, *, key=None, score_fre
         (x_end, w_end), evals, stats = solve(
             _tangent_field(score, process), (x_T, w0), t_max, t_end, solver=solver, steps=steps, rtol=rtol,
             atol=atol, adjoint=adjoint, max_steps=max_steps)
+        x_end, w_end = check_output((x_end, w_end), "dg.score_alignment: the tangent solve")
         s_end = score(x_end, jnp.asarray(t_end, dtype=x_T.dtype))
-        value = batch_dot(s_end, w_end)
+        value = check_output(batch_dot(s_end, w_end), "dg.score_alignment: the score at t_end")
         denom = _flat_norm(s_end) * _flat_norm(w_end)
         cosine = jnp.where(denom > 0, value / jnp.where(denom > 0, denom, 1.0), 0.0)
         stderr = jnp.zeros_like(value)

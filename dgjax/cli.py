@@ -54,23 +54,24 @@ def _demo(args) -> int:
     return 0
 
 
-def _number(kind, lo=None, lo_open=False, hi=None, hi_open=False):
-    """An argparse type: ``kind`` (int or float), finite, within the bounds; argparse turns the ValueError
-    into 'invalid ... value' and exit code 2 (issue 15: every invalid option is refused, never tabulated)."""
+def _number(kind, lo=None, lo_open=False, hi=None, hi_open=False, what=None):
+    """An argparse type: ``kind`` (int or float), finite, within the bounds; argparse reports the value and
+    exits with code 2 (issue 15: every invalid option is refused, never tabulated)."""
     import math
 
+    bounds = ("(" if lo_open else "[") + f"{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}" + (")" if hi_open or hi is None else "]")
+    what = what or f"must be {'an integer' if kind is int else 'a finite number'} in {bounds}"
+
     def parse(text):
-        v = kind(text)
-        if kind is float and not math.isfinite(v):
-            raise ValueError(text)
-        if lo is not None and (v < lo or (lo_open and v == lo)):
-            raise ValueError(text)
-        if hi is not None and (v > hi or (hi_open and v == hi)):
-            raise ValueError(text)
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}; got {text!r}") from None
+        if (kind is float and not math.isfinite(v)) or (lo is not None and (v < lo or (lo_open and v == lo))) \
+                or (hi is not None and (v > hi or (hi_open and v == hi))):
+            raise argparse.ArgumentTypeError(f"{what}; got {text!r}")
         return v
 
-    bounds = ("(" if lo_open else "[") + f"{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}" + (")" if hi_open or hi is None else "]")
-    parse.__name__ = f"{kind.__name__} in {bounds}"
     return parse
 
 
@@ -78,7 +79,7 @@ POS_INT = _number(int, 1)
 NONNEG_INT = _number(int, 0)
 POS_FLOAT = _number(float, 0, lo_open=True)
 NONNEG_FLOAT = _number(float, 0)
-QUANTILE = _number(float, 0, True, 1, True)
+QUANTILE = _number(float, 0, True, 1, True, what="every q must lie in (0, 1) (the log-density quantile)")
 FRACTION = _number(float, 0, False, 1, True)
 
 
@@ -431,7 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # an invalid option: argparse printed the reason; return its exit code (2)
+        if e.code in (0, None):
+            raise
+        return int(e.code)
     args.argv = argv
     if args.command is None:
         parser.print_help()

@@ -30,11 +30,11 @@ def test_sample_writes_a_valid_png_grid_and_a_table(tmp_path, capsys):
     from PIL import Image
 
     out = tmp_path / "grid.png"
-    assert main(["sample", "--steps", "2", "--num", "3", "--q", "0.3", "0.5", "--out", str(out), "--scale", "2",
+    assert main(["sample", "--steps", "2", "--num", "3", "--q", "0.5", "0.6", "--out", str(out), "--scale", "2",
                  "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "mean log p" in text and "digits" in text
-    rows = [line.split() for line in text.splitlines() if line.strip().startswith(("0.3 ", "0.5 "))]
+    rows = [line.split() for line in text.splitlines() if line.strip().startswith(("0.5 ", "0.6 "))]
     assert len(rows) == 2 and all(len(r) == 7 for r in rows)
     assert all(float(r[1]) == float(r[1]) for r in rows)   # finite numbers, not 'infeasible'
     img = Image.open(out)
