@@ -30,7 +30,7 @@ def test_sample_writes_a_valid_png_grid_and_a_table(tmp_path, capsys):
     from PIL import Image
 
     out = tmp_path / "grid.png"
-    assert main(["sample", "--steps", "2", "--num", "3", "--q", "0.5", "0.6", "--out", str(out), "--scale", "2",
+    assert main(["sample", "--steps", "8", "--num", "3", "--q", "0.5", "0.6", "--out", str(out), "--scale", "2",
                  "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "mean log p" in text and "digits" in text
