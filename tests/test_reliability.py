@@ -79,6 +79,7 @@ print("OK")
 """
 
 
+@pytest.mark.slow  # 4 compiles in a 2-device subprocess: ~25-50 s on 2 shared cores
 def test_01_sharded_runtime_errors_raise_instead_of_aborting():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
