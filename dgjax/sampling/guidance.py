@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammainc, ndtri
+from jaxtyping import Float
 from scipy import stats
 
 from .. import dynamics as dyn
@@ -139,7 +140,8 @@ def _rescale(x_T, radius):
 # ------------------------------------------------------------------------------------------------------
 # the density-guidance formulas (public: used by the samplers, the stochastic version, the CLI, scripts)
 # ------------------------------------------------------------------------------------------------------
-def quantile_velocity(coeffs, x, s, q, *, data_scale: float = 1.0, feasibility_tol: float = 1.0):
+def quantile_velocity(coeffs, x: Float[Array, "N *shape"], s: Float[Array, "N *shape"], q, *, data_scale: float = 1.0,
+                      feasibility_tol: float = 1.0) -> Float[Array, "N *shape"]:
     """DG-ODE velocity, quantile form (MATH 5): ``v = f x - 1/2 g^2 eta s``,
     ``eta = 1 + sqrt(2D) Phi^{-1}(q) / |sigma s|^2`` (floored, module docstring), with the feasibility check.
 
@@ -153,7 +155,9 @@ def quantile_velocity(coeffs, x, s, q, *, data_scale: float = 1.0, feasibility_t
     return _check_feasible(v, coeffs, s_sq, jnp.broadcast_to(k, s_sq.shape), data_scale, feasibility_tol)
 
 
-def rate_velocity(coeffs, x, s, div_u, b, *, data_scale: float = 1.0, feasibility_tol: float = 1.0):
+def rate_velocity(coeffs, x: Float[Array, "N *shape"], s: Float[Array, "N *shape"], div_u: Float[Array, " N"],
+                  b: Float[Array, " N"], *, data_scale: float = 1.0,
+                  feasibility_tol: float = 1.0) -> Float[Array, "N *shape"]:
     """DG-ODE velocity for a custom rate b (N,) (MATH 5): ``v = u + (div u + b) / |s|^2 s``, so that
     d/dt log p_t(x_t) = b; ``div_u`` (N,) is the PF-ODE divergence at (x, t). Returns dx/dt like x."""
     _, sigma, _, g2 = coeffs
@@ -176,7 +180,7 @@ def log_density_shift(process, q, dim: int, t_start=None, t_end=None):
 # ------------------------------------------------------------------------------------------------------
 # prior guidance
 # ------------------------------------------------------------------------------------------------------
-def prior_guidance(process, x_T, q):
+def prior_guidance(process, x_T: Float[Array, "N *shape"], q) -> Float[Array, "N *shape"]:
     """Prior guidance (latent rescaling, MATH 5): ``x_T <- x_T * sigma_T * r / |x_T|`` per sample, with
     ``r = chi.ppf(1 - q, df=D)``.
 
@@ -325,7 +329,8 @@ class HighDensity(ODESampler):
 # ------------------------------------------------------------------------------------------------------
 # typicality
 # ------------------------------------------------------------------------------------------------------
-def typicality(score: Callable, process, x, t, *, key=None, divergence: DivergenceEstimator | None = None):
+def typicality(score: Callable, process, x: Float[Array, "N *shape"], t, *, key=None,
+               divergence: DivergenceEstimator | None = None) -> Float[Array, " N"]:
     """The typicality statistic of MATH 5: ``h_t(x) = sigma_t^2 (Lap log p_t(x) + |s|^2) / sqrt(2D)``.
 
     For x ~ p_t, E[h] = 0 exactly; h is close to N(0, 1) where sigma_t^2 dominates the data variance, and
