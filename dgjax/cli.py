@@ -175,7 +175,10 @@ def _sample(args) -> int:
                         divergence=dg.Hutchinson(args.probes), **kwargs)
         return out.x, out.logp, out.nfe
 
-    shift = lambda q: float(dg.DensityGuidance(q=q).log_density_shift(process, dim))  # noqa: E731
+    from .errors import is_infeasible
+    from .sampling.guidance import log_density_shift
+
+    shift = lambda q: float(log_density_shift(process, q, dim))  # noqa: E731
     rows, table = [], []
     start = time.perf_counter()
     bar = _progress(len(qs), "sampling (first row compiles)", disable=args.no_progress)
@@ -189,7 +192,7 @@ def _sample(args) -> int:
             table.append((q, logp, int(nfe), None))
         except Exception as e:  # infeasible guidance raises at run time (equinox.error_if)
             msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            if "infeasible" in str(e):
+            if is_infeasible(e):  # under jax.jit the InfeasibleGuidance check arrives wrapped by XLA
                 msg = (f"infeasible: the prescribed rise {shift(q):+.0f} nats exceeds the log-density head-room "
                        f"(of the order of D/2 = {dim / 2:.0f} nats, MATH 5); move q toward 0.5")
             elif "left the data range" in str(e):
@@ -237,6 +240,7 @@ def _likelihood(args) -> int:
     import numpy as np
 
     from .data import load_dataset
+    from .parallel import map_chunks
     from .training import make_evaluator
 
     try:
@@ -254,15 +258,11 @@ def _likelihood(args) -> int:
     except (ValueError, OSError) as e:
         return _fail(str(e))
     evaluate = make_evaluator(model.network, model.config, ds.offset_bits, args.rtol)
-    vals = []
     start = time.perf_counter()
     bar = _progress(int(np.ceil(len(x) / args.batch_size)), "encoding (first batch compiles)", args.no_progress)
-    for i in range(0, len(x), args.batch_size):
-        vals.append(np.asarray(evaluate(model.params, jnp.asarray(x[i:i + args.batch_size]),
-                                        jax.random.fold_in(jax.random.key(args.seed), i))))
-        bar.update(1)
+    v = map_chunks(lambda xc, k: evaluate(model.params, xc, k), x, args.batch_size,
+                               jax.random.key(args.seed), on_chunk=lambda: bar.update(1))
     bar.close()
-    v = np.concatenate(vals)
     if not np.all(np.isfinite(v)):
         return _fail(f"{int((~np.isfinite(v)).sum())} of {len(v)} bits/dim values are not finite (NaN or inf): the "
                      f"model's score is not finite on this data (check the model file)")
@@ -279,6 +279,8 @@ def _align(args) -> int:
 
     import dgjax as dg
 
+    from .parallel import map_chunks
+
     try:
         model = _load(args.model)
     except (ValueError, OSError) as e:
@@ -294,14 +296,10 @@ def _align(args) -> int:
                                   w_T="prior" if args.prior_direction else None, **kwargs)
 
     x_T = model.prior_sample(jax.random.key(args.seed), args.num)
-    vals = []
     start = time.perf_counter()
     bar = _progress(int(np.ceil(args.num / args.batch_size)), "aligning (first batch compiles)", args.no_progress)
-    for i in range(0, args.num, args.batch_size):
-        vals.append(np.asarray(run(x_T[i:i + args.batch_size], jax.random.fold_in(jax.random.key(args.seed), i))))
-        bar.update(1)
+    v = map_chunks(run, x_T, args.batch_size, jax.random.key(args.seed), on_chunk=lambda: bar.update(1))
     bar.close()
-    v = np.concatenate(vals)
     if not np.all(np.isfinite(v)):
         return _fail(f"{int((~np.isfinite(v)).sum())} of {len(v)} alignment values are not finite (NaN or inf): the "
                      f"model's score is not finite along the path (check the model file)")
@@ -447,7 +445,8 @@ def main(argv=None) -> int:
     except (ValueError, OSError, FloatingPointError) as e:  # a clear message, never a raw traceback (issue 15)
         return _fail(str(e).strip().split("\n\n")[0])
     except Exception as e:
-        if type(e).__name__ in ("EquinoxRuntimeError", "XlaRuntimeError", "JaxRuntimeError"):  # run-time checks
+        # run-time checks (dg.InfeasibleGuidance subclasses EquinoxRuntimeError)
+        if any(c.__name__ in ("EquinoxRuntimeError", "XlaRuntimeError", "JaxRuntimeError") for c in type(e).__mro__):
             return _fail(str(e).strip().split("\n\n")[0])
         raise
 

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from . import dynamics as dyn
 from ._checks import check_batch, check_finite, check_output, check_score_fn
 from .divergence import DivergenceEstimator, Hutchinson
-from .solve import solve
+from .sampling.sample import check_common
+from .solve import SolveOptions, add_nfe, solve
 
 Array = jax.Array
 
@@ -42,10 +43,8 @@ def log_likelihood(score: Callable, process, x0, *, key=None, divergence: Diverg
 
     Args mirror ``dg.sample``. ``prior_log_prob(x_T) -> (N,)`` defaults to ``process.prior_log_prob``.
     """
-    from .samplers import _check_common
-
     divergence = Hutchinson() if divergence is None else divergence
-    _check_common(process, divergence, key, steps, rtol, atol)
+    check_common(process, divergence, key, SolveOptions(steps=steps, rtol=rtol, atol=atol))
     x0 = check_finite(check_batch(x0, "x0"), "x0")
     t0, t1 = process.t_min, process.t_max
     check_score_fn(score, x0, jnp.asarray(t0, dtype=x0.dtype))
@@ -63,7 +62,7 @@ def log_likelihood(score: Callable, process, x0, *, key=None, divergence: Diverg
     logp_T = prior(x_T)
     logp_T = check_output(logp_T, "dg.log_likelihood: the prior term log p_T(x_T)")
     logp, stderr = dyn.mean_and_stderr(logp_T[None, :] - change)
-    nfe = jnp.where(evals < 0, -1, (1 + divergence.num_jvps(x0[0].size)) * evals)
+    nfe = add_nfe(0, evals, 1 + divergence.num_jvps(x0[0].size))
     return Likelihood(logp, stderr, x_T, logp_T, nfe)
 
 
