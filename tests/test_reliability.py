@@ -247,8 +247,6 @@ def test_06_nan_outputs_are_errors_naming_the_stage():
     nan_score = lambda x, t: x * jnp.nan  # noqa: E731
     with pytest.raises(ValueError, match="dg.sample: the ODE solve of phase 1 of 1 \\(PFODE\\) produced non-finite"):
         dg.sample(nan_score, P, latents(), steps=4)
-    with pytest.raises(Exception, match="ODE solve of phase 1 of 1"):  # the same under jit
-        jax.jit(lambda x: dg.sample(nan_score, P, x, steps=4).x)(latents())
     with pytest.raises(ValueError, match="log_likelihood: the PF-ODE encoding solve produced non-finite"):
         dg.log_likelihood(SCORE, P, jnp.full((2, 2), 1e20), key=jax.random.key(0), steps=4)
     with pytest.raises(ValueError, match="logp_T contains non-finite"):
@@ -259,6 +257,13 @@ def test_06_nan_outputs_are_errors_naming_the_stage():
         dg.VP(lambda_min=-jnp.inf)
     with pytest.raises(ValueError, match="score_alignment: the tangent solve produced non-finite"):
         dg.score_alignment(nan_score, P, latents(), 0.5, steps=2)
+
+
+@pytest.mark.slow  # one more compile (~4 s); the eager test above covers item 6, this one the run-time path
+def test_06_nan_output_under_jit_is_a_runtime_error_naming_the_stage():
+    nan_score = lambda x, t: x * jnp.nan  # noqa: E731
+    with pytest.raises(Exception, match="ODE solve of phase 1 of 1"):
+        jax.jit(lambda x: dg.sample(nan_score, P, x, steps=4).x)(latents())
 
 
 # ---------------------------------------------------------------------------------------------------------
