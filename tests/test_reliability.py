@@ -259,7 +259,6 @@ def test_06_nan_outputs_are_errors_naming_the_stage():
         dg.score_alignment(nan_score, P, latents(), 0.5, steps=2)
 
 
-@pytest.mark.slow  # one more compile (~4 s); the eager test above covers item 6, this one the run-time path
 def test_06_nan_output_under_jit_is_a_runtime_error_naming_the_stage():
     nan_score = lambda x, t: x * jnp.nan  # noqa: E731
     with pytest.raises(Exception, match="ODE solve of phase 1 of 1"):
