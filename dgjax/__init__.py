@@ -5,6 +5,7 @@ The specification is MATH.md (conventions, signs, formulas); the public names ar
 
 from .alignment import Alignment, score_alignment
 from .data import DATASETS, Dataset, load_dataset
+from .denoising import ModeTracking, add_noise, denoise, posterior_mean
 from .divergence import DivergenceEstimator, Exact, Hutchinson
 from .guidance import DensityGuidance, HighDensity, prior_guidance, typicality
 from .likelihood import Likelihood, bits_per_dim, log_likelihood
@@ -22,6 +23,7 @@ from .training import TrainConfig, train
 __all__ = [
     "Alignment", "score_alignment",
     "DATASETS", "Dataset", "load_dataset",
+    "ModeTracking", "add_noise", "denoise", "posterior_mean",
     "DivergenceEstimator", "Exact", "Hutchinson",
     "DensityGuidance", "HighDensity", "prior_guidance", "typicality",
     "Likelihood", "bits_per_dim", "log_likelihood",

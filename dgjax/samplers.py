@@ -54,6 +54,11 @@ class ODESampler(eqx.Module):
         """Transform the starting latent (e.g. rescale it); default: unchanged."""
         return x_T
 
+    def extra_nfe(self, dim: int, divergence) -> int:
+        """Score evaluations (JVPs, VJPs) per velocity evaluation beyond the score and the tracking's
+        divergence (e.g. mode tracking's Hessian-vector products); default 0."""
+        return 0
+
     def phases(self, process, t_start: float, t_end: float):
         raise NotImplementedError
 
@@ -103,7 +108,7 @@ def _ode_vector_field(score, process, divergence, track: bool, needs_div: bool, 
             div_u = jnp.mean(dyn.pf_divergence(coeffs, lap, x[0].size), axis=0)
         else:
             s, div_u = score(x, t), None
-        return velocity(coeffs, x, s, t=t, div_u=div_u)
+        return velocity(coeffs, x, s, t=t, div_u=div_u, **dyn.score_closures(score, t, divergence, probes))
 
     return vf
 
@@ -172,7 +177,7 @@ def _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, sol
         y = x
     phases = sampler.phases(process, t_start, t_end)
     total_span = abs(t_start - t_end)
-    nfe_per_eval = 1 + (divergence.num_jvps(dim) if use_div else 0)
+    nfe_per_eval = 1 + (divergence.num_jvps(dim) if use_div else 0) + sampler.extra_nfe(dim, divergence)
     nfe, num_steps = jnp.asarray(0), jnp.asarray(0)
     for t0, t1, velocity in phases:
         phase_max_steps = max_steps

@@ -1,0 +1,282 @@
+"""Denoising a noisy x_t: posterior mean, sample, high-density approximation and the exact posterior
+mode by the mode-tracking ODE (MATH.md section 9; Cartoonists, Thm 5 and Fig. 1).
+
+For s < t the denoising density is ``p(x_s = y | x_t) ∝ p_s(y) N(x_t; a y, v I)`` with
+``a = alpha_t / alpha_s`` and ``v = sigma_t^2 - a^2 sigma_s^2``. Its mode y_s follows
+
+    dy/ds = f y - g^2 s(y) - 1/2 g^2 H_q^{-1} grad Lap(y),     H_q = H(y) - (a^2 / v) I,
+
+from y_t = x_t at s = t down to t_end. With ``c = v / a^2`` (0 at s = t) this is written without the
+singular a^2 / v:  ``H_q^{-1} = -c (I - c H)^{-1}``, so
+
+    dy/ds = f y - g^2 s(y) + 1/2 g^2 c z,     (I - c H) z = grad Lap(y),
+
+and ``I - c H`` is positive definite exactly while H_q is negative definite (the mode exists). z comes
+from conjugate gradients (lineax ``CG``) on that operator, matrix-free with Hessian-vector products
+(JVPs of the score). grad Lap is the gradient of the divergence estimator's Laplacian: exact with
+``dg.Exact()`` (small D), or the gradient of a Hutchinson estimate ``v^T H v`` with probes held fixed
+along the path. Dropping the last term is the HD-ODE (MATH 5), exact when p_0 is Gaussian.
+
+Pure math (``mode_drift``) is kept apart from the sampler plumbing (``ModeTracking``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+
+from . import dynamics as dyn
+from ._checks import batch_dot, bcast, check_batch, check_finite, check_param, check_time, event_dim, is_concrete
+from .divergence import Exact, Hutchinson
+from .samplers import ODESampler, PFODE, Sample, sample
+from .solve import solve
+
+Array = jax.Array
+
+METHODS = ("mean", "mode", "hd", "sample")
+
+_BIFURCATION_MSG = (
+    "mode tracking: the denoising density p(x_s | x_t) lost its negative-definite Hessian at the tracked "
+    "mode (H_q = H - (a^2/v) I is no longer negative definite): the mode bifurcates or vanishes here "
+    "(MATH.md section 9), and the ODE cannot be continued through it. Stop earlier (a larger t_end), start "
+    "from a smaller t, or use method='hd' (the HD-ODE approximation, defined everywhere).")
+_CG_MSG = (
+    "mode tracking: conjugate gradients on I - c H did not reach the tolerance in cg_steps iterations "
+    "(relative residual above cg_tol): the operator is ill-conditioned (near a bifurcation of the mode) or "
+    "cg_steps is too small for this dimension. Raise cg_steps (at most D is exact in exact arithmetic) or "
+    "cg_tol.")
+
+
+# ------------------------------------------------------------------------------------------------------
+# pure functions
+# ------------------------------------------------------------------------------------------------------
+def add_noise(process, x_0, t, key):
+    """x_t ~ p(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I) (MATH 1).
+
+    Args: x_0 (N, *shape); t scalar or (N,) in [t_min, t_max]; key a PRNG key. Returns x_t like x_0.
+    """
+    x_0 = check_finite(check_batch(x_0, "x_0"), "x_0")
+    if key is None:
+        raise ValueError("key: add_noise needs a PRNG key (key=jax.random.key(...))")
+    t = check_time(process, jnp.asarray(t, x_0.dtype), "t")
+    if t.ndim > 1 or (t.ndim == 1 and t.shape != (x_0.shape[0],)):
+        raise ValueError(f"t: must be a scalar or shape ({x_0.shape[0]},); got {t.shape}")
+    eps = jax.random.normal(key, x_0.shape, x_0.dtype)
+    return bcast(process.alpha(t), x_0) * x_0 + bcast(process.sigma(t), x_0) * eps
+
+
+def posterior_mean(score: Callable, process, x_t, t):
+    """Tweedie: ``E[x_0 | x_t] = (x_t + sigma_t^2 s(x_t, t)) / alpha_t`` (MATH 9); one score evaluation.
+
+    x_t (N, *shape), t scalar or (N,). Returns (N, *shape).
+    """
+    x_t = check_finite(check_batch(x_t, "x_t"), "x_t")
+    t = check_time(process, jnp.asarray(t, x_t.dtype), "t")
+    s = score(x_t, t)
+    return (x_t + bcast(process.sigma(t) ** 2, x_t) * s) / bcast(process.alpha(t), x_t)
+
+
+def denoising_coefficients(process, t, s):
+    """(a, v, c) of p(x_s | x_t): a = alpha_t / alpha_s, v = sigma_t^2 - a^2 sigma_s^2, c = v / a^2 (MATH 9).
+
+    c is computed as ``sigma_t^2 / a^2 - sigma_s^2 = alpha_s^2 (sigma_t^2/alpha_t^2 - sigma_s^2/alpha_s^2)``
+    = alpha_s^2 (exp(-lambda_t) - exp(-lambda_s)), which is >= 0 for s <= t and exactly 0 at s = t.
+    """
+    a = process.alpha(t) / process.alpha(s)
+    v = process.sigma(t) ** 2 - a**2 * process.sigma(s) ** 2
+    c = process.alpha(s) ** 2 * (jnp.exp(-process.log_snr(t)) - jnp.exp(-process.log_snr(s)))
+    return a, v, jnp.maximum(c, 0.0)
+
+
+def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_steps: int, cg_tol: float,
+                    check: str):
+    """z = (I - c H)^{-1} grad Lap(x) per sample (MATH 9), with the checks described in ``ModeTracking``.
+
+    score_fn(z (N, *shape)) -> like z; laplacian_fn(z) -> (N,) (per sample, so the gradient of the sum is
+    the per-sample gradient). c scalar >= 0. Returns z like x.
+    Cost in score-evaluation units: the Laplacian estimate and its gradient (see ``ModeTracking.extra_nfe``),
+    ``cg_steps`` HVPs, one HVP for the residual check, D HVPs for ``check="dense"``.
+    """
+    grad_lap = jax.grad(lambda z: jnp.sum(laplacian_fn(z)))(x)
+    c = jnp.asarray(c, x.dtype)
+    d, shape = event_dim(x), x.shape[1:]
+
+    def one(xi, bi):  # per sample (vmapped): CG on I - c H_i, matrix-free with JVPs of the score
+        _, hvp = jax.linearize(lambda z: score_fn(z[None])[0], xi)
+
+        def mv(w):
+            return w - c * hvp(w)
+
+        op = lx.FunctionLinearOperator(mv, jax.eval_shape(lambda: xi), tags=lx.positive_semidefinite_tag)
+        # rtol = atol = 0: exactly cg_steps iterations (a fixed, reportable cost); accuracy checked below.
+        zi = lx.linear_solve(op, bi, lx.CG(rtol=0.0, atol=0.0, max_steps=cg_steps), throw=False).value
+        res = mv(zi) - bi
+        rel = jnp.sqrt(jnp.sum(res * res)) / jnp.maximum(jnp.sqrt(jnp.sum(bi * bi)), jnp.finfo(xi.dtype).tiny)
+        # positive curvature along the solution (necessary for I - cH > 0; catches most crossings)
+        bad = jnp.sum(zi * mv(zi)) < 0
+        if check == "dense":  # exact: largest eigenvalue of c H below 1, from the full Hessian (D HVPs)
+            basis = jnp.reshape(jnp.eye(d, dtype=xi.dtype), (d,) + shape)
+            hess = jnp.reshape(jax.lax.map(hvp, basis), (d, d))  # row j = H e_j (H symmetric)
+            lam = jnp.linalg.eigvalsh(0.5 * (hess + hess.T))[-1]
+            bad = bad | (c * lam >= 1.0)
+        return zi, rel, bad
+
+    z, rel, bad_pd = jax.vmap(one)(x, grad_lap)
+    z = eqx.error_if(z, jnp.any(bad_pd), _BIFURCATION_MSG)
+    bad_cg = ~(rel <= cg_tol)  # NaN (CG breakdown on an indefinite operator) counts as failure
+    return eqx.error_if(z, jnp.any(bad_cg & ~bad_pd), _CG_MSG)
+
+
+def mode_drift(coeffs, x, s, z, c):
+    """The mode-tracking drift ``f y - g^2 s + 1/2 g^2 c z`` (MATH 9; the HD-ODE drift when c z = 0)."""
+    _, _, _, g2 = coeffs
+    return dyn.hd_drift(coeffs, x, s) + 0.5 * bcast(g2 * c, x) * z
+
+
+# ------------------------------------------------------------------------------------------------------
+# the sampler
+# ------------------------------------------------------------------------------------------------------
+class ModeTracking(ODESampler):
+    """The mode-tracking ODE (MATH 9) as a ``dg.sample`` sampler: started at x_t at ``t_start`` (any time),
+    it follows the mode of ``p(x_s | x_t)`` down to t_end. ``dg.sample(score, process, x_t,
+    sampler=dg.ModeTracking(), t_start=t, ...)``; ``track_logp`` follows MATH 4(b) with v = this drift (give
+    ``logp_T`` = log p_t(x_t), e.g. from ``dg.denoise(..., track_logp=True)`` which computes it).
+
+    grad Lap uses ``dg.sample``'s ``divergence``: ``dg.Exact()`` (exact, small D) or ``dg.Hutchinson(K)``
+    (gradient of the Hutchinson estimate, probes fixed along the path; pass ``key``).
+
+    Args:
+      cg_steps: conjugate-gradient iterations per evaluation (fixed, so the cost is known); default
+        min(D, 64). In exact arithmetic D iterations solve exactly.
+      cg_tol: largest accepted relative residual |(I - cH) z - grad Lap| / |grad Lap|; above it a clear
+        error is raised (never a silent inaccurate step). Default 1e-8 (float64) or 1e-4 (float32).
+      check: how loss of negative definiteness of H_q is detected. ``"dense"``: the largest eigenvalue of
+        c H from the full Hessian (D extra HVPs; exact; default for D <= 64). ``"curvature"``: the sign of
+        z^T (I - cH) z and CG's convergence (free; a crossing with grad Lap orthogonal to the vanishing
+        direction, e.g. a symmetric pitchfork, can escape it). Either way the solve stops with an error.
+
+    Cost per vector-field evaluation, in score-evaluation units (a JVP or VJP of the score counts one):
+    1 (score) + 2P (Laplacian estimate, P JVPs, and its gradient, P VJPs; P = D for Exact, K for
+    Hutchinson) + cg_steps + 1 (CG HVPs and the residual check) [+ D for check="dense"]; plus the tracking's
+    own divergence when ``track_logp``. ``Sample.nfe`` counts exactly this.
+    """
+
+    cg_steps: int | None = eqx.field(static=True, default=None)
+    cg_tol: float | None = eqx.field(static=True, default=None)
+    check: str = eqx.field(static=True, default="auto")
+
+    def __post_init__(self):
+        self.needs_divergence = True  # probes for grad Lap are drawn by dg.sample
+
+    def __check_init__(self):
+        check_param(self.cg_steps is None or (isinstance(self.cg_steps, int) and self.cg_steps >= 1), "cg_steps",
+                    f"must be an integer >= 1 or None; got {self.cg_steps!r}")
+        check_param(self.cg_tol is None or self.cg_tol > 0, "cg_tol", f"must be positive or None; got {self.cg_tol!r}")
+        check_param(self.check in ("auto", "dense", "curvature"), "check",
+                    f"must be 'auto', 'dense' or 'curvature'; got {self.check!r}")
+
+    def _steps(self, dim):
+        return min(dim, 64) if self.cg_steps is None else self.cg_steps
+
+    def _check(self, dim):
+        return ("dense" if dim <= 64 else "curvature") if self.check == "auto" else self.check
+
+    def extra_nfe(self, dim, divergence):
+        return (2 * divergence.num_jvps(dim) + self._steps(dim) + 1
+                + (dim if self._check(dim) == "dense" else 0))
+
+    def phases(self, process, t_start, t_end):
+        t_data = t_start  # the time of the observed x_t
+
+        def velocity(coeffs, x, s, *, t, score_fn, laplacian_fn, **_):
+            dim = event_dim(x)
+            _, _, c = denoising_coefficients(process, jnp.asarray(t_data, x.dtype), jnp.asarray(t, x.dtype))
+            tol = self.cg_tol if self.cg_tol is not None else (1e-8 if x.dtype == jnp.float64 else 1e-4)
+            z = mode_correction(score_fn, laplacian_fn, x, c, cg_steps=self._steps(dim), cg_tol=tol,
+                                check=self._check(dim))
+            return mode_drift(coeffs, x, s, z, c)
+
+        return [(t_start, t_end, velocity)]
+
+
+# ------------------------------------------------------------------------------------------------------
+# dg.denoise
+# ------------------------------------------------------------------------------------------------------
+def _logp_at(score, process, x, t, divergence, key, solver, steps, rtol, atol):
+    """log p_t(x) by PF-ODE encoding from t to t_max (MATH 4): log p_T(x_T) + int_t^T div u."""
+    probes = divergence.draw(key, x)
+    p = 1 if probes is None else probes.shape[0]
+
+    def vf(tt, y, probes):
+        return dyn.augmented_rate(score, process, y[0], tt, divergence, probes, dyn.pf_velocity)
+
+    (x_T, change), evals, _ = solve(vf, (x, jnp.zeros((p, x.shape[0]), x.dtype)), t, process.t_max, args=probes,
+                                    solver=solver, steps=steps, rtol=rtol, atol=atol)
+    return jnp.mean(process.prior_log_prob(x_T)[None, :] - change, axis=0)
+
+
+def denoise(score: Callable, process, x_t, t, *, method: str = "mean", t_end=None, key=None,
+            track_logp: bool = False, divergence=None, solver=None, steps: int | None = None, grid=None,
+            rtol: float | None = None, atol: float | None = None, sampler_kwargs: dict | None = None) -> Sample:
+    """Denoise x_t observed at time t down to t_end (default t_min): MATH 9, Cartoonists Fig. 1.
+
+    Methods:
+      ``"mean"``: the posterior mean ``E[x_{t_end} | x_t] = alpha_{t_end} E[x_0 | x_t]`` (Tweedie; one score
+        evaluation; ``track_logp`` is not offered: measure it with ``dg.log_likelihood``).
+      ``"mode"``: the posterior mode by the mode-tracking ODE (``dg.ModeTracking``).
+      ``"hd"``: the HD-ODE ``dx/ds = f x - g^2 s`` from t (MATH 5): the mode's cheap approximation.
+      ``"sample"``: a posterior sample from x_t: with ``key=None`` the PF-ODE (deterministic), with a key the
+        reverse SDE (``dg.ReverseSDE``, Euler-Maruyama; needs ``steps``).
+
+    Args:
+      score: ``score(x, t)``; process: the forward process; x_t: (N, *shape); t: the scalar time of x_t, in
+        (t_min, t_max]; t_end: a time below t (default t_min).
+      key: PRNG key (Hutchinson probes; the SDE's Brownian path for ``"sample"``).
+      track_logp: also return log p_{t_end} of the result tracked along the path (MATH 4), started from
+        log p_t(x_t) measured by PF-ODE encoding from t to t_max (same solver settings).
+      divergence, solver, steps, rtol, atol: as ``dg.sample``; ``grid`` (step grids) is not supported yet.
+      sampler_kwargs: options of ``dg.ModeTracking`` (cg_steps, cg_tol, check) for ``"mode"``.
+
+    Returns: ``dg.Sample`` (for ``"mean"``: nfe 1, num_steps 0, logp None).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: must be one of {METHODS}; got {method!r}")
+    if grid is not None:
+        raise NotImplementedError("grid: step grids are not supported by dg.denoise yet; use steps=... or rtol/atol")
+    x_t = check_finite(check_batch(x_t, "x_t"), "x_t")
+    check_param(jnp.ndim(t) == 0, "t", f"must be a scalar time; got shape {jnp.shape(t)}")
+    t_end = process.t_min if t_end is None else t_end
+    check_time(process, t, "t")
+    check_time(process, t_end, "t_end")
+    if is_concrete(jnp.asarray(t)) and is_concrete(jnp.asarray(t_end)) and not float(t_end) < float(t):
+        raise ValueError(f"t_end: denoising runs from t toward the data, so t_end must be below t; got t_end = "
+                         f"{t_end} >= t = {t}")
+    if method == "mean":
+        if track_logp:
+            raise ValueError("track_logp: the posterior mean is not reached along a path; measure its log-density "
+                             "with dg.log_likelihood(score, process, x) instead")
+        x = bcast(process.alpha(jnp.asarray(t_end, x_t.dtype)), x_t) * posterior_mean(score, process, x_t, t)
+        return Sample(x, None, None, None, jnp.asarray(1), jnp.asarray(0))
+    divergence = Hutchinson() if divergence is None else divergence
+    k_logp, k_run = (None, None) if key is None else jax.random.split(key)
+    if method == "mode":
+        sampler = ModeTracking(**(sampler_kwargs or {}))
+    elif method == "hd":
+        from .guidance import HighDensity
+        sampler = HighDensity(t_switch=t)
+    elif key is None:
+        sampler = PFODE()
+    else:
+        from .stochastic import ReverseSDE
+        sampler = ReverseSDE()
+    logp_t = None
+    if track_logp:
+        ode_solver = None if (method == "sample" and key is not None) else solver
+        logp_t = _logp_at(score, process, x_t, t, divergence, k_logp, ode_solver, steps, rtol, atol)
+    run_key = k_run if (key is not None) else None
+    return sample(score, process, x_t, sampler=sampler, key=run_key, track_logp=track_logp, divergence=divergence,
+                  solver=solver, steps=steps, rtol=rtol, atol=atol, logp_T=logp_t, t_start=t, t_end=t_end)
