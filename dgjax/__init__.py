@@ -7,6 +7,7 @@ from .alignment import Alignment, score_alignment
 from .data import DATASETS, Dataset, load_dataset
 from .denoising import ModeTracking, add_noise, denoise, posterior_mean
 from .divergence import DivergenceEstimator, Exact, Hutchinson
+from .elbo import Elbo, elbo
 from .guidance import DensityGuidance, HighDensity, prior_guidance, typicality
 from .likelihood import Likelihood, bits_per_dim, log_likelihood
 from .models import SHIPPED_MODELS, ArchitectureMismatch, ModelError, TrainedModel, load_model, save_model
@@ -25,6 +26,7 @@ __all__ = [
     "DATASETS", "Dataset", "load_dataset",
     "ModeTracking", "add_noise", "denoise", "posterior_mean",
     "DivergenceEstimator", "Exact", "Hutchinson",
+    "Elbo", "elbo",
     "DensityGuidance", "HighDensity", "prior_guidance", "typicality",
     "Likelihood", "bits_per_dim", "log_likelihood",
     "SHIPPED_MODELS", "ArchitectureMismatch", "ModelError", "TrainedModel", "load_model", "save_model",
