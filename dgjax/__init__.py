@@ -8,6 +8,7 @@ from .data import DATASETS, Dataset, load_dataset
 from .denoising import ModeTracking, add_noise, denoise, posterior_mean
 from .divergence import DivergenceEstimator, Exact, Hutchinson
 from .elbo import Elbo, elbo
+from .forward import ForwardTrack, forward_sde_logp
 from .guidance import DensityGuidance, HighDensity, prior_guidance, typicality
 from .likelihood import Likelihood, bits_per_dim, log_likelihood
 from .models import SHIPPED_MODELS, ArchitectureMismatch, ModelError, TrainedModel, load_model, save_model
@@ -27,6 +28,7 @@ __all__ = [
     "ModeTracking", "add_noise", "denoise", "posterior_mean",
     "DivergenceEstimator", "Exact", "Hutchinson",
     "Elbo", "elbo",
+    "ForwardTrack", "forward_sde_logp",
     "DensityGuidance", "HighDensity", "prior_guidance", "typicality",
     "Likelihood", "bits_per_dim", "log_likelihood",
     "SHIPPED_MODELS", "ArchitectureMismatch", "ModelError", "TrainedModel", "load_model", "save_model",
