@@ -221,7 +221,8 @@ def _logp_at(score, process, x, t, divergence, key, solver, steps, rtol, atol):
 
 def denoise(score: Callable, process, x_t, t, *, method: str = "mean", t_end=None, key=None,
             track_logp: bool = False, divergence=None, solver=None, steps: int | None = None, grid=None,
-            rtol: float | None = None, atol: float | None = None, sampler_kwargs: dict | None = None) -> Sample:
+            rtol: float | None = None, atol: float | None = None, logp_t=None,
+            sampler_kwargs: dict | None = None) -> Sample:
     """Denoise x_t observed at time t down to t_end (default t_min): MATH 9, Cartoonists Fig. 1.
 
     Methods:
@@ -239,6 +240,7 @@ def denoise(score: Callable, process, x_t, t, *, method: str = "mean", t_end=Non
       track_logp: also return log p_{t_end} of the result tracked along the path (MATH 4), started from
         log p_t(x_t) measured by PF-ODE encoding from t to t_max (same solver settings).
       divergence, solver, steps, rtol, atol: as ``dg.sample``; ``grid`` (step grids) is not supported yet.
+      logp_t: (N,) log p_t(x_t) to start the tracking from (default: measured as above).
       sampler_kwargs: options of ``dg.ModeTracking`` (cg_steps, cg_tol, check) for ``"mode"``.
 
     Returns: ``dg.Sample`` (for ``"mean"``: nfe 1, num_steps 0, logp None).
@@ -273,8 +275,7 @@ def denoise(score: Callable, process, x_t, t, *, method: str = "mean", t_end=Non
     else:
         from .stochastic import ReverseSDE
         sampler = ReverseSDE()
-    logp_t = None
-    if track_logp:
+    if track_logp and logp_t is None:
         ode_solver = None if (method == "sample" and key is not None) else solver
         logp_t = _logp_at(score, process, x_t, t, divergence, k_logp, ode_solver, steps, rtol, atol)
     run_key = k_run if (key is not None) else None
