@@ -93,7 +93,7 @@ def denoising_coefficients(process, t, s):
 
 
 def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_steps: int, cg_tol: float,
-                    check: str):
+                    check: str, symmetrize: bool = False):
     """z = (I - c H)^{-1} grad Lap(x) per sample (MATH 9), with the checks described in ``ModeTracking``.
 
     score_fn(z (N, *shape)) -> like z; laplacian_fn(z) -> (N,) (per sample, so the gradient of the sum is
@@ -107,7 +107,11 @@ def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_step
     d, shape = event_dim(x), x.shape[1:]
 
     def one(xi, bi):  # per sample (vmapped): CG on I - c H_i, matrix-free with JVPs of the score
-        _, hvp = jax.linearize(lambda z: score_fn(z[None])[0], xi)
+        one_score = lambda z: score_fn(z[None])[0]  # noqa: E731
+        _, hvp = jax.linearize(one_score, xi)
+        if symmetrize:  # a learned score's Jacobian is not exactly symmetric: use its symmetric part
+            jvp_only, (_, vjp) = hvp, jax.vjp(one_score, xi)
+            hvp = lambda w: 0.5 * (jvp_only(w) + vjp(w)[0])  # noqa: E731
 
         def mv(w):
             return w - c * hvp(w)
@@ -157,6 +161,8 @@ class ModeTracking(ODESampler):
         below cg_tol); default min(D, 64). In exact arithmetic D iterations solve exactly.
       cg_tol: largest accepted relative residual |(I - cH) z - grad Lap| / |grad Lap|; above it a clear
         error is raised (never a silent inaccurate step). Default 1e-8 (float64) or 1e-4 (float32).
+      symmetrize: use the symmetric part (J + J^T)/2 of the score's Jacobian J as H (for a learned score,
+        whose Jacobian is not exactly symmetric and on which CG then fails; one more VJP per CG iteration).
       check: how loss of negative definiteness of H_q is detected. ``"dense"``: the largest eigenvalue of
         c H from the full Hessian (D extra HVPs; exact; default for D <= 64). ``"curvature"``: the sign of
         z^T (I - cH) z and CG's convergence (free; a crossing with grad Lap orthogonal to the vanishing
@@ -170,6 +176,7 @@ class ModeTracking(ODESampler):
     """
 
     cg_steps: int | None = eqx.field(static=True, default=None)
+    symmetrize: bool = eqx.field(static=True, default=False)
     cg_tol: float | None = eqx.field(static=True, default=None)
     check: str = eqx.field(static=True, default="auto")
 
@@ -190,8 +197,9 @@ class ModeTracking(ODESampler):
         return ("dense" if dim <= 64 else "curvature") if self.check == "auto" else self.check
 
     def extra_nfe(self, dim, divergence):
-        return (2 * divergence.num_jvps(dim) + self._steps(dim) + 1
-                + (dim if self._check(dim) == "dense" else 0))
+        k = 2 if self.symmetrize else 1
+        return (2 * divergence.num_jvps(dim) + k * (self._steps(dim) + 1)
+                + (k * dim if self._check(dim) == "dense" else 0))
 
     def phases(self, process, t_start, t_end):
         t_data = t_start  # the time of the observed x_t
@@ -201,7 +209,7 @@ class ModeTracking(ODESampler):
             _, _, c = denoising_coefficients(process, jnp.asarray(t_data, x.dtype), jnp.asarray(t, x.dtype))
             tol = self.cg_tol if self.cg_tol is not None else (1e-8 if x.dtype == jnp.float64 else 1e-4)
             z = mode_correction(score_fn, laplacian_fn, x, c, cg_steps=self._steps(dim), cg_tol=tol,
-                                check=self._check(dim))
+                                check=self._check(dim), symmetrize=self.symmetrize)
             return mode_drift(coeffs, x, s, z, c)
 
         return [(t_start, t_end, velocity)]

@@ -111,12 +111,13 @@ def test_stochastic_dg(run_script):
     assert {"grid_early_published.png", "grid_late_published.png", "grid_early_exact.png"} <= names
 
 
+@pytest.mark.slow  # mode tracking on the UNet: minutes on 2 shared cores even in quick mode
 def test_denoising(run_script):
     summary, out = run_script("denoising")
     check_files(summary, out)
     h = summary["headline"]
     assert all(np.isfinite(v) for v in h["mean_logp"] + h["hd_logp"])
-    assert all(d >= 0 for d in h["hd_mode_rel_dist"] if d == d)
+    assert all(d >= 0 for d in h["hd_mode_rel_dist"] if d is not None)
 
 
 def test_three_densities(run_script):
