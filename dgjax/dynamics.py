@@ -58,26 +58,12 @@ def augmented_rate(score, process, x, t, divergence, probes, velocity):
 
     ``velocity(coeffs, x, s, t=..., div_u=...) -> v``; div_u is the mean estimate (N,).
     """
-    coeffs = process.coefficients(jnp.asarray(t, dtype=x.dtype))
+    coeffs = process.coefficients_like(t, x)
     s, lap = score_and_laplacian(score, x, t, divergence, probes)
     div_u = pf_divergence(coeffs, lap, event_dim(x))
     u = pf_drift(coeffs, x, s)
-    v = velocity(coeffs, x, s, t=t, div_u=jnp.mean(div_u, axis=0), **score_closures(score, t, divergence, probes))
+    v = velocity(coeffs, x, s, t=t, div_u=jnp.mean(div_u, axis=0))
     return v, logp_rate(div_u, s, v, u)
-
-
-def score_closures(score, t, divergence, probes):
-    """Keyword arguments every ``velocity`` also receives (a sampler that needs more than the score value,
-    e.g. Hessian-vector products for mode tracking, MATH 9): ``score_fn(z) = score(z, t)`` and
-    ``laplacian_fn(z) -> (N,)``, the divergence estimator's mean Laplacian estimate with this solve's probes."""
-
-    def score_fn(z):
-        return score(z, t)
-
-    def laplacian_fn(z):
-        return jnp.mean(divergence.value_and_traces(score_fn, z, probes)[1], axis=0)
-
-    return {"score_fn": score_fn, "laplacian_fn": laplacian_fn}
 
 
 def mean_and_stderr(per_probe: jax.Array):

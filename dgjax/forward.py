@@ -26,7 +26,7 @@ from . import dynamics as dyn
 from ._checks import batch_dot, bcast, check_batch, check_finite, check_param, check_score_fn, check_time, event_dim
 from .divergence import DivergenceEstimator, Hutchinson
 from .solve import solve_term
-from .stochastic import _AugmentedSDETerm, brownian_path
+from .sampling.sde import _AugmentedSDETerm, brownian_path
 
 Array = jax.Array
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from . import dynamics as dyn
 from ._checks import check_batch, check_finite, check_score_fn
 from .divergence import DivergenceEstimator, Hutchinson
-from .solve import solve
+from .solve import add_nfe, solve
 
 Array = jax.Array
 
@@ -70,7 +70,7 @@ def log_likelihood(score: Callable, process, x0, *, key=None, divergence: Diverg
     prior = process.prior_log_prob if prior_log_prob is None else prior_log_prob
     logp_T = prior(x_T)
     logp, stderr = dyn.mean_and_stderr(logp_T[None, :] - change)
-    nfe = jnp.where(evals < 0, -1, (1 + divergence.num_jvps(x0[0].size)) * evals)
+    nfe = add_nfe(0, evals, 1 + divergence.num_jvps(x0[0].size))
     return Likelihood(logp, stderr, x_T, logp_T, nfe)
 
 

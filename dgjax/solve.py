@@ -9,6 +9,7 @@ diffrax's step statistics so that NFE can be reported.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import diffrax as dfx
@@ -20,6 +21,28 @@ from ._checks import check_param
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-5
 DEFAULT_MAX_STEPS = 16384
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveOptions:
+    """How to integrate, in one immutable object (what ``dg.sample`` and friends forward to diffrax).
+
+    solver: a diffrax solver (None: the caller's default, e.g. Tsit5 for ODEs, Euler for Ito SDEs).
+    steps: number of constant steps; or rtol/atol for the adaptive PID controller (default adaptive,
+      rtol = atol = 1e-5). adjoint: a diffrax adjoint (None: diffrax's default). max_steps: the solve's
+      step bound (None: ``steps`` for constant steps, 16384 for adaptive ones).
+    To add an option: add a field here (with a default) and read it in ``solve_term``.
+    """
+
+    solver: Any = None
+    steps: Any = None
+    rtol: float | None = None
+    atol: float | None = None
+    adjoint: Any = None
+    max_steps: int | None = None
+
+    def replace(self, **changes) -> "SolveOptions":
+        return dataclasses.replace(self, **changes)
 
 
 def leafwise_rms_norm(y) -> jax.Array:
@@ -67,12 +90,17 @@ def vf_evals_per_solve(solver, num_steps) -> jax.Array:
     return jnp.asarray(-1)
 
 
-def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, solver=None, steps: int | None = None,
-               rtol: float | None = None, atol: float | None = None, adjoint=None, max_steps: int | None = None):
+def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, options: SolveOptions | None = None,
+               **kwargs):
     """One ``diffrax.diffeqsolve`` of ``term`` from t0 to t1 with dgjax's controller choice.
 
-    Returns (y1, num_vf_evals, stats) with stats diffrax's statistics dictionary.
+    ``options`` (a ``SolveOptions``) or its fields as keyword arguments (solver, steps, rtol, atol, adjoint,
+    max_steps; keywords override ``options``). Returns (y1, num_vf_evals, stats) with stats diffrax's
+    statistics dictionary.
     """
+    options = (SolveOptions() if options is None else options).replace(**kwargs)
+    solver, steps, rtol, atol = options.solver, options.steps, options.rtol, options.atol
+    adjoint, max_steps = options.adjoint, options.max_steps
     solver = dfx.Tsit5() if solver is None else solver
     ctrl, dt0, default_max = controller(steps, rtol, atol, t0, t1)
     # time in the state's precision: diffrax promotes the state to the time dtype (float64 under x64)
@@ -96,3 +124,9 @@ def solve(vector_field: Callable, y0: Any, t0: float, t1: float, **kwargs):
     Keyword arguments as ``solve_term``; returns (y1, num_vf_evals, stats).
     """
     return solve_term(dfx.ODETerm(vector_field), y0, t0, t1, **kwargs)
+
+
+def add_nfe(total, evals, per_eval):
+    """``total + per_eval * evals`` score evaluations, or -1 once either count is unknown (-1)."""
+    total, evals = jnp.asarray(total), jnp.asarray(evals)
+    return jnp.where((evals < 0) | (total < 0), -1, total + per_eval * evals)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import dgjax as dg
-from dgjax.denoising import denoising_coefficients
+from dgjax.sampling.mode import denoising_coefficients
 
 PROC = dg.VP()
 
