@@ -70,12 +70,14 @@ def elbo_integrand(score: Callable, process, x, t, eps, antithetic: bool):
     v = sigma**2 - a**2 * process.sigma(t_min) ** 2
     sv = jnp.sqrt(jnp.maximum(v, 0.0))
     xa = bcast(a, x) * x
-    s_p = score(xa + bcast(sv, x) * eps, t)
-    if antithetic:
-        s_m = score(xa - bcast(sv, x) * eps, t)
+    if antithetic:  # +eps and -eps in one score call (one batch of 2N: one network in the compiled program)
+        n = x.shape[0]
+        both = score(jnp.concatenate([xa + bcast(sv, x) * eps, xa - bcast(sv, x) * eps]), jnp.concatenate([t, t]))
+        s_p, s_m = both[:n], both[n:]
         stein = 0.5 * batch_dot(eps, s_p - s_m) / sv
         sq = 0.5 * (batch_dot(s_p, s_p) + batch_dot(s_m, s_m))
     else:
+        s_p = score(xa + bcast(sv, x) * eps, t)
         stein = batch_dot(eps, s_p) / sv
         sq = batch_dot(s_p, s_p)
     d = math.prod(x.shape[1:])

@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     model = C.load_model(args.model)
     cfg = C.settings(args, full=dict(num=64, sde_steps=500, elbo_samples=256, encode_steps=16, encode_probes=4),
-                     quick=dict(num=8, sde_steps=40, elbo_samples=8), dim=model.dim)
+                     quick=dict(num=8, sde_steps=10, elbo_samples=4), dim=model.dim)
     cfg["sde_steps"] = args.sde_steps or cfg["sde_steps"]
     cfg["elbo_samples"] = args.elbo_samples or cfg["elbo_samples"]
     run = C.Run(NAME, args, argv, cfg)

@@ -18,9 +18,18 @@ def _setup():
     return mix, x, lp_T
 
 
-def test_elbo_with_exact_score_and_prior_is_exact_logp(x64):
-    mix, x, lp_T = _setup()
-    r = dg.elbo(mix.score(PROC), PROC, x, key=jax.random.key(1), num_samples=400, prior_log_prob=lp_T)
+@pytest.fixture(scope="module")
+def exact_prior():
+    """The ELBO with the exact score and exact p_T (computed once, shared by the two tests below)."""
+    with jax.enable_x64(True):
+        mix, x, lp_T = _setup()
+        r = jax.jit(lambda k: dg.elbo(mix.score(PROC), PROC, x, key=k, num_samples=400, prior_log_prob=lp_T))(
+            jax.random.key(1))  # one compiled program instead of many eager operations
+        yield mix, x, lp_T, r
+
+
+def test_elbo_with_exact_score_and_prior_is_exact_logp(x64, exact_prior):
+    mix, x, lp_T, r = exact_prior
     exact = mix.log_prob(PROC)(x, PROC.t_min)
     z = (r.elbo - exact) / r.stderr
     assert bool(jnp.all(jnp.abs(z) < 3.5)), z  # each point (16 of them) within 3.5 standard errors
@@ -29,21 +38,25 @@ def test_elbo_with_exact_score_and_prior_is_exact_logp(x64):
     assert int(r.nfe) == 800
 
 
-def test_elbo_standard_prior_difference_is_prior_mismatch(x64):
-    mix, x, lp_T = _setup()
+def test_elbo_standard_prior_difference_is_prior_mismatch(x64, exact_prior):
+    mix, x, lp_T, exact = exact_prior
     score, key = mix.score(PROC), jax.random.key(1)
     m = 400
-    exact_prior = dg.elbo(score, PROC, x, key=key, num_samples=m, prior_log_prob=lp_T)
-    std_prior = dg.elbo(score, PROC, x, key=key, num_samples=m)  # same draws: the integral terms cancel
-    diff = std_prior.elbo - exact_prior.elbo
+    std_prior = jax.jit(lambda k: dg.elbo(score, PROC, x, key=k, num_samples=m))(key)  # same draws: integrals cancel
+    diff = std_prior.elbo - exact.elbo
     # independent: E[log N(x_T; 0, sigma_T^2) - log p_T(x_T)], x_T | x ~ N(a x, v I), large Monte Carlo
     t0, t1 = PROC.t_min, PROC.t_max
     a = float(PROC.alpha(t1) / PROC.alpha(t0))
     v = float(PROC.sigma(t1) ** 2 - a**2 * PROC.sigma(t0) ** 2)
-    eps = jax.random.normal(jax.random.key(7), (4000,) + x.shape, jnp.float64)
-    x_T = a * x[None] + np.sqrt(v) * eps
-    lpt = jax.vmap(lp_T)(x_T)
-    mismatch = jnp.mean(jax.vmap(PROC.prior_log_prob)(x_T) - lpt, axis=0)
+
+    @jax.jit
+    def prior_terms():
+        eps = jax.random.normal(jax.random.key(7), (4000,) + x.shape, jnp.float64)
+        x_T = a * x[None] + np.sqrt(v) * eps
+        return jax.vmap(lp_T)(x_T), jax.vmap(PROC.prior_log_prob)(x_T)
+
+    lpt, lpn = prior_terms()
+    mismatch = jnp.mean(lpn - lpt, axis=0)
     # the ELBO's own prior term averages m antithetic draws: its error is below std(log p_T) / sqrt(m)
     se = jnp.std(lpt, axis=0) / np.sqrt(m) + jnp.std(lpt, axis=0) / np.sqrt(4000)
     assert bool(jnp.all(jnp.abs(diff - mismatch) < 3 * se)), (diff, mismatch, se)

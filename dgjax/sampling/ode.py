@@ -3,9 +3,10 @@
 A sampler is a small immutable config object. ODE samplers describe their dynamics as one or more
 *phases* ``(t_from, t_to, velocity)``; ``velocity(coeffs, x, s, t=..., div_u=...) -> dx/dt`` gets
 the score value already computed at (x, t), so a sampler that only rescales the score costs no extra
-evaluation. A sampler whose velocity needs the score function itself (mode tracking's Hessian-vector
-products) gets it, with the divergence estimator and the probes, through ``ODESampler.solve_phases``. ``ODESampler.integrate`` (called by ``dg.sample``) integrates each phase with diffrax, with the augmented state
+evaluation. ``ODESampler.integrate`` (called by ``dg.sample``) integrates each phase with diffrax, with the augmented state
 ``(x, log p per probe)`` when ``track_logp`` (MATH.md section 4(a)/(b)).
+A sampler whose velocity needs the score function itself (mode tracking's Hessian-vector products) gets
+it, with the divergence estimator and the probes, through ``solve_phases``.
 """
 
 from __future__ import annotations
