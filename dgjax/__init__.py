@@ -5,8 +5,11 @@ The specification is MATH.md (conventions, signs, formulas); the public names ar
 
 from .alignment import Alignment, score_alignment
 from .data import DATASETS, Dataset, load_dataset
+from .denoising import add_noise, denoise, posterior_mean
 from .divergence import DivergenceEstimator, Exact, Hutchinson
+from .elbo import Elbo, elbo
 from .errors import InfeasibleGuidance
+from .forward import ForwardTrack, forward_sde_logp
 from .likelihood import Likelihood, bits_per_dim, log_likelihood
 from .models import SHIPPED_MODELS, ArchitectureMismatch, ModelError, TrainedModel, load_model, save_model
 from .oracle import GaussianMixture, random_mixture
@@ -14,15 +17,18 @@ from .parallel import (batch_sharding, host_local_batch, host_slice, log_likelih
                        score_alignment_sharded, shard_batch)
 from .parametrizations import score_from, score_to
 from .processes import EDM, VE, VP, LinearFlow, Process, VPCosine, VPLinear
-from .sampling import (ODE, PFODE, SDE, DensityGuidance, HighDensity, NoiseWindow, NoiseWindowLogSNR, ODESampler,
-                       ReverseSDE, Sample, SDESampler, StochasticDensityGuidance, noise_window, noise_window_log_snr,
-                       prior_guidance, sample, typicality)
+from .sampling import (ODE, PFODE, SDE, DensityGuidance, HighDensity, ModeTracking, NoiseWindow, NoiseWindowLogSNR,
+                       ODESampler, ReverseSDE, Sample, SDESampler, StochasticDensityGuidance, noise_window,
+                       noise_window_log_snr, prior_guidance, sample, typicality)
 from .training import TrainConfig, train
 
 __all__ = [
     "Alignment", "score_alignment",
     "DATASETS", "Dataset", "load_dataset",
+    "ModeTracking", "add_noise", "denoise", "posterior_mean",
     "DivergenceEstimator", "Exact", "Hutchinson",
+    "Elbo", "elbo",
+    "ForwardTrack", "forward_sde_logp",
     "DensityGuidance", "HighDensity", "prior_guidance", "typicality", "InfeasibleGuidance",
     "Likelihood", "bits_per_dim", "log_likelihood",
     "SHIPPED_MODELS", "ArchitectureMismatch", "ModelError", "TrainedModel", "load_model", "save_model",

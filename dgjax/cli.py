@@ -257,7 +257,13 @@ def _likelihood(args) -> int:
         x = ds.split(args.split, n, seed=args.seed)
     except (ValueError, OSError) as e:
         return _fail(str(e))
-    evaluate = make_evaluator(model.network, model.config, ds.offset_bits, args.rtol)
+    if args.method == "ode":
+        evaluate = make_evaluator(model.network, model.config, ds.offset_bits, args.rtol)
+        how = f"one Hutchinson probe, adaptive Tsit5 rtol=atol={args.rtol:g}"
+    else:
+        evaluate = _stochastic_evaluator(model, ds.offset_bits, args.method, args.steps, args.num_samples)
+        how = (f"forward-SDE encoder, one Hutchinson probe, {args.steps} Euler-Maruyama steps" if args.method == "sde"
+               else f"ELBO (an upper bound in bits/dim), {args.num_samples} stratified antithetic log-SNR draws")
     start = time.perf_counter()
     bar = _progress(int(np.ceil(len(x) / args.batch_size)), "encoding (first batch compiles)", args.no_progress)
     v = map_chunks(lambda xc, k: evaluate(model.params, xc, k), x, args.batch_size,
@@ -268,9 +274,27 @@ def _likelihood(args) -> int:
                      f"model's score is not finite on this data (check the model file)")
     se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
     print(f"model {model.name!r} on {ds.name} {args.split} ({len(v)} examples, uniform dequantisation, "
-          f"one Hutchinson probe, adaptive Tsit5 rtol=atol={args.rtol:g}): {v.mean():.4f} +- {se:.4f} bits/dim "
+          f"{how}): {v.mean():.4f} +- {se:.4f} bits/dim "
           f"({time.perf_counter() - start:.1f}s)")
     return 0
+
+
+def _stochastic_evaluator(model, offset_bits, method, steps, num_samples):
+    """(params, x, key) -> bits/dim (N,) by the forward-SDE encoder (MATH 4(e)) or the ELBO (MATH 10)."""
+    import jax
+
+    import dgjax as dg
+
+    @jax.jit
+    def evaluate(params, x, key):
+        m = dg.TrainedModel(model.network, params, model.config)
+        if method == "sde":
+            logp = dg.log_likelihood(m.score, m.process, x, key=key, encoder="sde", steps=steps).logp
+        else:
+            logp = dg.elbo(m.score, m.process, x, key=key, num_samples=num_samples).elbo
+        return dg.bits_per_dim(logp, model.shape, offset_bits)
+
+    return evaluate
 
 
 def _align(args) -> int:
@@ -405,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--batch-size", type=POS_INT, default=64, help="examples per solve")
     lk.add_argument("--rtol", type=POS_FLOAT, default=1e-3, help="rtol = atol of the adaptive encoding solve")
     lk.add_argument("--seed", type=NONNEG_INT, default=0, help="seed of the dequantisation noise and probes")
+    lk.add_argument("--method", default="ode", choices=["ode", "sde", "elbo"],
+                    help="log p by PF-ODE encoding, by the forward-SDE encoder (MATH 4(e)), or the ELBO (MATH 10)")
+    lk.add_argument("--steps", type=POS_INT, default=1000, help="Euler-Maruyama steps of --method sde")
+    lk.add_argument("--num-samples", type=POS_INT, default=64, help="log-SNR draws per example of --method elbo")
     lk.add_argument("--no-progress", action="store_true", help="no progress bar")
     lk.set_defaults(func=_likelihood)
 

@@ -38,13 +38,25 @@ class Likelihood(eqx.Module):
 
 def log_likelihood(score: Callable, process, x0, *, key=None, divergence: DivergenceEstimator | None = None,
                    solver=None, steps: int | None = None, rtol: float | None = None, atol: float | None = None,
-                   prior_log_prob: Callable | None = None, adjoint=None, max_steps: int | None = None) -> Likelihood:
+                   prior_log_prob: Callable | None = None, adjoint=None, max_steps: int | None = None,
+                   encoder: str = "ode") -> Likelihood:
     """Model log-density of data ``x0`` (N, *shape), taken at t_min, by PF-ODE encoding to t_max.
 
     Args mirror ``dg.sample``. ``prior_log_prob(x_T) -> (N,)`` defaults to ``process.prior_log_prob``.
+    ``encoder="sde"``: encode with the forward SDE instead (MATH 4(e), ``dgjax.forward``): Euler-Maruyama in
+    ``steps`` constant steps with any divergence estimator; unbiased over the Brownian path, noisy per path
+    (``key`` required; ``logp_stderr`` is the spread across probes only).
     """
     divergence = Hutchinson() if divergence is None else divergence
+    if encoder not in ("ode", "sde"):
+        raise ValueError(f"encoder: must be 'ode' (PF-ODE) or 'sde' (forward SDE); got {encoder!r}")
     check_common(process, divergence, key, SolveOptions(steps=steps, rtol=rtol, atol=atol))
+    if encoder == "sde":
+        from .forward import sde_log_likelihood
+        if solver is not None or rtol is not None or atol is not None:
+            raise ValueError("encoder: 'sde' uses Euler-Maruyama with constant steps; drop solver/rtol/atol")
+        return Likelihood(*sde_log_likelihood(score, process, x0, key=key, steps=steps, divergence=divergence,
+                                              prior_log_prob=prior_log_prob))
     x0 = check_finite(check_batch(x0, "x0"), "x0")
     t0, t1 = process.t_min, process.t_max
     check_score_fn(score, x0, jnp.asarray(t0, dtype=x0.dtype))

@@ -14,14 +14,14 @@ ROOT = pathlib.Path(dg.__file__).parent
 LAYERS = [
     ("core", {"_checks", "_io", "errors", "processes", "parametrizations", "dynamics", "divergence", "oracle"}),
     ("solve", {"solve"}),
-    ("sampling", {"sampling", "samplers", "stochastic", "guidance"}),
-    ("diagnostics", {"likelihood", "alignment", "parallel"}),
+    ("sampling", {"sampling", "samplers", "stochastic", "guidance", "denoising"}),
+    ("diagnostics", {"likelihood", "alignment", "parallel", "forward", "elbo"}),
     ("models", {"data", "models"}),
     ("training", {"training"}),
     ("edges", {"cli", "__init__"}),
 ]
 # inside the sampling package, low -> high
-SAMPLING_ORDER = ["__init__", "base", "ode", "guidance", "sde", "sample"]
+SAMPLING_ORDER = ["__init__", "base", "ode", "guidance", "sde", "mode", "sample"]
 
 
 def _layer(top: str) -> int:

@@ -66,6 +66,11 @@ def test_train_then_likelihood_and_align_on_a_toy_set(tmp_path, capsys):
     assert os.path.exists(os.path.join(run, "model.msgpack"))
     assert main(["likelihood", "--model", run, "--num", "8", "--rtol", "1e-2", "--no-progress"]) == 0
     assert "bits/dim" in capsys.readouterr().out
+    assert main(["likelihood", "--model", run, "--num", "8", "--method", "sde", "--steps", "10", "--no-progress"]) == 0
+    assert "forward-SDE encoder" in capsys.readouterr().out
+    assert main(["likelihood", "--model", run, "--num", "8", "--method", "elbo", "--num-samples", "4",
+                 "--no-progress"]) == 0
+    assert "ELBO" in capsys.readouterr().out
     assert main(["align", "--model", run, "--num", "4", "--steps", "4", "--no-progress"]) == 0
     assert "aligned fraction" in capsys.readouterr().out
     # a second train into the same directory without --resume is refused

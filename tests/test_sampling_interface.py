@@ -23,7 +23,10 @@ def test_every_sampler_shares_one_interface_and_declares_its_cost():
     cases = [(dg.PFODE(), 1, 4), (dg.HighDensity(0.5), 1, 4), (dg.DensityGuidance(0.3), 1, 4),
              (dg.DensityGuidance(rate=lambda x, t: jnp.zeros(x.shape[0])), 4, 4), (dg.ReverseSDE(), 1, 1),
              (dg.ReverseSDE(scheme="stratonovich"), 1, 4), (dg.SDE(lambda x, t, s: s, lambda x, t, s, dw: dw), 1, 7),
-             (dg.StochasticDensityGuidance(0.3, noise), 4, 5), (dg.StochasticDensityGuidance(0.3, noise, True), 5, 5)]
+             (dg.StochasticDensityGuidance(0.3, noise), 4, 5), (dg.StochasticDensityGuidance(0.3, noise, True), 5, 5),
+             # mode tracking: score + Lap and grad Lap (2 x 3) + min(D, 64) CG HVPs + residual + D (dense check)
+             (dg.ModeTracking(), 1 + 6 + 5 + 1 + 5, 1 + 9 + 5 + 1 + 5),
+             (dg.ModeTracking(cg_steps=2, check="curvature", symmetrize=True), 1 + 6 + 2 * 3, 1 + 9 + 2 * 3)]
     for sampler, plain, tracked in cases:
         assert isinstance(sampler, AbstractSampler)
         assert isinstance(sampler.cost(False), Cost)

@@ -15,7 +15,7 @@ sampler it has.
 from __future__ import annotations
 
 import abc
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import equinox as eqx
 import jax
@@ -27,10 +27,12 @@ Array = jax.Array
 
 class Cost(NamedTuple):
     """Score evaluations per vector-field evaluation beyond the one score call: ``divergence_passes`` uses
-    of the divergence estimator's probes (each ``divergence.num_jvps(D)`` JVPs) and ``extra_jvps`` JVPs."""
+    of the divergence estimator's probes (each ``divergence.num_jvps(D)`` JVPs) and ``extra_jvps`` JVPs
+    (or VJPs): an int, or a function ``D -> int`` for work that grows with the dimension (mode tracking's
+    conjugate-gradient Hessian-vector products)."""
 
     divergence_passes: int = 0
-    extra_jvps: int = 0
+    extra_jvps: int | Callable[[int], int] = 0
 
 
 class Sample(eqx.Module):
@@ -71,7 +73,8 @@ class AbstractSampler(eqx.Module):
     def nfe_per_eval(self, track: bool, divergence: DivergenceEstimator, dim: int) -> int:
         """NFE of one vector-field evaluation: 1 + passes * divergence.num_jvps(D) + extra JVPs."""
         c = self.cost(track)
-        return 1 + (c.divergence_passes * divergence.num_jvps(dim) if c.divergence_passes else 0) + c.extra_jvps
+        extra = c.extra_jvps(dim) if callable(c.extra_jvps) else c.extra_jvps
+        return 1 + (c.divergence_passes * divergence.num_jvps(dim) if c.divergence_passes else 0) + extra
 
     @abc.abstractmethod
     def integrate(self, score, process, x, *, key, track_logp: bool, divergence: DivergenceEstimator, options,

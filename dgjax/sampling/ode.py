@@ -5,6 +5,8 @@ A sampler is a small immutable config object. ODE samplers describe their dynami
 the score value already computed at (x, t), so a sampler that only rescales the score costs no extra
 evaluation. ``ODESampler.integrate`` (called by ``dg.sample``) integrates each phase with diffrax, with the augmented state
 ``(x, log p per probe)`` when ``track_logp`` (MATH.md section 4(a)/(b)).
+A sampler whose velocity needs the score function itself (mode tracking's Hessian-vector products) gets
+it, with the divergence estimator and the probes, through ``solve_phases``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ class ODESampler(AbstractSampler):
     def phases(self, process, t_start: float, t_end: float):
         """[(t_from, t_to, velocity)]: ``velocity(coeffs, x, s, *, t, div_u) -> dx/dt`` on each phase."""
         raise NotImplementedError
+
+    def solve_phases(self, score, process, divergence, probes, t_start, t_end):
+        """The phases one solve integrates; default ``phases(process, t_start, t_end)``. A sampler whose
+        velocity needs more than the score value at (x, t) (e.g. Hessian-vector products, ``ModeTracking``)
+        overrides this: it receives the score function, the divergence estimator and the solve's probes
+        (fixed along the path; None unless ``cost`` declares a divergence pass)."""
+        return self.phases(process, t_start, t_end)
 
     def cost(self, track: bool) -> Cost:
         return Cost(divergence_passes=int(track or self.needs_divergence))
@@ -95,7 +104,7 @@ def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence,
     probes = divergence.draw(key, x) if use_div else None
     p = 1 if probes is None else probes.shape[0]
     y = (x, jnp.broadcast_to(logp_T, (p, n))) if track_logp else x
-    phases = sampler.phases(process, t_start, t_end)
+    phases = sampler.solve_phases(score, process, divergence, probes, t_start, t_end)
     total_span = abs(t_start - t_end)
     nfe_per_eval = sampler.nfe_per_eval(track_logp, divergence, dim)
     steps, max_steps = options.steps, options.max_steps
