@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from . import dynamics as dyn
+from . import grids
 from ._checks import check_batch, check_finite, check_score_fn
 from .divergence import DivergenceEstimator, Hutchinson
 from .solve import solve
@@ -37,10 +38,11 @@ class Likelihood(eqx.Module):
 
 def log_likelihood(score: Callable, process, x0, *, key=None, divergence: DivergenceEstimator | None = None,
                    solver=None, steps: int | None = None, rtol: float | None = None, atol: float | None = None,
-                   prior_log_prob: Callable | None = None, adjoint=None, max_steps: int | None = None) -> Likelihood:
+                   prior_log_prob: Callable | None = None, adjoint=None, max_steps: int | None = None,
+                   grid=None) -> Likelihood:
     """Model log-density of data ``x0`` (N, *shape), taken at t_min, by PF-ODE encoding to t_max.
 
-    Args mirror ``dg.sample``. ``prior_log_prob(x_T) -> (N,)`` defaults to ``process.prior_log_prob``.
+    Args mirror ``dg.sample`` (``grid``: where the constant steps go, see ``dgjax.grids``). ``prior_log_prob(x_T) -> (N,)`` defaults to ``process.prior_log_prob``.
     """
     divergence = Hutchinson() if divergence is None else divergence
     x0 = check_finite(check_batch(x0, "x0"), "x0")
@@ -53,8 +55,9 @@ def log_likelihood(score: Callable, process, x0, *, key=None, divergence: Diverg
     def vf(t, y, probes):
         return dyn.augmented_rate(score, process, y[0], t, divergence, probes, dyn.pf_velocity)
 
+    steps, ts = grids.plan(process, t0, t1, steps, grid)
     (x_T, change), evals, _ = solve(vf, y0, t0, t1, args=probes, solver=solver, steps=steps, rtol=rtol,
-                                    atol=atol, adjoint=adjoint, max_steps=max_steps)
+                                    atol=atol, adjoint=adjoint, max_steps=max_steps, ts=ts)
     prior = process.prior_log_prob if prior_log_prob is None else prior_log_prob
     logp_T = prior(x_T)
     logp, stderr = dyn.mean_and_stderr(logp_T[None, :] - change)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from . import dynamics as dyn
+from . import grids
 from ._checks import check_batch, check_finite, check_param, check_per_sample, check_score_fn, check_time, is_concrete
 from .divergence import DivergenceEstimator, Hutchinson
 from .solve import solve
@@ -112,7 +113,7 @@ def sample(score: Callable, process, x_T, *, sampler=None, key=None, track_logp:
            divergence: DivergenceEstimator | None = None, solver=None, steps: int | None = None,
            rtol: float | None = None, atol: float | None = None, logp_T=None,
            t_start: float | None = None, t_end: float | None = None, adjoint=None,
-           max_steps: int | None = None) -> Sample:
+           max_steps: int | None = None, grid=None) -> Sample:
     """Integrate a sampler from ``x_T`` at t_start (default t_max) down to t_end (default t_min).
 
     Args:
@@ -129,6 +130,9 @@ def sample(score: Callable, process, x_T, *, sampler=None, key=None, track_logp:
         (Euler-Maruyama, the default) or a Stratonovich solver where the sampler allows it.
       steps: number of constant steps; or ``rtol``/``atol`` for the adaptive PID controller
         (default adaptive, rtol = atol = 1e-5).
+      grid: where the constant steps go (``dgjax.grids``): "t", "log_snr", "edm", or an array of times
+        from t_start to t_end (then ``steps`` may be omitted); default the process's ``default_grid``.
+        Every phase of a multi-phase sampler uses its part of the one grid (the switch time added).
       logp_T: (N,) log-density of x_T to start from, or a callable ``logp_T(x) -> (N,)`` evaluated at the
         latent the sampler actually starts from (after ``sampler.prepare``, e.g. the median rescaling of
         density guidance); default the prior ``process.prior_log_prob``.
@@ -151,15 +155,18 @@ def sample(score: Callable, process, x_T, *, sampler=None, key=None, track_logp:
     x = sampler.prepare(process, x_T)
     if isinstance(sampler, SDESampler):
         logp0 = _initial_logp(process, x, logp_T) if track_logp else None
+        steps, ts = grids.plan(process, t_start, t_end, steps, grid)
+        if ts is not None:  # the SDE is integrated in tau = t_start - t
+            steps, ts = len(ts) - 1, float(t_start) - ts
         y, nfe, num_steps = run_sde(score, process, x, sampler, key, track_logp, divergence, solver, steps, rtol,
-                                    atol, logp0, t_start, t_end, adjoint, max_steps)
+                                    atol, logp0, t_start, t_end, adjoint, max_steps, ts=ts)
         return _make_sample(y, logp0, nfe, num_steps, track_logp)
     return _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, solver, steps, rtol,
-                           atol, logp_T, t_start, t_end, adjoint, max_steps)
+                           atol, logp_T, t_start, t_end, adjoint, max_steps, grid)
 
 
 def _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, solver, steps, rtol, atol,
-                    logp_T, t_start, t_end, adjoint, max_steps) -> Sample:
+                    logp_T, t_start, t_end, adjoint, max_steps, grid=None) -> Sample:
     n, dim = x.shape[0], x[0].size
     needs_div = sampler.needs_divergence
     use_div = track_logp or needs_div
@@ -174,9 +181,15 @@ def _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, sol
     total_span = abs(t_start - t_end)
     nfe_per_eval = 1 + (divergence.num_jvps(dim) if use_div else 0)
     nfe, num_steps = jnp.asarray(0), jnp.asarray(0)
+    steps, full_grid = grids.plan(process, t_start, t_end, steps, grid)
     for t0, t1, velocity in phases:
-        phase_max_steps = max_steps
-        if steps is None:
+        phase_max_steps, ts = max_steps, None
+        if full_grid is not None:
+            if not (is_concrete(t0) and is_concrete(t1)):
+                raise ValueError("grid: a phase boundary is traced (e.g. HighDensity's t_switch under jit); only "
+                                 "grid='t' splits steps at a traced boundary; pass grid='t' or a concrete t_switch")
+            phase_steps, ts = None, grids.restrict(full_grid, t0, t1)
+        elif steps is None:
             phase_steps = None
         elif is_concrete(t0) and is_concrete(t1):
             phase_steps = max(1, round(steps * abs(float(t0) - float(t1)) / total_span))
@@ -187,7 +200,7 @@ def _run_ode_phases(score, process, x, sampler, key, track_logp, divergence, sol
             phase_max_steps = steps if max_steps is None else max_steps
         vf = _ode_vector_field(score, process, divergence, track_logp, needs_div, velocity)
         y, evals, stats = solve(vf, y, t0, t1, args=probes, solver=solver, steps=phase_steps, rtol=rtol,
-                                atol=atol, adjoint=adjoint, max_steps=phase_max_steps)
+                                atol=atol, adjoint=adjoint, max_steps=phase_max_steps, ts=ts)
         nfe = jnp.where((evals < 0) | (nfe < 0), -1, nfe + nfe_per_eval * evals)
         num_steps = num_steps + stats["num_steps"]
     return _make_sample(y, logp_T, nfe, num_steps, track_logp)

@@ -68,15 +68,24 @@ def vf_evals_per_solve(solver, num_steps) -> jax.Array:
 
 
 def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, solver=None, steps: int | None = None,
-               rtol: float | None = None, atol: float | None = None, adjoint=None, max_steps: int | None = None):
+               rtol: float | None = None, atol: float | None = None, adjoint=None, max_steps: int | None = None,
+               ts=None):
     """One ``diffrax.diffeqsolve`` of ``term`` from t0 to t1 with dgjax's controller choice.
 
+    ``ts``: step exactly to these times (``diffrax.StepTo``; from ``dgjax.grids``), t0 first and t1 last.
     Returns (y1, num_vf_evals, stats) with stats diffrax's statistics dictionary.
     """
     solver = dfx.Tsit5() if solver is None else solver
-    ctrl, dt0, default_max = controller(steps, rtol, atol, t0, t1)
     # time in the state's precision: diffrax promotes the state to the time dtype (float64 under x64)
     tdtype = jax.tree_util.tree_leaves(y0)[0].dtype
+    if ts is not None:
+        if steps is not None or rtol is not None or atol is not None:
+            raise ValueError("grid: a grid of times fixes the steps; do not also pass steps or rtol/atol to solve")
+        ts = jnp.asarray(ts, tdtype)
+        ctrl, dt0, default_max = dfx.StepTo(ts), None, int(ts.shape[0]) - 1
+        t0, t1 = ts[0], ts[-1]
+    else:
+        ctrl, dt0, default_max = controller(steps, rtol, atol, t0, t1)
     t0, t1 = jnp.asarray(t0, tdtype), jnp.asarray(t1, tdtype)
     dt0 = None if dt0 is None else jnp.asarray(dt0, tdtype)
     if default_max is None and max_steps is None:

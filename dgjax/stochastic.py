@@ -392,7 +392,7 @@ def brownian_path(kind: str, key, shape, dtype, span: float, steps: int | None):
 
 
 def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence, solver, steps, rtol, atol,
-            logp_T, t_start, t_end, adjoint, max_steps):
+            logp_T, t_start, t_end, adjoint, max_steps, ts=None):
     """Integrate an SDE sampler from t_start to t_end (in tau); returns (x, logp per probe, nfe, num_steps)."""
     from .solve import solve_term
 
@@ -419,8 +419,9 @@ def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence,
     term = _AugmentedSDETerm(coeff_fn, sampler.apply_noise, path, track_logp)
     p = 1 if probes is None else probes.shape[0]
     y0 = (x, jnp.broadcast_to(logp_T, (p, x.shape[0]))) if track_logp else x
-    y1, evals, stats = solve_term(term, y0, 0.0, span, args=probes, solver=solver, steps=steps, rtol=rtol,
-                                  atol=atol, adjoint=adjoint, max_steps=max_steps)
+    y1, evals, stats = solve_term(term, y0, 0.0, span, args=probes, solver=solver,
+                                  steps=None if ts is not None else steps, rtol=rtol, atol=atol, adjoint=adjoint,
+                                  max_steps=max_steps, ts=ts)
     per_eval = (1 + (sampler.jvp_multiplier(track_logp) * divergence.num_jvps(x[0].size) if use_div else 0)
                 + sampler.extra_jvps(track_logp))
     nfe = jnp.where(evals < 0, -1, per_eval * evals)
