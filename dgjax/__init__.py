@@ -15,6 +15,8 @@ from .parallel import (batch_sharding, host_local_batch, host_slice, log_likelih
 from .parametrizations import score_from, score_to
 from .processes import EDM, VE, VP, VPSDE, CustomProcess, LinearFlow, Process, VPCosine, VPLinear
 from .grids import GRIDS, step_times
+from .external import ElementwiseTransform, batched, external_score, log_transform
+from .galaxies import GALAXY_MODELS, GalaxyModel
 from .samplers import ODE, PFODE, ODESampler, Sample, sample
 from .stochastic import (SDE, NoiseWindow, NoiseWindowLogSNR, ReverseSDE, SDESampler, StochasticDensityGuidance, noise_window,
                          noise_window_log_snr)
@@ -32,7 +34,8 @@ __all__ = [
     "score_alignment_sharded", "shard_batch",
     "score_from", "score_to",
     "EDM", "VE", "VP", "LinearFlow", "Process", "VPCosine", "VPLinear", "VPSDE", "CustomProcess",
-    "GRIDS", "step_times",
+    "GRIDS", "step_times", "ElementwiseTransform", "batched", "external_score", "log_transform",
+    "GALAXY_MODELS", "GalaxyModel",
     "ODE", "PFODE", "ODESampler", "Sample", "sample",
     "SDE", "NoiseWindow", "NoiseWindowLogSNR", "ReverseSDE", "SDESampler", "StochasticDensityGuidance", "noise_window", "noise_window_log_snr",
     "TrainConfig", "train",

@@ -33,7 +33,7 @@ def _x64():
 
 
 def _log_snr64(process, t: np.ndarray) -> np.ndarray:
-    with _x64():
+    with _x64(), jax.ensure_compile_time_eval():  # concrete numbers, also while a caller is being traced
         return np.asarray(process.log_snr(np.asarray(t, np.float64)), np.float64)
 
 

@@ -47,6 +47,7 @@ def log_likelihood(score: Callable, process, x0, *, key=None, divergence: Diverg
     divergence = Hutchinson() if divergence is None else divergence
     x0 = check_finite(check_batch(x0, "x0"), "x0")
     t0, t1 = process.t_min, process.t_max
+    steps, ts = grids.plan(process, t0, t1, steps, grid)  # validate the grid before drawing probes
     check_score_fn(score, x0, jnp.asarray(t0, dtype=x0.dtype))
     probes = divergence.draw(key, x0)
     p = 1 if probes is None else probes.shape[0]
@@ -55,7 +56,6 @@ def log_likelihood(score: Callable, process, x0, *, key=None, divergence: Diverg
     def vf(t, y, probes):
         return dyn.augmented_rate(score, process, y[0], t, divergence, probes, dyn.pf_velocity)
 
-    steps, ts = grids.plan(process, t0, t1, steps, grid)
     (x_T, change), evals, _ = solve(vf, y0, t0, t1, args=probes, solver=solver, steps=steps, rtol=rtol,
                                     atol=atol, adjoint=adjoint, max_steps=max_steps, ts=ts)
     prior = process.prior_log_prob if prior_log_prob is None else prior_log_prob

@@ -432,6 +432,8 @@ def load_model(name_or_path: str, *, compute_dtype=None) -> TrainedModel:
     ``compute_dtype`` (e.g. ``jnp.bfloat16``): run the network in that dtype while the solver state and the
     log-density stay in the caller's precision (``TrainedModel.with_compute_dtype``); default float32."""
     model = _load_model(name_or_path)
+    if compute_dtype is not None and not isinstance(model, TrainedModel):
+        raise ModelError(f"compute_dtype: only dgjax-trained models support it; {name_or_path!r} does not")
     return model if compute_dtype is None else model.with_compute_dtype(compute_dtype)
 
 
@@ -439,6 +441,10 @@ def _load_model(name_or_path: str) -> TrainedModel:
     if isinstance(name_or_path, TrainedModel):
         return name_or_path
     s = os.fspath(name_or_path)
+    if s.startswith("galaxies-") and not os.path.exists(s):  # galaxygrad's pretrained networks (dgjax.galaxies)
+        from .galaxies import load_galaxy_model
+
+        return load_galaxy_model(s)
     if s in SHIPPED_MODELS and not os.path.exists(s):
         prefix = os.path.join(WEIGHTS_DIR, s)
         if not os.path.exists(prefix + ".msgpack"):
