@@ -107,14 +107,15 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, nargs="+", default=[16, 64, 256])
     ap.add_argument("--num-samples", type=int, default=8)
     ap.add_argument("--galaxy", action="store_true", help="also run galaxies-hsc32 (needs dgjax[galaxies])")
+    ap.add_argument("--galaxy-only", action="store_true", help="only the galaxies-hsc32 part")
     ap.add_argument("--quick", action="store_true", help="steps 16 64, 4 samples")
     a = ap.parse_args()
     steps_list = [16, 64] if a.quick else a.steps
     n = 4 if a.quick else a.num_samples
     t_all = time.perf_counter()
-    rows = oracle_rows(steps_list, n)
+    rows = [] if a.galaxy_only else oracle_rows(steps_list, n)
     mid = steps_list[len(steps_list) // 2] if 64 not in steps_list else 64
-    if a.galaxy:
+    if a.galaxy or a.galaxy_only:
         grows, ref_mean = galaxy_rows(steps_list, min(n, 4))
         rows += grows
         print(f"galaxies-hsc32 adaptive reference mean log p: {ref_mean:.1f}")

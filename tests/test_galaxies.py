@@ -32,13 +32,25 @@ def test_tracked_logp_matches_reencoding(hsc32):
     np.testing.assert_allclose(m.data_log_prob(out.logp, out.x), ref, rtol=1e-5)
 
 
-def test_density_guidance_monotone_and_high_density_above_pfode(hsc32):
+def test_density_guidance_monotone_in_q(hsc32):
+    m = hsc32
+    x_T = m.prior_sample(jax.random.key(3), 4)
+
+    @jax.jit  # one compilation for every q (q traced, per sample)
+    def mean_logp(q):
+        out = dg.sample(m.score, m.process, x_T, sampler=dg.DensityGuidance(q=jnp.full((4,), q)),
+                        key=jax.random.key(4), track_logp=True, solver=dfx.Heun(), steps=STEPS)
+        return jnp.mean(out.logp)
+
+    means = [float(mean_logp(q)) for q in (0.2, 0.5, 0.8)]
+    assert means[0] < means[1] < means[2], means
+
+
+@pytest.mark.slow
+def test_high_density_above_pfode(hsc32):
     m = hsc32
     x_T = m.prior_sample(jax.random.key(3), 4)
     kw = dict(key=jax.random.key(4), track_logp=True, solver=dfx.Heun(), steps=STEPS)
-    means = [float(jnp.mean(dg.sample(m.score, m.process, x_T, sampler=dg.DensityGuidance(q=q), **kw).logp))
-             for q in (0.2, 0.5, 0.8)]
-    assert means[0] < means[1] < means[2], means
     pf = dg.sample(m.score, m.process, x_T, **kw)
     hd = dg.sample(m.score, m.process, x_T, sampler=dg.HighDensity(2.0), **kw)
     assert float(jnp.mean(hd.logp)) > float(jnp.mean(pf.logp)), (hd.logp, pf.logp)
