@@ -76,3 +76,23 @@ def test_galaxygrad_missing_or_other_version(monkeypatch):
         dg.load_model("galaxies-ztf32")
     with pytest.raises(ValueError, match="unknown galaxy model"):
         dg.load_model("galaxies-hsc128")
+
+
+@pytest.mark.slow
+def test_cli_on_a_galaxy_model(tmp_path, capsys):
+    from PIL import Image
+
+    from dgjax.cli import main
+
+    out = tmp_path / "g.png"
+    assert main(["sample", "--model", "galaxies-hsc32", "--num", "2", "--q", "0.3", "0.7", "--steps", "12",
+                 "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "galaxy model" in text and "asinh" in text
+    img = np.asarray(Image.open(out))
+    assert img.shape[0] > 64 and img.std() > 0  # two rows of 32x32 images, not blank
+    assert main(["likelihood", "--model", "galaxies-hsc32", "--num", "2", "--rtol", "1e-2", "--no-progress"]) == 0
+    assert "flux x" in capsys.readouterr().out
+    assert main(["align", "--model", "galaxies-hsc32", "--num", "2", "--batch-size", "2", "--steps", "8",
+                 "--t-end", "1.0", "--no-progress"]) == 0
+    assert "aligned fraction" in capsys.readouterr().out
