@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--model", default="digits",
                     help="a shipped model (digits, patches), a galaxy model (galaxies-hsc32, galaxies-hsc64, "
                     "galaxies-ztf32, galaxies-ztf64; needs dgjax[galaxies]; images shown with an asinh stretch "
-                    "of the flux x = exp(0.1 y) - 1, asinh(x / 0.05), white at the grid's 99.5th percentile), "
+                    "of the flux x = exp(0.1 y) - 1: asinh(x / 0.05) / asinh(20), black at flux 0, white at flux 1), "
                     "a NAME.msgpack file, or a training run directory")
     sm.add_argument("--q", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
                     help="log-density quantiles, one grid row each")
