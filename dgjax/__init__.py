@@ -6,7 +6,7 @@ The specification is MATH.md (conventions, signs, formulas); the public names ar
 from .alignment import Alignment, score_alignment
 from .data import DATASETS, Dataset, load_dataset
 from .divergence import DivergenceEstimator, Exact, Hutchinson
-from .guidance import DensityGuidance, HighDensity, prior_guidance, typicality
+from .errors import InfeasibleGuidance
 from .likelihood import Likelihood, bits_per_dim, log_likelihood
 from .models import SHIPPED_MODELS, ArchitectureMismatch, ModelError, TrainedModel, load_model, save_model
 from .oracle import GaussianMixture, random_mixture
@@ -17,16 +17,16 @@ from .processes import EDM, VE, VP, VPSDE, CustomProcess, LinearFlow, Process, V
 from .grids import GRIDS, step_times
 from .external import ElementwiseTransform, batched, external_score, log_transform
 from .galaxies import GALAXY_MODELS, GalaxyModel
-from .samplers import ODE, PFODE, ODESampler, Sample, sample
-from .stochastic import (SDE, NoiseWindow, NoiseWindowLogSNR, ReverseSDE, SDESampler, StochasticDensityGuidance, noise_window,
-                         noise_window_log_snr)
+from .sampling import (ODE, PFODE, SDE, DensityGuidance, HighDensity, NoiseWindow, NoiseWindowLogSNR, ODESampler,
+                       ReverseSDE, Sample, SDESampler, StochasticDensityGuidance, noise_window, noise_window_log_snr,
+                       prior_guidance, sample, typicality)
 from .training import TrainConfig, train
 
 __all__ = [
     "Alignment", "score_alignment",
     "DATASETS", "Dataset", "load_dataset",
     "DivergenceEstimator", "Exact", "Hutchinson",
-    "DensityGuidance", "HighDensity", "prior_guidance", "typicality",
+    "DensityGuidance", "HighDensity", "prior_guidance", "typicality", "InfeasibleGuidance",
     "Likelihood", "bits_per_dim", "log_likelihood",
     "SHIPPED_MODELS", "ArchitectureMismatch", "ModelError", "TrainedModel", "load_model", "save_model",
     "GaussianMixture", "random_mixture",

@@ -29,13 +29,7 @@ def check_finite(x, name: str):
     """Return ``x``; raise (eagerly, or at run time under jit) if it has NaN or inf entries."""
     x = jnp.asarray(x)
     msg = f"{name} contains non-finite values (NaN or inf); pass finite arrays (check the upstream computation)"
-    bad = ~jnp.all(jnp.isfinite(x))
-    # test the *result*: under jit, operations on a closed-over concrete array still give tracers
-    if is_concrete(bad):
-        if bool(bad):
-            raise ValueError(msg)
-        return x
-    return eqx.error_if(x, bad, msg)
+    return check_value(x, ~jnp.all(jnp.isfinite(x)), msg)
 
 
 def check_time(process, t, name: str = "t", *, closed: bool = True):
@@ -49,12 +43,7 @@ def check_time(process, t, name: str = "t", *, closed: bool = True):
     else:
         bad = (t <= lo) | (t >= hi) | ~jnp.isfinite(t)
     msg = f"{name} must lie in {rng}, the time range of {type(process).__name__}"
-    any_bad = jnp.any(bad)
-    if is_concrete(any_bad):  # the result, not t: see check_finite
-        if bool(any_bad):
-            raise ValueError(f"{msg}; got {t}")
-        return t
-    return eqx.error_if(t, any_bad, msg)
+    return check_value(t, jnp.any(bad), msg, lambda: t)
 
 
 def check_batch(x, name: str = "x"):
@@ -109,3 +98,23 @@ def bcast(v, x):
 def batch_dot(a, b):
     """Per-sample inner product over the event axes: (N, *shape) x (N, *shape) -> (N,)."""
     return jnp.sum(jnp.reshape(a * b, (a.shape[0], -1)), axis=-1)
+
+
+def checked_shape(v, x, name: str, fix: str, expected=None):
+    """Return ``v``, a user callable's output, if its shape is ``expected`` (default x's shape); otherwise
+    raise ``ValueError('name: returned shape ... for x of shape ...; fix')``."""
+    expected = x.shape if expected is None else expected
+    if getattr(v, "shape", None) != expected:
+        raise ValueError(f"{name}: returned shape {getattr(v, 'shape', type(v))} for x of shape {x.shape}; {fix}")
+    return v
+
+
+def check_value(x, bad, msg: str, detail=None):
+    """Return ``x``; raise ``ValueError(msg)`` now when ``bad`` is concrete and true, else attach
+    ``equinox.error_if`` so the check fires at run time under jit. ``detail()`` (optional) is appended to
+    the eager message (e.g. the offending value)."""
+    if is_concrete(bad):  # test the result, not x: under jit even a closed-over constant gives a tracer
+        if bool(bad):
+            raise ValueError(msg if detail is None else f"{msg}; got {detail()}")
+        return x
+    return eqx.error_if(x, bad, msg)

@@ -56,7 +56,7 @@ from . import dynamics as dyn
 from . import grids
 from ._checks import batch_dot, check_batch, check_finite, check_score_fn, is_concrete
 from .divergence import DivergenceEstimator, Exact, Hutchinson
-from .solve import solve
+from .solve import add_nfe, solve
 
 Array = jax.Array
 
@@ -99,7 +99,7 @@ def _tangent_field(score: Callable, process):
 
     def vf(t, y, args):
         x, w = y
-        coeffs = process.coefficients(jnp.asarray(t, dtype=x.dtype))
+        coeffs = process.coefficients_like(t, x)
         s, js_w = jax.jvp(lambda z: score(z, t), (x,), (w,))
         # J_u w = f w - 1/2 g^2 J_s w has the same form as the drift itself.
         return dyn.pf_drift(coeffs, x, s), dyn.pf_drift(coeffs, w, js_w)
@@ -147,7 +147,7 @@ def _score_free_field(score: Callable, process, divergence: DivergenceEstimator,
             probes = divergence.draw(jax.random.fold_in(args, tick), x)
         else:
             probes = args
-        coeffs = process.coefficients(jnp.asarray(t, dtype=x.dtype))
+        coeffs = process.coefficients_like(t, x)
         # z -> (s(z), J_s(z) w): w is a constant inside (held fixed in the divergence).
         inner = lambda z: jax.jvp(lambda q: score(q, t), (z,), (w,))  # noqa: E731
         s, js_w, traces = _second_order_traces(inner, x, probes)
@@ -262,14 +262,14 @@ def score_alignment(score: Callable, process, x_T, t_end, *, key=None, score_fre
         (x_end, w_end, omega), evals, stats = solve(
             _score_free_field(score, process, divergence, redraw, (t_max, t_end)), y0, t_max, t_end,
             args=jax.random.fold_in(key, 1) if redraw else probes, solver=solver,
-            steps=steps, rtol=rtol, atol=atol, adjoint=adjoint, max_steps=max_steps, ts=ts)
+            steps=steps, rtol=rtol, atol=atol, adjoint=adjoint, max_steps=max_steps, grid=ts)
         value, stderr = dyn.mean_and_stderr(omega)
         cosine = None
         per_eval, nfe_final = 2 + 2 * divergence.num_jvps(dim), 0
     else:
         (x_end, w_end), evals, stats = solve(
             _tangent_field(score, process), (x_T, w0), t_max, t_end, solver=solver, steps=steps, rtol=rtol,
-            atol=atol, adjoint=adjoint, max_steps=max_steps, ts=ts)
+            atol=atol, adjoint=adjoint, max_steps=max_steps, grid=ts)
         s_end = score(x_end, jnp.asarray(t_end, dtype=x_T.dtype))
         value = batch_dot(s_end, w_end)
         denom = _flat_norm(s_end) * _flat_norm(w_end)
@@ -279,6 +279,6 @@ def score_alignment(score: Callable, process, x_T, t_end, *, key=None, score_fre
 
     if not return_details:
         return value
-    nfe = jnp.where(evals < 0, -1, nfe_init + per_eval * evals + nfe_final)
+    nfe = add_nfe(nfe_init + nfe_final, evals, per_eval)
     return Alignment(value=value, cosine=cosine, aligned_fraction=jnp.mean(value > 0), x_end=x_end,
                      w_end=w_end, w_T=w0, stderr=stderr, nfe=nfe, num_steps=stats["num_steps"])

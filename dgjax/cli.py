@@ -140,7 +140,10 @@ def _sample(args) -> int:
                         divergence=dg.Hutchinson(args.probes), **kwargs)
         return out.x, out.logp, out.nfe
 
-    shift = lambda q: float(dg.DensityGuidance(q=q).log_density_shift(process, dim))  # noqa: E731
+    from .errors import is_infeasible
+    from .sampling.guidance import log_density_shift
+
+    shift = lambda q: float(log_density_shift(process, q, dim))  # noqa: E731
     rows, table = [], []
     start = time.perf_counter()
     bar = _progress(len(qs), "sampling (first row compiles)", disable=args.no_progress)
@@ -154,7 +157,7 @@ def _sample(args) -> int:
             table.append((q, logp, int(nfe), None))
         except Exception as e:  # infeasible guidance raises at run time (equinox.error_if)
             msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            if "infeasible" in str(e):
+            if is_infeasible(e):  # under jax.jit the InfeasibleGuidance check arrives wrapped by XLA
                 msg = (f"infeasible: the prescribed rise {shift(q):+.0f} nats exceeds the log-density head-room "
                        f"(of the order of D/2 = {dim / 2:.0f} nats, MATH 5); move q toward 0.5")
             elif "max_steps" in str(e) or "maximum number of solver steps" in str(e):
@@ -199,6 +202,7 @@ def _likelihood(args) -> int:
     import numpy as np
 
     from .data import load_dataset
+    from .parallel import map_chunks
     from .training import make_evaluator
 
     try:
@@ -218,15 +222,11 @@ def _likelihood(args) -> int:
     except (ValueError, OSError) as e:
         return _fail(str(e))
     evaluate = make_evaluator(model.network, model.config, ds.offset_bits, args.rtol)
-    vals = []
     start = time.perf_counter()
     bar = _progress(int(np.ceil(len(x) / args.batch_size)), "encoding (first batch compiles)", args.no_progress)
-    for i in range(0, len(x), args.batch_size):
-        vals.append(np.asarray(evaluate(model.params, jnp.asarray(x[i:i + args.batch_size]),
-                                        jax.random.fold_in(jax.random.key(args.seed), i))))
-        bar.update(1)
+    v = map_chunks(lambda xc, k: evaluate(model.params, xc, k), x, args.batch_size,
+                               jax.random.key(args.seed), on_chunk=lambda: bar.update(1))
     bar.close()
-    v = np.concatenate(vals)
     se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
     print(f"model {model.name!r} on {ds.name} {args.split} ({len(v)} examples, uniform dequantisation, "
           f"one Hutchinson probe, adaptive Tsit5 rtol=atol={args.rtol:g}): {v.mean():.4f} +- {se:.4f} bits/dim "
@@ -264,6 +264,8 @@ def _align(args) -> int:
 
     import dgjax as dg
 
+    from .parallel import map_chunks
+
     try:
         model = _load(args.model)
     except (ValueError, OSError) as e:
@@ -279,14 +281,10 @@ def _align(args) -> int:
                                   w_T="prior" if args.prior_direction else None, **kwargs)
 
     x_T = model.prior_sample(jax.random.key(args.seed), args.num)
-    vals = []
     start = time.perf_counter()
     bar = _progress(int(np.ceil(args.num / args.batch_size)), "aligning (first batch compiles)", args.no_progress)
-    for i in range(0, args.num, args.batch_size):
-        vals.append(np.asarray(run(x_T[i:i + args.batch_size], jax.random.fold_in(jax.random.key(args.seed), i))))
-        bar.update(1)
+    v = map_chunks(run, x_T, args.batch_size, jax.random.key(args.seed), on_chunk=lambda: bar.update(1))
     bar.close()
-    v = np.concatenate(vals)
     frac = float(np.mean(v > 0))
     print(f"score alignment of model {model.name!r} at t_end={args.t_end:g} "
           f"({'score-free' if args.score_free else 'score'} form, w_T = {'prior score' if args.prior_direction else 's_T(x_T)'}): "

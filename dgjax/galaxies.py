@@ -72,12 +72,11 @@ def _galaxygrad_scorenet():
             v = None
     except ImportError:  # pragma: no cover
         v = None
-    from .models import ModelError
-
+    # ImportError here (galaxies sits below models); dg.load_model turns it into a dg.ModelError
     if v is None:
-        raise ModelError(f"the galaxy models need galaxygrad, which is not installed; {_INSTALL}")
+        raise ImportError(f"the galaxy models need galaxygrad, which is not installed; {_INSTALL}")
     if v != GALAXYGRAD_VERSION:
-        raise ModelError(f"the galaxy models need galaxygrad=={GALAXYGRAD_VERSION} (it ships the weights); "
+        raise ImportError(f"the galaxy models need galaxygrad=={GALAXYGRAD_VERSION} (it ships the weights); "
                          f"galaxygrad {v} is installed; {_INSTALL}")
     from galaxygrad import scorenet
 

@@ -19,7 +19,7 @@ from . import dynamics as dyn
 from . import grids
 from ._checks import check_batch, check_finite, check_score_fn
 from .divergence import DivergenceEstimator, Hutchinson
-from .solve import solve
+from .solve import add_nfe, solve
 
 Array = jax.Array
 
@@ -57,11 +57,11 @@ def log_likelihood(score: Callable, process, x0, *, key=None, divergence: Diverg
         return dyn.augmented_rate(score, process, y[0], t, divergence, probes, dyn.pf_velocity)
 
     (x_T, change), evals, _ = solve(vf, y0, t0, t1, args=probes, solver=solver, steps=steps, rtol=rtol,
-                                    atol=atol, adjoint=adjoint, max_steps=max_steps, ts=ts)
+                                    atol=atol, adjoint=adjoint, max_steps=max_steps, grid=ts)
     prior = process.prior_log_prob if prior_log_prob is None else prior_log_prob
     logp_T = prior(x_T)
     logp, stderr = dyn.mean_and_stderr(logp_T[None, :] - change)
-    nfe = jnp.where(evals < 0, -1, (1 + divergence.num_jvps(x0[0].size)) * evals)
+    nfe = add_nfe(0, evals, 1 + divergence.num_jvps(x0[0].size))
     return Likelihood(logp, stderr, x_T, logp_T, nfe)
 
 

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._io import atomic_write, leaf_shapes, write_bytes_synced
 from .parametrizations import score_from
 from .processes import VP
 
@@ -232,7 +233,7 @@ def init_params(net: nn.Module, shape, key) -> dict:
 def param_shapes(net: nn.Module, shape) -> dict:
     """The parameter tree of ``net`` on data ``shape`` as {path: shape} (no computation)."""
     tree = jax.eval_shape(lambda k: init_params(net, shape, k), jax.random.key(0))
-    return {jax.tree_util.keystr(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+    return leaf_shapes(tree)
 
 
 def num_params(params) -> int:
@@ -254,10 +255,6 @@ def check_same_architecture(expected: dict, got: dict, where: str) -> None:
         f"{where} was written by a different architecture than the one configured: "
         + "; ".join(diffs[:5]) + more
         + ". Load it with the config it was trained with, or start a new run in another directory.")
-
-
-def leaf_shapes(tree) -> dict:
-    return {jax.tree_util.keystr(p): tuple(np.shape(v)) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -359,20 +356,7 @@ def network_from_config(config: dict) -> nn.Module:
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise ModelError(f"output path {path!r}: directory {directory!r} does not exist")
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise ModelError(f"output path {path!r}: could not write ({e})") from e
+    atomic_write(path, write_bytes_synced(data), ModelError)
 
 
 def save_model(prefix: str, params, config: dict) -> tuple[str, str]:
@@ -437,6 +421,17 @@ def load_model(name_or_path: str, *, compute_dtype=None) -> TrainedModel:
     return model if compute_dtype is None else model.with_compute_dtype(compute_dtype)
 
 
+_RUN_LOADERS: list = []
+"""Readers of model directories that hold no model.msgpack; ``dgjax.training`` adds ``load_run`` on import,
+so the models layer never imports the training layer above it (docs/ARCHITECTURE.md)."""
+
+
+def register_run_loader(loader) -> None:
+    """Let ``load_model(directory)`` read a directory without model.msgpack with ``loader(path)``."""
+    if loader not in _RUN_LOADERS:
+        _RUN_LOADERS.append(loader)
+
+
 def _load_model(name_or_path: str) -> TrainedModel:
     if isinstance(name_or_path, TrainedModel):
         return name_or_path
@@ -444,7 +439,10 @@ def _load_model(name_or_path: str) -> TrainedModel:
     if s.startswith("galaxies-") and not os.path.exists(s):  # galaxygrad's pretrained networks (dgjax.galaxies)
         from .galaxies import load_galaxy_model
 
-        return load_galaxy_model(s)
+        try:
+            return load_galaxy_model(s)
+        except ImportError as e:  # galaxygrad missing or another version
+            raise ModelError(str(e)) from e
     if s in SHIPPED_MODELS and not os.path.exists(s):
         prefix = os.path.join(WEIGHTS_DIR, s)
         if not os.path.exists(prefix + ".msgpack"):
@@ -460,7 +458,6 @@ def _load_model(name_or_path: str) -> TrainedModel:
     if os.path.isdir(s):
         if os.path.exists(os.path.join(s, "model.msgpack")):
             return load_model_files(os.path.join(s, "model"))
-        from .training import load_run
-
-        return load_run(s)
+        if _RUN_LOADERS:  # a training run directory (dgjax.training registers its reader: imports go one way)
+            return _RUN_LOADERS[0](s)
     raise ModelError(f"unknown model {s!r}: not a shipped model {SHIPPED_MODELS} and no such file or directory")

@@ -169,7 +169,7 @@ class GaussianMixture(eqx.Module):
         lap = self.laplacian(process)
 
         def fn(x, t):
-            _, _, f, g2 = process.coefficients(jnp.asarray(t, dtype=x.dtype))
+            _, _, f, g2 = process.coefficients_like(t, x)
             return f * self.dim - 0.5 * g2 * lap(x, t)
 
         return fn

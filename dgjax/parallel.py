@@ -85,6 +85,29 @@ def pad_batch(x, n_to: int):
     return jnp.concatenate([x, jnp.broadcast_to(x[-1:], (n_to - n,) + x.shape[1:])], axis=0)
 
 
+def map_chunks(fn: Callable, x, batch: int, key, *extra, pad: bool = False, fold: str = "offset",
+               on_chunk: Callable | None = None):
+    """Apply ``fn(x_chunk, *extra, key_chunk) -> array or tuple of (n, ...) arrays`` over chunks of ``batch``
+    rows of ``x`` and concatenate the results as numpy arrays (a tuple when ``fn`` returns one).
+
+    key_chunk = ``fold_in(key, offset)`` (``fold="offset"``: the chunk's first row) or ``fold_in(key, i)``
+    (``fold="index"``: its index). ``pad=True`` pads the last chunk to ``batch`` rows (``pad_batch``), so
+    every call has one shape and one compiled program; padded rows are dropped. ``on_chunk()`` runs after
+    each chunk (e.g. a progress bar)."""
+    outs = []
+    for i, lo in enumerate(range(0, len(x), batch)):
+        chunk = jnp.asarray(x[lo:lo + batch])
+        m = chunk.shape[0]
+        res = fn(pad_batch(chunk, batch) if pad else chunk, *extra,
+                 jax.random.fold_in(key, lo if fold == "offset" else i))
+        res = res if isinstance(res, tuple) else (res,)
+        outs.append(tuple(np.asarray(r)[:m] for r in res))
+        if on_chunk is not None:
+            on_chunk()
+    cat = tuple(np.concatenate([o[j] for o in outs]) for j in range(len(outs[0])))
+    return cat if len(cat) > 1 else cat[0]
+
+
 def shard_batch(x, devices: Sequence | None = None, *, pad: bool = False, name: str = "x"):
     """Place ``x`` (N, *shape) with its batch axis split across ``devices`` (default ``jax.devices()``).
 
@@ -160,7 +183,7 @@ def _batch_constrained(score: Callable, sharding: NamedSharding) -> Callable:
 
 @eqx.filter_jit
 def _sample_program(score, process, x_T, options, sharding):
-    from .samplers import sample
+    from .sampling.sample import sample
 
     x_T = jax.lax.with_sharding_constraint(x_T, sharding)
     return sample(_batch_constrained(score, sharding), process, x_T, **options)

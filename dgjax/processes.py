@@ -18,7 +18,7 @@ array of times and act elementwise.
 from __future__ import annotations
 
 import math
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -27,6 +27,16 @@ import jax.numpy as jnp
 from ._checks import check_param
 
 Array = jax.Array
+
+
+class Coefficients(NamedTuple):
+    """The process coefficients at t (MATH.md section 1): x_t = alpha x_0 + sigma eps, and the forward SDE
+    dx = f x dt + g dW with g2 = g^2. A NamedTuple, so positional unpacking keeps working."""
+
+    alpha: Array
+    sigma: Array
+    f: Array
+    g2: Array
 
 
 class Process(eqx.Module):
@@ -77,11 +87,15 @@ class Process(eqx.Module):
         _, ls, dla, dls = self._log_coeffs_and_rates(t)
         return 2.0 * jnp.exp(2.0 * ls) * (dls - dla)
 
-    def coefficients(self, t):
-        """(alpha, sigma, f, g2) at ``t`` from a single forward-mode pass."""
+    def coefficients(self, t) -> Coefficients:
+        """``Coefficients(alpha, sigma, f, g2)`` at ``t`` from a single forward-mode pass."""
         la, ls, dla, dls = self._log_coeffs_and_rates(t)
         sigma = jnp.exp(ls)
-        return jnp.exp(la), sigma, dla, 2.0 * sigma**2 * (dls - dla)
+        return Coefficients(jnp.exp(la), sigma, dla, 2.0 * sigma**2 * (dls - dla))
+
+    def coefficients_like(self, t, x) -> Coefficients:
+        """``coefficients`` at ``t`` cast to the dtype of ``x`` (the state's precision)."""
+        return self.coefficients(jnp.asarray(t, dtype=x.dtype))
 
     # -- the prior p_T = N(0, sigma_T^2 I) -------------------------------------------------------
     @property

@@ -57,9 +57,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ._io import atomic_write, leaf_shapes
 from .data import load_dataset
 from .models import (ArchitectureMismatch, ModelError, TrainedModel, check_same_architecture, init_params,
-                     make_network, num_params, param_shapes, process_to_config, save_model)
+                     make_network, num_params, param_shapes, process_to_config, register_run_loader, save_model)
 from .processes import VP
 
 WEIGHTINGS = ("likelihood", "sigmoid")
@@ -283,10 +284,9 @@ def make_evaluator(net, mcfg: dict, offset_bits: float, rtol: float):
 
 
 def heldout_bits_per_dim(evaluate, params, x, key, chunk: int = 64):
-    out = []
-    for i in range(0, len(x), chunk):
-        out.append(np.asarray(evaluate(params, jnp.asarray(x[i:i + chunk]), jax.random.fold_in(key, i))))
-    v = np.concatenate(out)
+    from .parallel import map_chunks
+
+    v = map_chunks(lambda xc, k: evaluate(params, xc, k), x, chunk, key)
     return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
 
 
@@ -361,8 +361,7 @@ class Checkpoints:
         tree = getattr(meta, "tree", meta)
         if not isinstance(tree, dict) or "params" not in tree:
             raise ModelError(f"{where} is corrupt or not a dgjax training checkpoint (no 'params' entry)")
-        return {jax.tree_util.keystr(p): tuple(v.shape)
-                for p, v in jax.tree_util.tree_leaves_with_path(tree["params"])}
+        return leaf_shapes(tree["params"])
 
     def restore(self, template, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step
@@ -370,7 +369,7 @@ class Checkpoints:
             raise ModelError(f"no checkpoint in {self.directory!r}")
         where = f"checkpoint {os.path.join(self.directory, str(step))!r}"
         check_same_architecture(
-            {jax.tree_util.keystr(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(template["params"])},
+            leaf_shapes(template["params"]),
             self.stored_param_shapes(step), where)
         target = jax.tree_util.tree_map(lambda v: jax.ShapeDtypeStruct(np.shape(v), jnp.asarray(v).dtype),
                                         _to_saveable(template))
@@ -395,11 +394,12 @@ class Checkpoints:
 # runs
 # ------------------------------------------------------------------------------------------------------
 def _write_json(path: str, obj) -> None:
-    tmp = path + f".tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=1, sort_keys=True)
+            fh.write("\n")
+
+    atomic_write(path, write)
 
 
 def _read_run_config(run_dir: str) -> TrainConfig:
@@ -453,6 +453,9 @@ def load_run(run_dir: str, step: int | None = None, ema: bool = True) -> Trained
         ckpts.close()
     mcfg = model_config(cfg, ds.shape, os.path.basename(os.path.abspath(run_dir)))
     return TrainedModel(net, state["ema_params" if ema else "params"], mcfg)
+
+
+register_run_loader(load_run)  # dg.load_model(run_dir) reads training runs (models cannot import training)
 
 
 def train(cfg: TrainConfig, run_dir: str | None = None, *, resume: bool = False, progress: bool = True,

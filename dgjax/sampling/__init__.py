@@ -1,0 +1,20 @@
+"""Sampling: one sampler interface (``base.AbstractSampler``) shared by the ODE samplers (``ode``), density
+guidance and the high-density sampler (``guidance``), the SDE samplers (``sde``), and ``dg.sample``
+(``sample``). Import order inside the package: base <- ode <- guidance <- sde <- sample."""
+
+from .base import AbstractSampler, Cost, Sample
+from .guidance import (COEF_CAP, DensityGuidance, HighDensity, chi_radius, log_density_shift, prior_guidance,
+                       quantile_velocity, rate_velocity, typicality)
+from .ode import ODE, PFODE, ODESampler, run_ode
+from .sample import sample
+from .sde import (BROWNIAN, SDE, NoiseWindow, NoiseWindowLogSNR, ReverseSDE, SDESampler, StochasticDensityGuidance,
+                  brownian_path, noise_window, noise_window_log_snr, run_sde)
+
+__all__ = [
+    "AbstractSampler", "Cost", "Sample",
+    "COEF_CAP", "DensityGuidance", "HighDensity", "chi_radius", "log_density_shift", "prior_guidance",
+    "quantile_velocity", "rate_velocity", "typicality",
+    "ODE", "PFODE", "ODESampler", "run_ode", "sample",
+    "BROWNIAN", "SDE", "NoiseWindow", "NoiseWindowLogSNR", "ReverseSDE", "SDESampler", "StochasticDensityGuidance",
+    "brownian_path", "noise_window", "noise_window_log_snr", "run_sde",
+]
