@@ -54,6 +54,7 @@ def test_explicit_uniform_grid_equals_constant_steps(x64):
     assert int(a.nfe) == int(b.nfe)
 
 
+@pytest.mark.slow  # the default suite reaches grids in log_likelihood through tests/test_galaxies.py (log_snr)
 def test_grid_in_likelihood(x64):
     p = dg.EDM()
     gm = dg.random_mixture(jax.random.key(4), 3, (4,), dtype=jnp.float64)
