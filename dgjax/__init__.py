@@ -16,7 +16,10 @@ from .oracle import GaussianMixture, random_mixture
 from .parallel import (batch_sharding, host_local_batch, host_slice, log_likelihood_sharded, pad_batch, sample_sharded,
                        score_alignment_sharded, shard_batch)
 from .parametrizations import score_from, score_to
-from .processes import EDM, VE, VP, LinearFlow, Process, VPCosine, VPLinear
+from .processes import EDM, VE, VP, VPSDE, CustomProcess, LinearFlow, Process, VPCosine, VPLinear
+from .grids import GRIDS, step_times
+from .external import ElementwiseTransform, batched, external_score, log_transform
+from .galaxies import GALAXY_MODELS, GalaxyModel
 from .sampling import (ODE, PFODE, SDE, DensityGuidance, HighDensity, ModeTracking, NoiseWindow, NoiseWindowLogSNR,
                        ODESampler, ReverseSDE, Sample, SDESampler, StochasticDensityGuidance, noise_window,
                        noise_window_log_snr, prior_guidance, sample, typicality)
@@ -36,7 +39,9 @@ __all__ = [
     "batch_sharding", "host_local_batch", "host_slice", "log_likelihood_sharded", "pad_batch", "sample_sharded",
     "score_alignment_sharded", "shard_batch",
     "score_from", "score_to",
-    "EDM", "VE", "VP", "LinearFlow", "Process", "VPCosine", "VPLinear",
+    "EDM", "VE", "VP", "LinearFlow", "Process", "VPCosine", "VPLinear", "VPSDE", "CustomProcess",
+    "GRIDS", "step_times", "ElementwiseTransform", "batched", "external_score", "log_transform",
+    "GALAXY_MODELS", "GalaxyModel",
     "ODE", "PFODE", "ODESampler", "Sample", "sample",
     "SDE", "NoiseWindow", "NoiseWindowLogSNR", "ReverseSDE", "SDESampler", "StochasticDensityGuidance", "noise_window", "noise_window_log_snr",
     "TrainConfig", "train",

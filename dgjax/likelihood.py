@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from . import dynamics as dyn
+from . import grids
 from ._checks import check_batch, check_finite, check_output, check_score_fn
 from .divergence import DivergenceEstimator, Hutchinson
 from .sampling.sample import check_common
@@ -39,10 +40,11 @@ class Likelihood(eqx.Module):
 def log_likelihood(score: Callable, process, x0, *, key=None, divergence: DivergenceEstimator | None = None,
                    solver=None, steps: int | None = None, rtol: float | None = None, atol: float | None = None,
                    prior_log_prob: Callable | None = None, adjoint=None, max_steps: int | None = None,
-                   encoder: str = "ode") -> Likelihood:
+                   grid=None, encoder: str = "ode") -> Likelihood:
     """Model log-density of data ``x0`` (N, *shape), taken at t_min, by PF-ODE encoding to t_max.
 
-    Args mirror ``dg.sample``. ``prior_log_prob(x_T) -> (N,)`` defaults to ``process.prior_log_prob``.
+    Args mirror ``dg.sample`` (``grid``: where the constant steps go, see ``dgjax.grids``).
+    ``prior_log_prob(x_T) -> (N,)`` defaults to ``process.prior_log_prob``.
     ``encoder="sde"``: encode with the forward SDE instead (MATH 4(e), ``dgjax.forward``): Euler-Maruyama in
     ``steps`` constant steps with any divergence estimator; unbiased over the Brownian path, noisy per path
     (``key`` required; ``logp_stderr`` is the spread across probes only).
@@ -53,12 +55,14 @@ def log_likelihood(score: Callable, process, x0, *, key=None, divergence: Diverg
     check_common(process, divergence, key, SolveOptions(steps=steps, rtol=rtol, atol=atol))
     if encoder == "sde":
         from .forward import sde_log_likelihood
-        if solver is not None or rtol is not None or atol is not None:
-            raise ValueError("encoder: 'sde' uses Euler-Maruyama with constant steps; drop solver/rtol/atol")
+        if solver is not None or rtol is not None or atol is not None or grid is not None:
+            raise ValueError("encoder: 'sde' uses Euler-Maruyama with constant steps uniform in t; drop "
+                             "solver/rtol/atol/grid")
         return Likelihood(*sde_log_likelihood(score, process, x0, key=key, steps=steps, divergence=divergence,
                                               prior_log_prob=prior_log_prob))
     x0 = check_finite(check_batch(x0, "x0"), "x0")
     t0, t1 = process.t_min, process.t_max
+    steps, ts = grids.plan(process, t0, t1, steps, grid)  # validate the grid before drawing probes
     check_score_fn(score, x0, jnp.asarray(t0, dtype=x0.dtype))
     probes = divergence.draw(key, x0)
     p = 1 if probes is None else probes.shape[0]
@@ -68,7 +72,7 @@ def log_likelihood(score: Callable, process, x0, *, key=None, divergence: Diverg
         return dyn.augmented_rate(score, process, y[0], t, divergence, probes, dyn.pf_velocity)
 
     (x_T, change), evals, _ = solve(vf, y0, t0, t1, args=probes, solver=solver, steps=steps, rtol=rtol,
-                                    atol=atol, adjoint=adjoint, max_steps=max_steps)
+                                    atol=atol, adjoint=adjoint, max_steps=max_steps, grid=ts)
     x_T, change = check_output((x_T, change), "dg.log_likelihood: the PF-ODE encoding solve")
     prior = process.prior_log_prob if prior_log_prob is None else prior_log_prob
     logp_T = prior(x_T)

@@ -447,6 +447,8 @@ def load_model(name_or_path: str, *, compute_dtype=None) -> TrainedModel:
     ``compute_dtype`` (e.g. ``jnp.bfloat16``): run the network in that dtype while the solver state and the
     log-density stay in the caller's precision (``TrainedModel.with_compute_dtype``); default float32."""
     model = _load_model(name_or_path)
+    if compute_dtype is not None and not isinstance(model, TrainedModel):
+        raise ModelError(f"compute_dtype: only dgjax-trained models support it; {name_or_path!r} does not")
     return model if compute_dtype is None else model.with_compute_dtype(compute_dtype)
 
 
@@ -468,6 +470,13 @@ def _load_model(name_or_path: str) -> TrainedModel:
         raise ModelError(f"load_model: expected a shipped model name {SHIPPED_MODELS}, a NAME.msgpack path or a run "
                          f"directory; got {name_or_path!r}")
     s = os.fspath(name_or_path)
+    if s.startswith("galaxies-") and not os.path.exists(s):  # galaxygrad's pretrained networks (dgjax.galaxies)
+        from .galaxies import load_galaxy_model
+
+        try:
+            return load_galaxy_model(s)
+        except ImportError as e:  # galaxygrad missing or another version
+            raise ModelError(str(e)) from e
     if s in SHIPPED_MODELS and not os.path.exists(s):
         prefix = os.path.join(WEIGHTS_DIR, s)
         if not os.path.exists(prefix + ".msgpack"):

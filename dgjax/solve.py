@@ -31,6 +31,9 @@ class SolveOptions:
     steps: number of constant steps; or rtol/atol for the adaptive PID controller (default adaptive,
       rtol = atol = 1e-5). adjoint: a diffrax adjoint (None: diffrax's default). max_steps: the solve's
       step bound (None: ``steps`` for constant steps, 16384 for adaptive ones).
+    grid: where the constant steps go (``dgjax.grids``): "t", "log_snr", "edm", an array of times, or None
+      (the process's ``default_grid`` when ``steps`` is given). Samplers resolve a named grid against the
+      process (``grids.plan``) and hand ``solve_term`` the times, which diffrax steps to exactly (``StepTo``).
     To add an option: add a field here (with a default) and read it in ``solve_term``.
     """
 
@@ -40,6 +43,7 @@ class SolveOptions:
     atol: float | None = None
     adjoint: Any = None
     max_steps: int | None = None
+    grid: Any = None
 
     def replace(self, **changes) -> "SolveOptions":
         return dataclasses.replace(self, **changes)
@@ -96,16 +100,28 @@ def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, options
     """One ``diffrax.diffeqsolve`` of ``term`` from t0 to t1 with dgjax's controller choice.
 
     ``options`` (a ``SolveOptions``) or its fields as keyword arguments (solver, steps, rtol, atol, adjoint,
-    max_steps; keywords override ``options``). Returns (y1, num_vf_evals, stats) with stats diffrax's
+    max_steps, grid; keywords override ``options``). ``grid`` here is None, "t" (uniform constant steps) or
+    the times to step to (from ``dgjax.grids``), t0 first and t1 last. Returns (y1, num_vf_evals, stats) with stats diffrax's
     statistics dictionary.
     """
     options = (SolveOptions() if options is None else options).replace(**kwargs)
     solver, steps, rtol, atol = options.solver, options.steps, options.rtol, options.atol
     adjoint, max_steps = options.adjoint, options.max_steps
     solver = dfx.Tsit5() if solver is None else solver
-    ctrl, dt0, default_max = controller(steps, rtol, atol, t0, t1)
     # time in the state's precision: diffrax promotes the state to the time dtype (float64 under x64)
     tdtype = jax.tree_util.tree_leaves(y0)[0].dtype
+    ts = None if isinstance(options.grid, str) and options.grid == "t" else options.grid
+    if isinstance(ts, str):
+        raise ValueError(f"grid: the named grid {ts!r} needs the process; resolve it to times with "
+                         f"dgjax.grids.step_times (dg.sample and friends do) before calling solve")
+    if ts is not None:
+        if steps is not None or rtol is not None or atol is not None:
+            raise ValueError("grid: a grid of times fixes the steps; do not also pass steps or rtol/atol to solve")
+        ts = jnp.asarray(ts, tdtype)
+        ctrl, dt0, default_max = dfx.StepTo(ts), None, int(ts.shape[0]) - 1
+        t0, t1 = ts[0], ts[-1]
+    else:
+        ctrl, dt0, default_max = controller(steps, rtol, atol, t0, t1)
     t0, t1 = jnp.asarray(t0, tdtype), jnp.asarray(t1, tdtype)
     dt0 = None if dt0 is None else jnp.asarray(dt0, tdtype)
     if default_max is None and max_steps is None:

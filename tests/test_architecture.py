@@ -12,11 +12,12 @@ ROOT = pathlib.Path(dg.__file__).parent
 
 # low -> high; a module may import from its own layer or a lower one (docs/ARCHITECTURE.md)
 LAYERS = [
-    ("core", {"_checks", "_io", "errors", "processes", "parametrizations", "dynamics", "divergence", "oracle"}),
-    ("solve", {"solve"}),
+    ("core", {"_checks", "_io", "errors", "processes", "parametrizations", "dynamics", "divergence", "oracle",
+              "external"}),
+    ("solve", {"solve", "grids"}),
     ("sampling", {"sampling", "samplers", "stochastic", "guidance", "denoising"}),
     ("diagnostics", {"likelihood", "alignment", "parallel", "forward", "elbo"}),
-    ("models", {"data", "models"}),
+    ("models", {"data", "models", "galaxies"}),
     ("training", {"training"}),
     ("edges", {"cli", "__init__"}),
 ]
@@ -121,7 +122,7 @@ def test_public_names_unchanged():
 # documented signatures (API.md): the leading parameters, in order, and the keyword options with defaults
 SIGNATURES = {
     "sample": ["score", "process", "x_T", "sampler", "key", "track_logp", "divergence", "solver", "steps", "rtol",
-               "atol", "logp_T", "t_start", "t_end", "adjoint", "max_steps"],
+               "atol", "logp_T", "t_start", "t_end", "adjoint", "max_steps", "grid"],
     "DensityGuidance": ["q", "rate", "start_at_median", "data_scale", "feasibility_tol", "data_range"],
     "HighDensity": ["t_switch"],
     "StochasticDensityGuidance": ["q", "noise", "exact", "rate", "start_at_median", "brownian", "guidance_kwargs"],

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import dynamics as dyn
+from .. import grids
 from .._checks import check_output, check_param, checked_shape, is_concrete
 from ..solve import add_nfe, solve
 from .base import AbstractSampler, Cost
@@ -109,9 +110,15 @@ def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence,
     nfe_per_eval = sampler.nfe_per_eval(track_logp, divergence, dim)
     steps, max_steps = options.steps, options.max_steps
     nfe, num_steps = jnp.asarray(0), jnp.asarray(0)
+    steps, full_grid = grids.plan(process, t_start, t_end, steps, options.grid)
     for k, (t0, t1, velocity) in enumerate(phases):
-        phase_max_steps = max_steps
-        if steps is None:
+        phase_max_steps, ts = max_steps, None
+        if full_grid is not None:  # the phases share one grid, each phase's boundary added (grids.restrict)
+            if not (is_concrete(t0) and is_concrete(t1)):
+                raise ValueError("grid: a phase boundary is traced (e.g. HighDensity's t_switch under jit); only "
+                                 "grid='t' splits steps at a traced boundary; pass grid='t' or a concrete t_switch")
+            phase_steps, ts = None, grids.restrict(full_grid, t0, t1)
+        elif steps is None:
             phase_steps = None
         elif is_concrete(t0) and is_concrete(t1):
             phase_steps = max(1, round(steps * abs(float(t0) - float(t1)) / total_span))
@@ -124,7 +131,7 @@ def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence,
             phase_max_steps = steps + 1 if max_steps is None else max_steps  # as above: room for a sliver
         vf = _ode_vector_field(score, process, divergence, track_logp, needs_div, velocity)
         y, evals, stats = solve(vf, y, t0, t1, args=probes, options=options, steps=phase_steps,
-                                max_steps=phase_max_steps)
+                                max_steps=phase_max_steps, grid=ts)
         y = check_output(y, f"dg.sample: the ODE solve of phase {k + 1} of {len(phases)} ({type(sampler).__name__})")
         nfe = add_nfe(nfe, evals, nfe_per_eval)
         num_steps = num_steps + stats["num_steps"]

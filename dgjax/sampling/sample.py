@@ -25,7 +25,7 @@ def sample(score: Callable, process, x_T: Float[Array, "N *shape"], *, sampler: 
            key=None, track_logp: bool = False, divergence: DivergenceEstimator | None = None, solver=None,
            steps: int | None = None, rtol: float | None = None, atol: float | None = None, logp_T=None,
            t_start: float | None = None, t_end: float | None = None, adjoint=None,
-           max_steps: int | None = None) -> Sample:
+           max_steps: int | None = None, grid=None) -> Sample:
     """Integrate a sampler from ``x_T`` at t_start (default t_max) down to t_end (default t_min).
 
     Args:
@@ -42,6 +42,9 @@ def sample(score: Callable, process, x_T: Float[Array, "N *shape"], *, sampler: 
         (Euler-Maruyama, the default) or a Stratonovich solver where the sampler allows it.
       steps: number of constant steps; or ``rtol``/``atol`` for the adaptive PID controller
         (default adaptive, rtol = atol = 1e-5).
+      grid: where the constant steps go (``dgjax.grids``): "t", "log_snr", "edm", or an array of times
+        from t_start to t_end (then ``steps`` may be omitted); default the process's ``default_grid``.
+        Every phase of a multi-phase sampler uses its part of the one grid (the switch time added).
       logp_T: (N,) log-density of x_T to start from, or a callable ``logp_T(x) -> (N,)`` evaluated at the
         latent the sampler actually starts from (after ``sampler.prepare``, e.g. the median rescaling of
         density guidance); default the prior ``process.prior_log_prob``.
@@ -54,7 +57,8 @@ def sample(score: Callable, process, x_T: Float[Array, "N *shape"], *, sampler: 
     if not isinstance(sampler, AbstractSampler):
         raise ValueError(f"sampler: expected a dgjax sampler such as dg.PFODE(); got {sampler!r}")
     divergence = Hutchinson() if divergence is None else divergence
-    options = SolveOptions(solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint, max_steps=max_steps)
+    options = SolveOptions(solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint, max_steps=max_steps,
+                           grid=grid)
     check_common(process, divergence, key, options)
     x_T = check_finite(check_batch(x_T, "x_T"), "x_T")
     t_start = process.t_max if t_start is None else t_start

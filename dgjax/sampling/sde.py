@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import dynamics as dyn
+from .. import grids
 from .._checks import batch_dot, bcast, check_output, check_param, checked_shape, event_dim, is_concrete
 from ..solve import add_nfe, solve_term
 from .base import AbstractSampler, Cost
@@ -381,6 +382,9 @@ def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence,
     solver, steps, rtol, atol, adjoint = options.solver, options.steps, options.rtol, options.atol, options.adjoint
     if key is None:
         raise ValueError("key: stochastic sampling needs a PRNG key (key=jax.random.key(...)) for the Brownian path")
+    steps, ts = grids.plan(process, t_start, t_end, steps, options.grid)
+    if ts is not None:  # the SDE is integrated in tau = t_start - t; the Brownian path gets the step count
+        steps, ts = len(ts) - 1, float(t_start) - ts
     if steps is None and rtol is None and atol is None:
         raise ValueError("steps: give steps=... (constant steps) for SDE sampling, or rtol/atol with an adaptive "
                          "Stratonovich solver")
@@ -403,7 +407,7 @@ def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence,
     p = 1 if probes is None else probes.shape[0]
     y0 = (x, jnp.broadcast_to(logp_T, (p, x.shape[0]))) if track_logp else x
     y1, evals, stats = solve_term(term, y0, 0.0, span, args=probes, options=options, solver=solver,
-                                  adjoint=adjoint)
+                                  adjoint=adjoint, steps=None if ts is not None else steps, grid=ts)
     y1 = check_output(y1, f"dg.sample: the SDE solve ({type(sampler).__name__})")
     nfe = add_nfe(0, evals, sampler.nfe_per_eval(track_logp, divergence, x[0].size))
     return y1, nfe, stats["num_steps"]
