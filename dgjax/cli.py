@@ -230,10 +230,11 @@ def _sample(args) -> int:
     if hasattr(model, "data_log_prob"):
         print("galaxy model: log p is in nats of the network-space density of y = log(x + 1) / 0.1 (x the flux) at "
               "t_min; bits/dim without an offset; the grid shows asinh(x / 0.05) (see --help)")
-    print("log p is in nats of the model density of x in [-1, 1]^D at t_min; bits/dim uses the data set's "
-          f"dequantisation offset ({ds.offset_bits:.3f} bits); 'DG rate shift' is what the guidance adds to the PF-ODE's log-density rate "
-          "(-div u) over the path, 1/2 (lambda_max - lambda_min) sqrt(2D) Phi^-1(q); the final log p also differs "
-          "because -div u is integrated along a different path")
+    else:
+        print("log p is in nats of the model density of x in [-1, 1]^D at t_min; bits/dim uses the data set's "
+              f"dequantisation offset ({ds.offset_bits:.3f} bits); 'DG rate shift' is what the guidance adds to the PF-ODE's "
+              "log-density rate (-div u) over the path, 1/2 (lambda_max - lambda_min) sqrt(2D) Phi^-1(q); the final log p "
+              "also differs because -div u is integrated along a different path")
     return 0 if len(done) == len(table) else 1
 
 

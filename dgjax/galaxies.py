@@ -108,6 +108,11 @@ class GalaxyModel:
     def dataset(self):
         return _GalaxyData(self.name)
 
+    @property
+    def data_range(self) -> None:
+        """None: the log-flux space y has no fixed bounds, so guidance is not range-checked."""
+        return None
+
     def prior_sample(self, key, n: int):
         return self.process.prior_sample(key, (n,) + self.shape)
 
