@@ -53,9 +53,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import dynamics as dyn
-from ._checks import batch_dot, check_batch, check_finite, check_score_fn, is_concrete
+from . import grids
+from ._checks import batch_dot, check_batch, check_finite, check_output, check_score_fn, is_concrete
 from .divergence import DivergenceEstimator, Exact, Hutchinson
-from .solve import solve
+from .solve import add_nfe, solve
 
 Array = jax.Array
 
@@ -98,7 +99,7 @@ def _tangent_field(score: Callable, process):
 
     def vf(t, y, args):
         x, w = y
-        coeffs = process.coefficients(jnp.asarray(t, dtype=x.dtype))
+        coeffs = process.coefficients_like(t, x)
         s, js_w = jax.jvp(lambda z: score(z, t), (x,), (w,))
         # J_u w = f w - 1/2 g^2 J_s w has the same form as the drift itself.
         return dyn.pf_drift(coeffs, x, s), dyn.pf_drift(coeffs, w, js_w)
@@ -146,7 +147,7 @@ def _score_free_field(score: Callable, process, divergence: DivergenceEstimator,
             probes = divergence.draw(jax.random.fold_in(args, tick), x)
         else:
             probes = args
-        coeffs = process.coefficients(jnp.asarray(t, dtype=x.dtype))
+        coeffs = process.coefficients_like(t, x)
         # z -> (s(z), J_s(z) w): w is a constant inside (held fixed in the divergence).
         inner = lambda z: jax.jvp(lambda q: score(q, t), (z,), (w,))  # noqa: E731
         s, js_w, traces = _second_order_traces(inner, x, probes)
@@ -190,7 +191,7 @@ def score_alignment(score: Callable, process, x_T, t_end, *, key=None, score_fre
                     w_T=None, divergence: DivergenceEstimator | None = None, solver=None,
                     steps: int | None = None, rtol: float | None = None, atol: float | None = None,
                     redraw_probes: bool = False, return_details: bool = False, adjoint=None,
-                    max_steps: int | None = None):
+                    max_steps: int | None = None, grid=None):
     """Score alignment <s_{t_end}(x_{t_end}), w_{t_end}> of latents x_T (MATH.md section 6).
 
     Solves the PF-ODE together with its tangent ODE dw/dt = J_u(x_t) w from t_max down to ``t_end``
@@ -221,7 +222,7 @@ def score_alignment(score: Callable, process, x_T, t_end, *, key=None, score_fre
         it. Oracle, D = 64, one probe, the same NFE (benchmarks/bench_alignment.py): median relative
         error against the score form 1.4% fixed (Tsit5 x 64), 2.2% redrawn with Tsit5 x 64, 0.25%
         redrawn with Euler x 384.
-      solver, steps, rtol, atol, adjoint, max_steps: as in ``dg.sample`` (default adaptive Tsit5 with
+      solver, steps, grid, rtol, atol, adjoint, max_steps: as in ``dg.sample`` (default adaptive Tsit5 with
         rtol = atol = 1e-5; the error norm weighs x, w and omega equally).
       return_details: return a ``dg.Alignment`` (value, cosine, aligned_fraction, x_end, w_end, w_T,
         stderr, nfe, num_steps) instead of the (N,) value.
@@ -239,6 +240,8 @@ def score_alignment(score: Callable, process, x_T, t_end, *, key=None, score_fre
     t_T = jnp.asarray(t_max, dtype=x_T.dtype)
     check_score_fn(score, x_T, t_T)
     n, dim = x_T.shape[0], x_T[0].size
+    steps_given = steps
+    steps, ts = grids.plan(process, t_max, t_end, steps, grid)
 
     nfe_init = 0
     s_T = None
@@ -251,7 +254,7 @@ def score_alignment(score: Callable, process, x_T, t_end, *, key=None, score_fre
         probes = divergence.draw(key, x_T)
         p = 1 if probes is None else probes.shape[0]
         redraw = redraw_probes and probes is not None  # Exact has no probes to redraw
-        if redraw and steps is None:
+        if redraw and steps_given is None and ts is None:
             raise ValueError("redraw_probes: fresh probes per evaluation need constant steps (pass steps=...); "
                              "an adaptive controller cannot step a vector field that changes at random")
         omega_T = batch_dot(s_T, w0)
@@ -259,16 +262,18 @@ def score_alignment(score: Callable, process, x_T, t_end, *, key=None, score_fre
         (x_end, w_end, omega), evals, stats = solve(
             _score_free_field(score, process, divergence, redraw, (t_max, t_end)), y0, t_max, t_end,
             args=jax.random.fold_in(key, 1) if redraw else probes, solver=solver,
-            steps=steps, rtol=rtol, atol=atol, adjoint=adjoint, max_steps=max_steps)
+            steps=steps, rtol=rtol, atol=atol, adjoint=adjoint, max_steps=max_steps, grid=ts)
+        x_end, omega = check_output((x_end, omega), "dg.score_alignment: the score-free solve")
         value, stderr = dyn.mean_and_stderr(omega)
         cosine = None
         per_eval, nfe_final = 2 + 2 * divergence.num_jvps(dim), 0
     else:
         (x_end, w_end), evals, stats = solve(
             _tangent_field(score, process), (x_T, w0), t_max, t_end, solver=solver, steps=steps, rtol=rtol,
-            atol=atol, adjoint=adjoint, max_steps=max_steps)
+            atol=atol, adjoint=adjoint, max_steps=max_steps, grid=ts)
+        x_end, w_end = check_output((x_end, w_end), "dg.score_alignment: the tangent solve")
         s_end = score(x_end, jnp.asarray(t_end, dtype=x_T.dtype))
-        value = batch_dot(s_end, w_end)
+        value = check_output(batch_dot(s_end, w_end), "dg.score_alignment: the score at t_end")
         denom = _flat_norm(s_end) * _flat_norm(w_end)
         cosine = jnp.where(denom > 0, value / jnp.where(denom > 0, denom, 1.0), 0.0)
         stderr = jnp.zeros_like(value)
@@ -276,6 +281,6 @@ def score_alignment(score: Callable, process, x_T, t_end, *, key=None, score_fre
 
     if not return_details:
         return value
-    nfe = jnp.where(evals < 0, -1, nfe_init + per_eval * evals + nfe_final)
+    nfe = add_nfe(nfe_init + nfe_final, evals, per_eval)
     return Alignment(value=value, cosine=cosine, aligned_fraction=jnp.mean(value > 0), x_end=x_end,
                      w_end=w_end, w_T=w0, stderr=stderr, nfe=nfe, num_steps=stats["num_steps"])

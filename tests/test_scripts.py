@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -124,9 +125,27 @@ def test_sample_quality(run_script):
     assert len(rows) == 2 * 8 and all(0.1 <= float(r["prob"]) <= 1.0 and 0 <= int(r["cls"]) <= 9 for r in rows)
 
 
+@pytest.mark.slow  # mode tracking on the UNet: minutes on 2 shared cores even in quick mode
+def test_denoising(run_script):
+    summary, out = run_script("denoising")
+    check_files(summary, out)
+    h = summary["headline"]
+    assert all(np.isfinite(v) for v in h["mean_logp"] + h["hd_logp"])
+    assert all(d >= 0 for d in h["hd_mode_rel_dist"] if d is not None)
+
+
+def test_three_densities(run_script):
+    summary, out = run_script("three_densities")
+    check_files(summary, out)
+    h = summary["headline"]
+    assert all(np.isfinite(h[k]) for k in ("r0_bpd", "ode_bpd", "elbo_bpd"))
+    assert 0.0 <= h["frac_paper_order"] <= 1.0
+
+
 @pytest.mark.parametrize("name,argv", [("logp_vs_q", ["--no-such-flag"]), ("logp_vs_q", ["--q", "1.5"]),
                                        ("stochastic_dg", ["--q", "0"]), ("high_density", ["--t-switch", "2"]),
-                                       ("sample_quality", ["--q", "1.2"]), ("sample_quality", ["--threshold", "1"])])
+                                       ("sample_quality", ["--q", "1.2"]), ("sample_quality", ["--threshold", "1"]),
+                                       ("denoising", ["--t", "0"])])
 def test_bad_arguments_are_rejected(run_script, name, argv, capsys):
     with pytest.raises(SystemExit) as e:
         importlib.import_module(name).main(argv)
