@@ -305,7 +305,10 @@ class TrainedModel:
         object.__setattr__(self, "process", process_from_config(self.config.get("process")))
         object.__setattr__(self, "shape", tuple(self.config["shape"]))
         object.__setattr__(self, "parametrization", self.config.get("parametrization", "eps"))
-        object.__setattr__(self, "_score", score_from(self.apply, self.process, self.parametrization))
+        try:
+            object.__setattr__(self, "_score", score_from(self.apply, self.process, self.parametrization))
+        except ValueError as e:
+            raise ModelError(f"model config: {e}") from e
 
     def apply(self, x, t):
         """The network's prediction (``.parametrization``: eps, or the velocity v for flow models) at

@@ -113,3 +113,17 @@ def test_flow_objective_rejects_settings_it_does_not_use():
         flow_config(weighting="sigmoid").validate()
     with pytest.raises(ValueError, match="objective"):
         flow_config(objective="edm").validate()
+
+
+def test_flow_process_config_round_trips_and_bad_configs_are_model_errors():
+    from dgjax.models import ModelError, TrainedModel, process_from_config, process_to_config
+
+    assert process_from_config(process_to_config(dg.LinearFlow(2e-3))).eps == 2e-3
+    with pytest.raises(ModelError, match="unknown process field"):
+        process_from_config({"name": "LinearFlow", "lambda_min": -10.0})
+    with pytest.raises(ModelError, match="eps"):
+        process_from_config({"name": "LinearFlow", "eps": 0.7})
+    cfg = dict(arch="mlp", arch_kwargs=dict(width=8, depth=1), shape=[2], parametrization="bogus",
+               process={"name": "LinearFlow", "eps": 1e-3})
+    with pytest.raises(ModelError, match="parametrization"):
+        TrainedModel(make_network("mlp", (2,), dict(width=8, depth=1)), {}, cfg)
