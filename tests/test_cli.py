@@ -89,3 +89,14 @@ def test_every_option_has_help(command, capsys):
     sub = build_parser()._subparsers._group_actions[0].choices[command]
     for action in sub._actions:
         assert action.help, f"dgjax {command} {action.option_strings} has no help text"
+
+
+def test_train_objective_option(tmp_path, capsys):
+    """--objective flow reaches TrainConfig (its settings are checked before anything is written); an unknown
+    objective is refused by the parser."""
+    out = str(tmp_path / "run")
+    assert main(["train", "--objective", "flow", "--importance", "adaptive", "--steps", "1", "--out", out,
+                 "--no-progress"]) == 2
+    assert re.search("importance", capsys.readouterr().err) and not os.path.exists(os.path.join(out, "config.json"))
+    assert main(["train", "--objective", "edm", "--out", out]) == 2
+    assert "--objective" in capsys.readouterr().err
