@@ -20,7 +20,7 @@ are written to a temporary name and renamed, so an interrupted write never leave
 Loading checks the stored parameter tree against the architecture in the config and refuses a mismatch
 with an error naming the first differing entries.
 
-``dg.load_model(name_or_path)`` accepts a shipped name (``SHIPPED_MODELS``: ``digits``, ``patches``), a
+``dg.load_model(name_or_path)`` accepts a shipped name (``SHIPPED_MODELS``: ``digits``, ``digits-flow``, ``patches``), a
 ``.msgpack`` file (its ``.json`` beside it), a directory holding ``model.msgpack``/``model.json`` (what
 ``dgjax train`` exports), or a training run directory (its latest orbax checkpoint; EMA parameters).
 """
@@ -45,7 +45,7 @@ from .parametrizations import score_from
 from .processes import VP, LinearFlow
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
-SHIPPED_MODELS = ("digits", "patches")
+SHIPPED_MODELS = ("digits", "digits-flow", "patches")
 FORMAT = "dgjax-model-1"
 
 

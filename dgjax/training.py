@@ -679,6 +679,13 @@ def _train(cfg: TrainConfig, run_dir, *, resume, progress, callback, name, comma
 
         bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.data}", unit="step", file=out,
                    dynamic_ncols=True, mininterval=1.0)
+    # training time across resumed segments: time.json is rewritten at every checkpoint, so a killed run's
+    # time up to its last checkpoint is counted when it resumes
+    time_path = os.path.join(run_dir, "time.json") if run_dir else None
+    prev = 0.0
+    if time_path and resume and os.path.exists(time_path):
+        with open(time_path) as fh:
+            prev = float(json.load(fh).get("train_time_s", 0.0))
     t0 = time.perf_counter()
     smooth = None
     last_eval = None
@@ -702,6 +709,7 @@ def _train(cfg: TrainConfig, run_dir, *, resume, progress, callback, name, comma
             done = k + 1
             if ckpts is not None and (done % cfg.ckpt_every == 0 or done == cfg.steps):
                 ckpts.save(state)
+                _write_json(time_path, {"train_time_s": prev + time.perf_counter() - t0, "steps": done})
             if done % cfg.eval_every == 0 and done != cfg.steps:
                 last_eval = heldout_bits_per_dim(evaluate, state["ema_params"], eval_x, eval_key)[0]
                 log({"step": done, "heldout_bpd": last_eval, "n": len(eval_x)})
@@ -726,15 +734,9 @@ def _train(cfg: TrainConfig, run_dir, *, resume, progress, callback, name, comma
             bar.close()
         if ckpts is not None:
             ckpts.close()
-    elapsed = time.perf_counter() - t0
-    # total training time across resumed segments
-    prev = 0.0
-    if run_dir and resume and os.path.exists(os.path.join(run_dir, "time.json")):
-        with open(os.path.join(run_dir, "time.json")) as fh:
-            prev = float(json.load(fh).get("train_time_s", 0.0))
-    total_time = prev + elapsed
-    if run_dir:
-        _write_json(os.path.join(run_dir, "time.json"), {"train_time_s": total_time, "steps": int(state["step"])})
+    total_time = prev + time.perf_counter() - t0
+    if time_path:
+        _write_json(time_path, {"train_time_s": total_time, "steps": int(state["step"])})
     bpd = bpd_se = None
     if final_eval:
         n_final = min(cfg.final_eval_num, len(ds.raw("test"))) if ds.finite else cfg.final_eval_num

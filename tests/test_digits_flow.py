@@ -15,12 +15,6 @@ import dgjax as dg
 MODEL = os.environ.get("DGJAX_FLOW_MODEL", "digits-flow")
 STEPS = dict(steps=8, max_steps=16)
 
-if MODEL == "digits-flow" and "digits-flow" not in dg.models.SHIPPED_MODELS:
-    # its training run (README, "Shipped models") had not finished when these tests were written; they were
-    # run on its checkpoints with DGJAX_FLOW_MODEL=runs/digits-flow, and run here once it is registered
-    pytest.skip("digits-flow is not registered in dgjax.models.SHIPPED_MODELS yet", allow_module_level=True)
-
-
 @pytest.fixture(scope="module")
 def flow():
     return dg.load_model(MODEL)
