@@ -229,6 +229,12 @@ def test_bad_input():
     with pytest.raises(ValueError, match="solver"):
         dg.sample(sc, P, x_T, sampler=dg.ReverseSDE(), key=jax.random.key(0), steps=5, solver=dfx.Tsit5())
     with pytest.raises(ValueError, match="scheme"):
-        dg.ReverseSDE(scheme="milstein")
+        dg.ReverseSDE(scheme="runge-kutta")
+    with pytest.raises(ValueError, match="solver: diffrax.ReversibleHeun .* use diffrax.Heun"):
+        dg.sample(sc, P, x_T, sampler=dg.ReverseSDE(scheme="stratonovich"), key=jax.random.key(0), steps=5,
+                  solver=dfx.ReversibleHeun(), track_logp=True)
+    with pytest.raises(ValueError, match="solver"):
+        dg.sample(sc, P, x_T, sampler=dg.ReverseSDE(scheme="milstein"), key=jax.random.key(0), steps=5,
+                  solver=dfx.Heun())
     with pytest.raises(ValueError, match="brownian"):
         dg.ReverseSDE(brownian="fast")
