@@ -180,13 +180,13 @@ class ReverseSDE(SDESampler):
             return dx, a_l * dt + batch_dot(gdw, s + 0.5 * jvp(gdw))[None, :]
         if not (track and self.scheme == "ito"):
             return super().increment(vf, dt, dw, track)
-        # MATH 4(c), Ito: d log p = f D dtau + s . (1/2 g^2 s dtau + g dW), one (N,) dot product. g dW is read
-        # back from dx (= a_x dtau + g dW) rather than from dW: XLA otherwise recomputes the Gaussian draw
-        # (erf_inv of the uniform bits) inside the dot's fusion, doubling the per-step sampling work
-        # (compiled HLO, D = 3072: 109 erf_inv ops in the step instead of 56; see benchmarks/bench_sde.py).
+        # MATH 4(c), Ito: d log p = f D dtau + s . (1/2 g^2 s dtau + g dW): one (N,) dot product per step.
+        # (Reading g dW back from dx instead of dW stops XLA from recomputing the Gaussian draw inside the dot's
+        # fusion -- 56 erf_inv ops per step instead of 109 in the compiled HLO, D = 3072 -- but measured no
+        # faster on the shared CPU, so the direct form is kept; benchmarks/bench_tracking_cost.py.)
         a_x, a_l, (g, s, half_g2) = vf
-        dx = a_x * dt + g * dw
-        return dx, a_l * dt + batch_dot(s, half_g2 * dt * s + (dx - a_x * dt))[None, :]
+        gdw = g * dw
+        return a_x * dt + gdw, a_l * dt + batch_dot(s, half_g2 * dt * s + gdw)[None, :]
 
 
 class SDE(SDESampler):
