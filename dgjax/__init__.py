@@ -5,32 +5,43 @@ The specification is MATH.md (conventions, signs, formulas); the public names ar
 
 from .alignment import Alignment, score_alignment
 from .data import DATASETS, Dataset, load_dataset
+from .denoising import add_noise, denoise, posterior_mean
 from .divergence import DivergenceEstimator, Exact, Hutchinson
-from .guidance import DensityGuidance, HighDensity, prior_guidance, typicality
+from .elbo import Elbo, elbo
+from .errors import InfeasibleGuidance
+from .forward import ForwardTrack, forward_sde_logp
 from .likelihood import Likelihood, bits_per_dim, log_likelihood
 from .models import SHIPPED_MODELS, ArchitectureMismatch, ModelError, TrainedModel, load_model, save_model
 from .oracle import GaussianMixture, random_mixture
 from .parallel import (batch_sharding, host_local_batch, host_slice, log_likelihood_sharded, pad_batch, sample_sharded,
                        score_alignment_sharded, shard_batch)
 from .parametrizations import score_from, score_to
-from .processes import EDM, VE, VP, LinearFlow, Process, VPCosine, VPLinear
-from .samplers import ODE, PFODE, ODESampler, Sample, sample
-from .stochastic import (SDE, NoiseWindow, NoiseWindowLogSNR, ReverseSDE, SDESampler, StochasticDensityGuidance, noise_window,
-                         noise_window_log_snr)
+from .processes import EDM, VE, VP, VPSDE, CustomProcess, LinearFlow, Process, VPCosine, VPLinear
+from .grids import GRIDS, step_times
+from .external import ElementwiseTransform, batched, external_score, log_transform
+from .galaxies import GALAXY_MODELS, GalaxyModel
+from .sampling import (ODE, PFODE, SDE, DensityGuidance, HighDensity, ModeTracking, NoiseWindow, NoiseWindowLogSNR,
+                       ODESampler, ReverseSDE, Sample, SDESampler, StochasticDensityGuidance, noise_window,
+                       noise_window_log_snr, prior_guidance, sample, typicality)
 from .training import TrainConfig, train
 
 __all__ = [
     "Alignment", "score_alignment",
     "DATASETS", "Dataset", "load_dataset",
+    "ModeTracking", "add_noise", "denoise", "posterior_mean",
     "DivergenceEstimator", "Exact", "Hutchinson",
-    "DensityGuidance", "HighDensity", "prior_guidance", "typicality",
+    "Elbo", "elbo",
+    "ForwardTrack", "forward_sde_logp",
+    "DensityGuidance", "HighDensity", "prior_guidance", "typicality", "InfeasibleGuidance",
     "Likelihood", "bits_per_dim", "log_likelihood",
     "SHIPPED_MODELS", "ArchitectureMismatch", "ModelError", "TrainedModel", "load_model", "save_model",
     "GaussianMixture", "random_mixture",
     "batch_sharding", "host_local_batch", "host_slice", "log_likelihood_sharded", "pad_batch", "sample_sharded",
     "score_alignment_sharded", "shard_batch",
     "score_from", "score_to",
-    "EDM", "VE", "VP", "LinearFlow", "Process", "VPCosine", "VPLinear",
+    "EDM", "VE", "VP", "LinearFlow", "Process", "VPCosine", "VPLinear", "VPSDE", "CustomProcess",
+    "GRIDS", "step_times", "ElementwiseTransform", "batched", "external_score", "log_transform",
+    "GALAXY_MODELS", "GalaxyModel",
     "ODE", "PFODE", "ODESampler", "Sample", "sample",
     "SDE", "NoiseWindow", "NoiseWindowLogSNR", "ReverseSDE", "SDESampler", "StochasticDensityGuidance", "noise_window", "noise_window_log_snr",
     "TrainConfig", "train",

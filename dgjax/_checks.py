@@ -29,13 +29,7 @@ def check_finite(x, name: str):
     """Return ``x``; raise (eagerly, or at run time under jit) if it has NaN or inf entries."""
     x = jnp.asarray(x)
     msg = f"{name} contains non-finite values (NaN or inf); pass finite arrays (check the upstream computation)"
-    bad = ~jnp.all(jnp.isfinite(x))
-    # test the *result*: under jit, operations on a closed-over concrete array still give tracers
-    if is_concrete(bad):
-        if bool(bad):
-            raise ValueError(msg)
-        return x
-    return eqx.error_if(x, bad, msg)
+    return check_value(x, ~jnp.all(jnp.isfinite(x)), msg)
 
 
 def check_time(process, t, name: str = "t", *, closed: bool = True):
@@ -49,12 +43,7 @@ def check_time(process, t, name: str = "t", *, closed: bool = True):
     else:
         bad = (t <= lo) | (t >= hi) | ~jnp.isfinite(t)
     msg = f"{name} must lie in {rng}, the time range of {type(process).__name__}"
-    any_bad = jnp.any(bad)
-    if is_concrete(any_bad):  # the result, not t: see check_finite
-        if bool(any_bad):
-            raise ValueError(f"{msg}; got {t}")
-        return t
-    return eqx.error_if(t, any_bad, msg)
+    return check_value(t, jnp.any(bad), msg, lambda: t)
 
 
 def check_batch(x, name: str = "x"):
@@ -64,6 +53,13 @@ def check_batch(x, name: str = "x"):
         raise ValueError(f"{name} must have a leading batch axis, shape (N, *shape); got a scalar")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"{name} must be a floating-point array; got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} has no rows (shape {tuple(x.shape)}); pass at least one sample, shape (N >= 1, *shape)")
+    if jnp.finfo(x.dtype).bits < 32:
+        # the solver state and the log-density would be integrated in this precision (log p off by nats)
+        raise ValueError(f"{name} has dtype {x.dtype}: the solver and the log-density would run in that precision. "
+                         f"Pass float32 (or float64) {name}; to run the network in {x.dtype}, load the model with "
+                         f"dg.load_model(..., compute_dtype=jnp.{x.dtype}) (TrainedModel.with_compute_dtype)")
     return x
 
 
@@ -109,3 +105,108 @@ def bcast(v, x):
 def batch_dot(a, b):
     """Per-sample inner product over the event axes: (N, *shape) x (N, *shape) -> (N,)."""
     return jnp.sum(jnp.reshape(a * b, (a.shape[0], -1)), axis=-1)
+
+
+def checked_shape(v, x, name: str, fix: str, expected=None):
+    """Return ``v``, a user callable's output, if its shape is ``expected`` (default x's shape); otherwise
+    raise ``ValueError('name: returned shape ... for x of shape ...; fix')``."""
+    expected = x.shape if expected is None else expected
+    if getattr(v, "shape", None) != expected:
+        raise ValueError(f"{name}: returned shape {getattr(v, 'shape', type(v))} for x of shape {x.shape}; {fix}")
+    return v
+
+
+def check_value(x, bad, msg: str, detail=None):
+    """Return ``x``; raise ``ValueError(msg)`` now when ``bad`` is concrete and true, else attach
+    ``equinox.error_if`` so the check fires at run time under jit. ``detail()`` (optional) is appended to
+    the eager message (e.g. the offending value)."""
+    if is_concrete(bad):  # test the result, not x: under jit even a closed-over constant gives a tracer
+        if bool(bad):
+            raise ValueError(msg if detail is None else f"{msg}; got {detail()}")
+        return x
+    return eqx.error_if(x, bad, msg)
+
+
+# ------------------------------------------------------------------------------------------------------
+# run-time checks that work on many devices (issue 15)
+# ------------------------------------------------------------------------------------------------------
+# ``equinox.error_if`` raises through a host callback. Inside a program sharded over several devices the
+# callback raises on one device while the others wait in the solver's collectives (the adaptive step's
+# error norm, the while loop's condition): the process hangs until XLA's collective timeout and then aborts
+# (SIGABRT), and no Python exception is ever seen. While a sharded program is traced (``deferred_errors``),
+# every run-time check -- dgjax's and diffrax's own, which also go through equinox -- instead replaces its
+# value by NaN; the program returns a replicated "all finite" flag (``all_finite``) and the host raises
+# after it returns (``raise_if_not_finite``), on every process.
+class deferred_errors:
+    """Context manager: while active, ``equinox.error_if`` (used by every run-time check, here and in
+    diffrax) turns failing values into NaN instead of calling back to the host. Enter it only around the
+    tracing of a multi-device program whose outputs are then checked with ``all_finite``."""
+
+    def __init__(self, active: bool = True):
+        self.active = active
+
+    def __enter__(self):
+        import equinox._errors as _eqx_errors
+
+        self._mod = _eqx_errors
+        self._old = _eqx_errors.EQX_ON_ERROR
+        if self.active:
+            _eqx_errors.EQX_ON_ERROR = "nan"
+        return self
+
+    def __exit__(self, *exc):
+        self._mod.EQX_ON_ERROR = self._old
+        return False
+
+
+def all_finite(tree) -> jax.Array:
+    """One boolean: every floating entry of every array leaf of ``tree`` is finite (a global reduction, so
+    under sharding every device and process gets the same value)."""
+    oks = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)
+           if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(oks)) if oks else jnp.asarray(True)
+
+
+def raise_if_not_finite(ok, where: str, n_devices: int) -> None:
+    """Raise on the host (every process) when a sharded program's outputs were not all finite."""
+    if not bool(ok):
+        raise FloatingPointError(
+            f"{where}: the result holds NaN or inf on some of the {n_devices} devices. Under sharding, a failed "
+            f"run-time check (non-finite input or intermediate values, infeasible density guidance, a sample "
+            f"leaving the data range, the solver reaching max_steps) marks its values with NaN instead of "
+            f"aborting the program; run the same call without sharding (dg.sample / dg.log_likelihood / "
+            f"dg.score_alignment on one device, or devices=jax.devices()[:1]) to see which check failed and why.")
+
+
+def check_output(y, stage: str):
+    """Check the output of a solve (any pytree) for NaN/inf, naming the ``stage`` that produced it."""
+    msg = (f"{stage} produced non-finite values (NaN or inf). Possible causes: a score that returns NaN/inf "
+           f"(check the model's parameters and inputs), inputs far outside the data range, or too few solver "
+           f"steps for a stiff path (use more steps or the adaptive solver)")
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(y) if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact)]
+    bad = ~all_finite([jnp.asarray(leaf) for leaf in leaves])
+    return check_value(y, bad, msg)
+
+
+def check_int(v, name: str, minimum: int = 1) -> int:
+    """``v`` must be a Python or NumPy integer (not a bool) >= ``minimum``; returns it as ``int``."""
+    import numpy as np
+
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < minimum:
+        raise ValueError(f"{name}: must be an integer >= {minimum}; got {v!r}")
+    return int(v)
+
+
+def check_key(key, name: str = "key"):
+    """A single PRNG key (``jax.random.key(seed)`` or a legacy uint32 (2,) key), not a seed or a batch."""
+    if key is None:
+        return key
+    if isinstance(key, (int, float)) or not hasattr(key, "dtype"):
+        raise ValueError(f"{name}: must be a PRNG key such as jax.random.key(0); got {key!r}")
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{name}: must be a single PRNG key (shape ()); got a batch of keys of shape {key.shape}")
+    elif not (key.dtype == jnp.uint32 and key.shape == (2,)):
+        raise ValueError(f"{name}: must be a single PRNG key such as jax.random.key(0); got an array of dtype "
+                         f"{key.dtype} and shape {key.shape}")
+    return key

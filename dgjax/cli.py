@@ -54,6 +54,35 @@ def _demo(args) -> int:
     return 0
 
 
+def _number(kind, lo=None, lo_open=False, hi=None, hi_open=False, what=None):
+    """An argparse type: ``kind`` (int or float), finite, within the bounds; argparse reports the value and
+    exits with code 2 (issue 15: every invalid option is refused, never tabulated)."""
+    import math
+
+    bounds = ("(" if lo_open else "[") + f"{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}" + (")" if hi_open or hi is None else "]")
+    what = what or f"must be {'an integer' if kind is int else 'a finite number'} in {bounds}"
+
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}; got {text!r}") from None
+        if (kind is float and not math.isfinite(v)) or (lo is not None and (v < lo or (lo_open and v == lo))) \
+                or (hi is not None and (v > hi or (hi_open and v == hi))):
+            raise argparse.ArgumentTypeError(f"{what}; got {text!r}")
+        return v
+
+    return parse
+
+
+POS_INT = _number(int, 1)
+NONNEG_INT = _number(int, 0)
+POS_FLOAT = _number(float, 0, lo_open=True)
+NONNEG_FLOAT = _number(float, 0)
+QUANTILE = _number(float, 0, True, 1, True, what="every q must lie in (0, 1) (the log-density quantile)")
+FRACTION = _number(float, 0, False, 1, True)
+
+
 def _fail(msg: str) -> int:
     print(f"dgjax: error: {msg}", file=sys.stderr)
     return 2
@@ -61,7 +90,7 @@ def _fail(msg: str) -> int:
 
 def _train(args) -> int:
     from .models import ModelError, save_model
-    from .training import TrainConfig, train
+    from .training import TrainConfig, TrainingInterrupted, train
 
     if args.arch == "unet":
         arch_kwargs = dict(channels=args.channels, ch_mult=list(args.ch_mult), num_res_blocks=args.num_res_blocks,
@@ -80,7 +109,10 @@ def _train(args) -> int:
                        name=args.name or args.data, command=command)
         if args.export:
             save_model(args.export, result.state["ema_params"], result.model.config)
-    except (ValueError, ModelError, OSError) as e:
+    except TrainingInterrupted as e:
+        print(f"dgjax: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except (ValueError, ModelError, OSError, FloatingPointError) as e:
         return _fail(str(e))
     print(f"trained {cfg.steps} steps in {result.train_time_s:.0f}s; model in {args.out}"
           + (f" and {args.export}.msgpack/.json" if args.export else ""))
@@ -116,6 +148,8 @@ def _sample(args) -> int:
             return _fail(f"--q: every q must lie in (0, 1) (the log-density quantile); got {q}")
     if args.num < 1:
         return _fail(f"--num must be >= 1; got {args.num}")
+    if not args.out.lower().endswith(".png"):
+        return _fail(f"--out {args.out!r}: dgjax sample writes a PNG image; give a file name ending in .png")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
         return _fail(f"--out {args.out!r}: directory {out_dir!r} does not exist or is not writable")
@@ -129,18 +163,22 @@ def _sample(args) -> int:
     ds = model.dataset
     x_T = model.prior_sample(jax.random.key(args.seed), args.num)  # the same latents in every row
     kwargs = dict(steps=args.steps) if args.steps else dict(rtol=args.rtol, atol=args.rtol, max_steps=args.max_steps)
+    data_range = model.data_range  # rows that leave the data are reported, not drawn
     import logging
 
     logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)  # errors are summarised in the table
 
     @jax.jit
     def run(x_T, q, key):
-        sampler = dg.DensityGuidance(q=q, feasibility_tol=args.feasibility_tol)
+        sampler = dg.DensityGuidance(q=q, feasibility_tol=args.feasibility_tol, data_range=data_range)
         out = dg.sample(model.score, process, x_T, sampler=sampler, key=key, track_logp=True,
                         divergence=dg.Hutchinson(args.probes), **kwargs)
         return out.x, out.logp, out.nfe
 
-    shift = lambda q: float(dg.DensityGuidance(q=q).log_density_shift(process, dim))  # noqa: E731
+    from .errors import is_infeasible
+    from .sampling.guidance import log_density_shift
+
+    shift = lambda q: float(log_density_shift(process, q, dim))  # noqa: E731
     rows, table = [], []
     start = time.perf_counter()
     bar = _progress(len(qs), "sampling (first row compiles)", disable=args.no_progress)
@@ -154,20 +192,23 @@ def _sample(args) -> int:
             table.append((q, logp, int(nfe), None))
         except Exception as e:  # infeasible guidance raises at run time (equinox.error_if)
             msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            if "infeasible" in str(e):
+            if is_infeasible(e):  # under jax.jit the InfeasibleGuidance check arrives wrapped by XLA
                 msg = (f"infeasible: the prescribed rise {shift(q):+.0f} nats exceeds the log-density head-room "
                        f"(of the order of D/2 = {dim / 2:.0f} nats, MATH 5); move q toward 0.5")
+            elif "left the data range" in str(e):
+                msg = (f"leaves the data range: the guidance pushes samples beyond [-{data_range:g}, {data_range:g}] "
+                       f"(more than 1% of the row's pixels beyond +-{1.05 * data_range:g}); move q toward 0.5")
             elif "max_steps" in str(e) or "maximum number of solver steps" in str(e):
                 msg = f"the adaptive solve did not finish in --max-steps {args.max_steps} steps"
-            rows.append(np.zeros((args.num,) + model.shape, np.float32))
             table.append((q, None, None, msg))
         bar.update(1)
     bar.close()
     elapsed = time.perf_counter() - start
-    try:
-        save_image_grid(args.out, np.stack(rows), ds.transform, scale=args.scale)
-    except ValueError as e:
-        return _fail(str(e))
+    if rows:  # only the rows that were sampled: a failed row is reported below, never drawn as a grey row
+        try:
+            save_image_grid(args.out, np.stack(rows), ds.transform, scale=args.scale)
+        except ValueError as e:
+            return _fail(str(e))
     mode = f"{args.steps} Tsit5 steps" if args.steps else f"adaptive Tsit5, rtol=atol={args.rtol:g}"
     print(f"density guidance (DG-ODE) on model {model.name!r} ({model.config.get('data')}, shape {model.shape}, "
           f"D={dim}), {args.num} samples per q from the same {args.num} latents (seed {args.seed}), {mode}, "
@@ -180,13 +221,21 @@ def _sample(args) -> int:
         bpd = float(np.mean(dg.bits_per_dim(logp, model.shape, ds.offset_bits)))
         print(f"{q:>6.3g} {logp.mean():>11.2f} {logp.std():>8.2f} {-logp.mean():>12.2f} {bpd:>9.3f} "
               f"{shift(q):>+14.2f} {nfe:>6d}")
-    print(f"grid: {args.out} ({len(qs)} rows, one per q top to bottom: {', '.join(f'{q:g}' for q in qs)}; "
-          f"{args.num} columns, one per latent); {elapsed:.1f}s (incl. compile)")
-    print("log p is in nats of the model density of x in [-1, 1]^D at t_min; bits/dim uses the data set's "
-          f"dequantisation offset ({ds.offset_bits:.3f} bits); 'DG rate shift' is what the guidance adds to the PF-ODE's log-density rate "
-          "(-div u) over the path, 1/2 (lambda_max - lambda_min) sqrt(2D) Phi^-1(q); the final log p also differs "
-          "because -div u is integrated along a different path")
-    return 0
+    done = [q for q, _, _, err in table if err is None]
+    if done:
+        print(f"grid: {args.out} ({len(done)} rows, one per sampled q top to bottom: {', '.join(f'{q:g}' for q in done)}; "
+              f"{args.num} columns, one per latent); {elapsed:.1f}s (incl. compile)")
+    else:
+        print(f"no q could be sampled; {args.out} was not written")
+    if hasattr(model, "data_log_prob"):
+        print("galaxy model: log p is in nats of the network-space density of y = log(x + 1) / 0.1 (x the flux) at "
+              "t_min; bits/dim without an offset; the grid shows asinh(x / 0.05) (see --help)")
+    else:
+        print("log p is in nats of the model density of x in [-1, 1]^D at t_min; bits/dim uses the data set's "
+              f"dequantisation offset ({ds.offset_bits:.3f} bits); 'DG rate shift' is what the guidance adds to the PF-ODE's "
+              "log-density rate (-div u) over the path, 1/2 (lambda_max - lambda_min) sqrt(2D) Phi^-1(q); the final log p "
+              "also differs because -div u is integrated along a different path")
+    return 0 if len(done) == len(table) else 1
 
 
 def _likelihood(args) -> int:
@@ -195,10 +244,13 @@ def _likelihood(args) -> int:
     import numpy as np
 
     from .data import load_dataset
+    from .parallel import map_chunks
     from .training import make_evaluator
 
     try:
         model = _load(args.model)
+        if hasattr(model, "data_log_prob"):  # a galaxy model ships no data: encode its own samples
+            return _likelihood_galaxy(args, model)
         name = args.data or model.config["data"]
         ds = load_dataset(name, **(model.config.get("data_kwargs", {}) if name == model.config["data"] else {}))
         if tuple(ds.shape) != tuple(model.shape):
@@ -211,20 +263,67 @@ def _likelihood(args) -> int:
         x = ds.split(args.split, n, seed=args.seed)
     except (ValueError, OSError) as e:
         return _fail(str(e))
-    evaluate = make_evaluator(model.network, model.config, ds.offset_bits, args.rtol)
-    vals = []
+    if args.method == "ode":
+        evaluate = make_evaluator(model.network, model.config, ds.offset_bits, args.rtol)
+        how = f"one Hutchinson probe, adaptive Tsit5 rtol=atol={args.rtol:g}"
+    else:
+        evaluate = _stochastic_evaluator(model, ds.offset_bits, args.method, args.steps, args.num_samples)
+        how = (f"forward-SDE encoder, one Hutchinson probe, {args.steps} Euler-Maruyama steps" if args.method == "sde"
+               else f"ELBO (an upper bound in bits/dim), {args.num_samples} stratified antithetic log-SNR draws")
     start = time.perf_counter()
     bar = _progress(int(np.ceil(len(x) / args.batch_size)), "encoding (first batch compiles)", args.no_progress)
-    for i in range(0, len(x), args.batch_size):
-        vals.append(np.asarray(evaluate(model.params, jnp.asarray(x[i:i + args.batch_size]),
-                                        jax.random.fold_in(jax.random.key(args.seed), i))))
-        bar.update(1)
+    v = map_chunks(lambda xc, k: evaluate(model.params, xc, k), x, args.batch_size,
+                               jax.random.key(args.seed), on_chunk=lambda: bar.update(1))
     bar.close()
-    v = np.concatenate(vals)
+    if not np.all(np.isfinite(v)):
+        return _fail(f"{int((~np.isfinite(v)).sum())} of {len(v)} bits/dim values are not finite (NaN or inf): the "
+                     f"model's score is not finite on this data (check the model file)")
     se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
     print(f"model {model.name!r} on {ds.name} {args.split} ({len(v)} examples, uniform dequantisation, "
-          f"one Hutchinson probe, adaptive Tsit5 rtol=atol={args.rtol:g}): {v.mean():.4f} +- {se:.4f} bits/dim "
+          f"{how}): {v.mean():.4f} +- {se:.4f} bits/dim "
           f"({time.perf_counter() - start:.1f}s)")
+    return 0
+
+
+def _stochastic_evaluator(model, offset_bits, method, steps, num_samples):
+    """(params, x, key) -> bits/dim (N,) by the forward-SDE encoder (MATH 4(e)) or the ELBO (MATH 10)."""
+    import jax
+
+    import dgjax as dg
+
+    @jax.jit
+    def evaluate(params, x, key):
+        m = dg.TrainedModel(model.network, params, model.config)
+        if method == "sde":
+            logp = dg.log_likelihood(m.score, m.process, x, key=key, encoder="sde", steps=steps).logp
+        else:
+            logp = dg.elbo(m.score, m.process, x, key=key, num_samples=num_samples).elbo
+        return dg.bits_per_dim(logp, model.shape, offset_bits)
+
+    return evaluate
+
+
+def _likelihood_galaxy(args, model) -> int:
+    import jax
+    import numpy as np
+
+    import dgjax as dg
+
+    n = args.num or 16
+
+    @jax.jit
+    def run(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        x = dg.sample(model.score, model.process, model.prior_sample(k1, n), rtol=args.rtol, atol=args.rtol).x
+        ll = dg.log_likelihood(model.score, model.process, x, key=k2, rtol=args.rtol, atol=args.rtol)
+        return ll.logp, model.data_log_prob(ll.logp, x)
+
+    start = time.perf_counter()
+    logp_y, logp_x = (np.asarray(v) for v in run(jax.random.key(args.seed)))
+    print(f"model {model.name!r}: no data set ships with it; log p of {n} of its own PF-ODE samples, re-encoded "
+          f"(one Hutchinson probe, adaptive Tsit5 rtol=atol={args.rtol:g}): network space y = log(x+1)/0.1 "
+          f"{logp_y.mean():.1f} +- {logp_y.std(ddof=1) / np.sqrt(n):.1f} nats; flux x {logp_x.mean():.1f} nats "
+          f"(+ sum log|dy/dx|) ({time.perf_counter() - start:.1f}s)")
     return 0
 
 
@@ -233,6 +332,8 @@ def _align(args) -> int:
     import numpy as np
 
     import dgjax as dg
+
+    from .parallel import map_chunks
 
     try:
         model = _load(args.model)
@@ -249,14 +350,13 @@ def _align(args) -> int:
                                   w_T="prior" if args.prior_direction else None, **kwargs)
 
     x_T = model.prior_sample(jax.random.key(args.seed), args.num)
-    vals = []
     start = time.perf_counter()
     bar = _progress(int(np.ceil(args.num / args.batch_size)), "aligning (first batch compiles)", args.no_progress)
-    for i in range(0, args.num, args.batch_size):
-        vals.append(np.asarray(run(x_T[i:i + args.batch_size], jax.random.fold_in(jax.random.key(args.seed), i))))
-        bar.update(1)
+    v = map_chunks(run, x_T, args.batch_size, jax.random.key(args.seed), on_chunk=lambda: bar.update(1))
     bar.close()
-    v = np.concatenate(vals)
+    if not np.all(np.isfinite(v)):
+        return _fail(f"{int((~np.isfinite(v)).sum())} of {len(v)} alignment values are not finite (NaN or inf): the "
+                     f"model's score is not finite along the path (check the model file)")
     frac = float(np.mean(v > 0))
     print(f"score alignment of model {model.name!r} at t_end={args.t_end:g} "
           f"({'score-free' if args.score_free else 'score'} form, w_T = {'prior score' if args.prior_direction else 's_T(x_T)'}): "
@@ -270,11 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="PF-ODE sampling of a 2-D Gaussian mixture: tracked vs exact log p")
-    demo.add_argument("--num-samples", type=int, default=8, help="number of samples (default 8)")
+    demo.add_argument("--num-samples", type=POS_INT, default=8, help="number of samples (default 8)")
     demo.add_argument("--process", default="vp", choices=["vp", "vplinear", "cosine", "ve", "edm", "flow"],
                       help="forward process (default vp: log-SNR linear in [-10, 10])")
-    demo.add_argument("--rtol", type=float, default=1e-6, help="rtol = atol of the adaptive Tsit5 solve (default 1e-6)")
-    demo.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    demo.add_argument("--rtol", type=POS_FLOAT, default=1e-6, help="rtol = atol of the adaptive Tsit5 solve (default 1e-6)")
+    demo.add_argument("--seed", type=NONNEG_INT, default=0, help="PRNG seed (default 0)")
     demo.add_argument("--x64", action="store_true", help="run in float64")
     demo.set_defaults(func=_demo)
 
@@ -287,32 +387,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "the EMA model OUT/model.msgpack + OUT/model.json with its held-out bits/dim.",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tr.add_argument("--data", default="digits", choices=DATASETS, help="training data set")
-    tr.add_argument("--patch-size", type=int, default=16, help="patch size for --data patches")
+    tr.add_argument("--patch-size", type=POS_INT, default=16, help="patch size for --data patches")
     tr.add_argument("--arch", default="unet", choices=["unet", "mlp"], help="network (mlp for the 2-D toys)")
-    tr.add_argument("--channels", type=int, default=32, help="unet: base channel count")
-    tr.add_argument("--ch-mult", type=int, nargs="+", default=[1, 2],
+    tr.add_argument("--channels", type=POS_INT, default=32, help="unet: base channel count")
+    tr.add_argument("--ch-mult", type=POS_INT, nargs="+", default=[1, 2],
                     help="unet: channel multiplier per resolution level (the resolution halves between levels)")
-    tr.add_argument("--num-res-blocks", type=int, default=2, help="unet: residual blocks per level")
-    tr.add_argument("--attn-res", type=int, nargs="*", default=[4], help="unet: resolutions with self-attention")
-    tr.add_argument("--dropout", type=float, default=0.1, help="unet: dropout rate in the residual blocks")
-    tr.add_argument("--width", type=int, default=256, help="mlp: hidden width")
-    tr.add_argument("--depth", type=int, default=3, help="mlp: hidden layers")
-    tr.add_argument("--steps", type=int, default=2000, help="optimisation steps")
-    tr.add_argument("--batch-size", type=int, default=64, help="examples per step")
-    tr.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (warm-up, then cosine decay to 10%%)")
-    tr.add_argument("--warmup", type=int, default=100, help="linear learning-rate warm-up steps")
-    tr.add_argument("--grad-clip", type=float, default=1.0, help="global gradient-norm clip")
-    tr.add_argument("--ema-decay", type=float, default=0.999, help="decay of the parameter EMA")
+    tr.add_argument("--num-res-blocks", type=POS_INT, default=2, help="unet: residual blocks per level")
+    tr.add_argument("--attn-res", type=POS_INT, nargs="*", default=[4], help="unet: resolutions with self-attention")
+    tr.add_argument("--dropout", type=FRACTION, default=0.1, help="unet: dropout rate in the residual blocks")
+    tr.add_argument("--width", type=POS_INT, default=256, help="mlp: hidden width")
+    tr.add_argument("--depth", type=POS_INT, default=3, help="mlp: hidden layers")
+    tr.add_argument("--steps", type=POS_INT, default=2000, help="optimisation steps")
+    tr.add_argument("--batch-size", type=POS_INT, default=64, help="examples per step")
+    tr.add_argument("--lr", type=POS_FLOAT, default=1e-3, help="peak Adam learning rate (warm-up, then cosine decay to 10%%)")
+    tr.add_argument("--warmup", type=NONNEG_INT, default=100, help="linear learning-rate warm-up steps")
+    tr.add_argument("--grad-clip", type=POS_FLOAT, default=1.0, help="global gradient-norm clip")
+    tr.add_argument("--ema-decay", type=FRACTION, default=0.999, help="decay of the parameter EMA")
     tr.add_argument("--weighting", default="likelihood", choices=["likelihood", "sigmoid"],
                     help="loss weighting in log-SNR: likelihood (unweighted, the ELBO) or sigmoid (perceptual)")
     tr.add_argument("--importance", default="adaptive", choices=["adaptive", "uniform"],
                     help="noise-level sampling: adaptive importance sampling (Kingma & Gao 2023) or uniform in log-SNR")
-    tr.add_argument("--seed", type=int, default=0, help="seed: the data order and all randomness are functions of (seed, step)")
-    tr.add_argument("--eval-every", type=int, default=500, help="steps between held-out bits/dim evaluations")
-    tr.add_argument("--eval-num", type=int, default=32, help="test examples in each periodic evaluation")
-    tr.add_argument("--final-eval-num", type=int, default=256, help="test examples in the final evaluation")
-    tr.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints")
-    tr.add_argument("--keep", type=int, default=3, help="checkpoints kept (the latest ones)")
+    tr.add_argument("--seed", type=NONNEG_INT, default=0, help="seed: the data order and all randomness are functions of (seed, step)")
+    tr.add_argument("--eval-every", type=POS_INT, default=500, help="steps between held-out bits/dim evaluations")
+    tr.add_argument("--eval-num", type=POS_INT, default=32, help="test examples in each periodic evaluation")
+    tr.add_argument("--final-eval-num", type=POS_INT, default=256, help="test examples in the final evaluation")
+    tr.add_argument("--ckpt-every", type=POS_INT, default=500, help="steps between checkpoints")
+    tr.add_argument("--keep", type=POS_INT, default=3, help="checkpoints kept (the latest ones)")
     tr.add_argument("--out", default="runs/train", help="run directory")
     tr.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its latest checkpoint (same settings; the result equals "
@@ -330,19 +430,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "quantile: q > 0.5 raises log p (smoother, less detail), q < 0.5 lowers it (more detail).",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sm.add_argument("--model", default="digits",
-                    help="a shipped model (digits, patches), a NAME.msgpack file, or a training run directory")
-    sm.add_argument("--q", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
-                    help="log-density quantiles, one grid row each")
-    sm.add_argument("--num", type=int, default=8, help="samples per q (grid columns)")
-    sm.add_argument("--steps", type=int, default=None, help="constant Tsit5 steps (default: adaptive, see --rtol)")
-    sm.add_argument("--rtol", type=float, default=1e-3, help="rtol = atol of the adaptive solve")
-    sm.add_argument("--max-steps", type=int, default=1000, help="adaptive solve: give up after this many steps")
-    sm.add_argument("--probes", type=int, default=1, help="Hutchinson probes for the tracked log p")
-    sm.add_argument("--feasibility-tol", type=float, default=1.0,
+                    help="a shipped model (digits, patches), a galaxy model (galaxies-hsc32, galaxies-hsc64, "
+                    "galaxies-ztf32, galaxies-ztf64; needs dgjax[galaxies]; images shown with an asinh stretch "
+                    "of the flux x = exp(0.1 y) - 1: asinh(x / 0.05) / asinh(20), black at flux 0, white at flux 1), "
+                    "a NAME.msgpack file, or a training run directory")
+    sm.add_argument("--q", type=QUANTILE, nargs="+", default=[0.5, 0.55, 0.6, 0.65],
+                    help="log-density quantiles, one grid row each (the default rows keep the digits model inside "
+                    "its data range; rows that leave it, such as q <= 0.45 on digits, are reported, not drawn)")
+    sm.add_argument("--num", type=POS_INT, default=8, help="samples per q (grid columns)")
+    sm.add_argument("--steps", type=POS_INT, default=None, help="constant Tsit5 steps (default: adaptive, see --rtol)")
+    sm.add_argument("--rtol", type=POS_FLOAT, default=1e-3, help="rtol = atol of the adaptive solve")
+    sm.add_argument("--max-steps", type=POS_INT, default=1000, help="adaptive solve: give up after this many steps")
+    sm.add_argument("--probes", type=POS_INT, default=1, help="Hutchinson probes for the tracked log p")
+    sm.add_argument("--feasibility-tol", type=NONNEG_FLOAT, default=1.0,
                     help="guidance feasibility check tolerance in log-SNR units (0 disables it)")
-    sm.add_argument("--seed", type=int, default=0, help="PRNG seed of the latents and probes")
+    sm.add_argument("--seed", type=NONNEG_INT, default=0, help="PRNG seed of the latents and probes")
     sm.add_argument("--out", default="samples.png", help="output PNG")
-    sm.add_argument("--scale", type=int, default=4, help="pixel upscaling of the grid")
+    sm.add_argument("--scale", type=POS_INT, default=4, help="pixel upscaling of the grid")
     sm.add_argument("--no-progress", action="store_true", help="no progress bar")
     sm.set_defaults(func=_sample)
 
@@ -351,13 +455,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "dequantised (MATH.md section 4), with log p from dg.log_likelihood (PF-ODE encoding, one "
                         "Hutchinson probe per example: unbiased in log p).",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    lk.add_argument("--model", default="digits", help="a shipped model, a NAME.msgpack file or a run directory")
+    lk.add_argument("--model", default="digits", help="a shipped model, a NAME.msgpack file or a run directory; a "
+                    "galaxy model (galaxies-hsc64, ...) re-encodes --num (default 16) of its own samples")
     lk.add_argument("--data", default=None, choices=DATASETS, help="data set (default: the model's own)")
     lk.add_argument("--split", default="test", choices=["train", "test"], help="split")
-    lk.add_argument("--num", type=int, default=None, help="examples (default: the whole split, 256 for drawn sets)")
-    lk.add_argument("--batch-size", type=int, default=64, help="examples per solve")
-    lk.add_argument("--rtol", type=float, default=1e-3, help="rtol = atol of the adaptive encoding solve")
-    lk.add_argument("--seed", type=int, default=0, help="seed of the dequantisation noise and probes")
+    lk.add_argument("--num", type=POS_INT, default=None, help="examples (default: the whole split, 256 for drawn sets)")
+    lk.add_argument("--batch-size", type=POS_INT, default=64, help="examples per solve")
+    lk.add_argument("--rtol", type=POS_FLOAT, default=1e-3, help="rtol = atol of the adaptive encoding solve")
+    lk.add_argument("--seed", type=NONNEG_INT, default=0, help="seed of the dequantisation noise and probes")
+    lk.add_argument("--method", default="ode", choices=["ode", "sde", "elbo"],
+                    help="log p by PF-ODE encoding, by the forward-SDE encoder (MATH 4(e)), or the ELBO (MATH 10)")
+    lk.add_argument("--steps", type=POS_INT, default=1000, help="Euler-Maruyama steps of --method sde")
+    lk.add_argument("--num-samples", type=POS_INT, default=64, help="log-SNR draws per example of --method elbo")
     lk.add_argument("--no-progress", action="store_true", help="no progress bar")
     lk.set_defaults(func=_likelihood)
 
@@ -365,16 +474,17 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Push the prior score forward along the PF-ODE (tangent ODE, one JVP per step) "
                         "and report the fraction of latents where <s_{t_end}(x_{t_end}), w_{t_end}> > 0.",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    al.add_argument("--model", default="digits", help="a shipped model, a NAME.msgpack file or a run directory")
-    al.add_argument("--num", type=int, default=64, help="latents")
-    al.add_argument("--batch-size", type=int, default=32, help="latents per solve")
-    al.add_argument("--t-end", type=float, default=0.05, help="time where alignment is measured")
-    al.add_argument("--steps", type=int, default=None, help="constant Tsit5 steps (default adaptive, see --rtol)")
-    al.add_argument("--rtol", type=float, default=1e-3, help="rtol = atol of the adaptive solve")
+    al.add_argument("--model", default="digits", help="a shipped model, a galaxy model (galaxies-hsc64, ...), a "
+                    "NAME.msgpack file or a run directory")
+    al.add_argument("--num", type=POS_INT, default=64, help="latents")
+    al.add_argument("--batch-size", type=POS_INT, default=32, help="latents per solve")
+    al.add_argument("--t-end", type=POS_FLOAT, default=0.05, help="time where alignment is measured")
+    al.add_argument("--steps", type=POS_INT, default=None, help="constant Tsit5 steps (default adaptive, see --rtol)")
+    al.add_argument("--rtol", type=POS_FLOAT, default=1e-3, help="rtol = atol of the adaptive solve")
     al.add_argument("--score-free", action="store_true", help="track omega by its score-free rate (Hutchinson)")
     al.add_argument("--prior-direction", action="store_true",
                     help="push the Gaussian prior's score -x_T/sigma_T^2 instead of the model's s_T(x_T)")
-    al.add_argument("--seed", type=int, default=0, help="PRNG seed of the latents")
+    al.add_argument("--seed", type=NONNEG_INT, default=0, help="PRNG seed of the latents")
     al.add_argument("--no-progress", action="store_true", help="no progress bar")
     al.set_defaults(func=_align)
     return parser
@@ -383,12 +493,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # an invalid option: argparse printed the reason; return its exit code (2)
+        if e.code in (0, None):
+            raise
+        return int(e.code)
     args.argv = argv
     if args.command is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, FloatingPointError) as e:  # a clear message, never a raw traceback (issue 15)
+        return _fail(str(e).strip().split("\n\n")[0])
+    except Exception as e:
+        # run-time checks (dg.InfeasibleGuidance subclasses EquinoxRuntimeError)
+        if any(c.__name__ in ("EquinoxRuntimeError", "XlaRuntimeError", "JaxRuntimeError") for c in type(e).__mro__):
+            return _fail(str(e).strip().split("\n\n")[0])
+        raise
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ from typing import Callable
 
 import numpy as np
 
+from ._io import atomic_write
+
 DELTA = 1e-4
 """Margin of the dequantisation noise u ~ U[DELTA, 1 - DELTA) (see the module docstring)."""
 
@@ -348,11 +350,4 @@ def save_image_grid(path, x, transform, nrow: int | None = None, *, scale: int =
         raise ValueError(f"output path {path!r}: directory {directory!r} does not exist")
     if not os.access(directory, os.W_OK):
         raise ValueError(f"output path {path!r}: directory {directory!r} is not writable")
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        Image.fromarray(grid).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise ValueError(f"output path {path!r}: could not write the image ({e})") from e
+    atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"), ValueError)

@@ -24,6 +24,7 @@ from typing import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._checks import batch_dot, check_param
 
@@ -78,11 +79,13 @@ class Hutchinson(DivergenceEstimator):
       distribution: "rademacher" (default; lower variance) or "gaussian".
     """
 
-    num_probes: int = eqx.field(static=True, default=1)
+    # NumPy integers (e.g. from a config array) are integers too; bools are not
+    num_probes: int = eqx.field(static=True, default=1,
+                                converter=lambda v: int(v) if isinstance(v, np.integer) else v)
     distribution: str = eqx.field(static=True, default="rademacher")
 
     def __check_init__(self):
-        check_param(isinstance(self.num_probes, int) and self.num_probes >= 1, "num_probes",
+        check_param(isinstance(self.num_probes, int) and not isinstance(self.num_probes, bool) and self.num_probes >= 1, "num_probes",
                     f"must be an integer >= 1; got {self.num_probes!r}")
         check_param(self.distribution in ("rademacher", "gaussian"), "distribution",
                     f"must be 'rademacher' or 'gaussian'; got {self.distribution!r}")

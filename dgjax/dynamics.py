@@ -58,7 +58,7 @@ def augmented_rate(score, process, x, t, divergence, probes, velocity):
 
     ``velocity(coeffs, x, s, t=..., div_u=...) -> v``; div_u is the mean estimate (N,).
     """
-    coeffs = process.coefficients(jnp.asarray(t, dtype=x.dtype))
+    coeffs = process.coefficients_like(t, x)
     s, lap = score_and_laplacian(score, x, t, divergence, probes)
     div_u = pf_divergence(coeffs, lap, event_dim(x))
     u = pf_drift(coeffs, x, s)

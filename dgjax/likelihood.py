@@ -16,9 +16,11 @@ import jax
 import jax.numpy as jnp
 
 from . import dynamics as dyn
-from ._checks import check_batch, check_finite, check_score_fn
+from . import grids
+from ._checks import check_batch, check_finite, check_output, check_score_fn
 from .divergence import DivergenceEstimator, Hutchinson
-from .solve import solve
+from .sampling.sample import check_common
+from .solve import SolveOptions, add_nfe, solve
 
 Array = jax.Array
 
@@ -37,14 +39,30 @@ class Likelihood(eqx.Module):
 
 def log_likelihood(score: Callable, process, x0, *, key=None, divergence: DivergenceEstimator | None = None,
                    solver=None, steps: int | None = None, rtol: float | None = None, atol: float | None = None,
-                   prior_log_prob: Callable | None = None, adjoint=None, max_steps: int | None = None) -> Likelihood:
+                   prior_log_prob: Callable | None = None, adjoint=None, max_steps: int | None = None,
+                   grid=None, encoder: str = "ode") -> Likelihood:
     """Model log-density of data ``x0`` (N, *shape), taken at t_min, by PF-ODE encoding to t_max.
 
-    Args mirror ``dg.sample``. ``prior_log_prob(x_T) -> (N,)`` defaults to ``process.prior_log_prob``.
+    Args mirror ``dg.sample`` (``grid``: where the constant steps go, see ``dgjax.grids``).
+    ``prior_log_prob(x_T) -> (N,)`` defaults to ``process.prior_log_prob``.
+    ``encoder="sde"``: encode with the forward SDE instead (MATH 4(e), ``dgjax.forward``): Euler-Maruyama in
+    ``steps`` constant steps with any divergence estimator; unbiased over the Brownian path, noisy per path
+    (``key`` required; ``logp_stderr`` is the spread across probes only).
     """
     divergence = Hutchinson() if divergence is None else divergence
+    if encoder not in ("ode", "sde"):
+        raise ValueError(f"encoder: must be 'ode' (PF-ODE) or 'sde' (forward SDE); got {encoder!r}")
+    check_common(process, divergence, key, SolveOptions(steps=steps, rtol=rtol, atol=atol))
+    if encoder == "sde":
+        from .forward import sde_log_likelihood
+        if solver is not None or rtol is not None or atol is not None or grid is not None:
+            raise ValueError("encoder: 'sde' uses Euler-Maruyama with constant steps uniform in t; drop "
+                             "solver/rtol/atol/grid")
+        return Likelihood(*sde_log_likelihood(score, process, x0, key=key, steps=steps, divergence=divergence,
+                                              prior_log_prob=prior_log_prob))
     x0 = check_finite(check_batch(x0, "x0"), "x0")
     t0, t1 = process.t_min, process.t_max
+    steps, ts = grids.plan(process, t0, t1, steps, grid)  # validate the grid before drawing probes
     check_score_fn(score, x0, jnp.asarray(t0, dtype=x0.dtype))
     probes = divergence.draw(key, x0)
     p = 1 if probes is None else probes.shape[0]
@@ -54,11 +72,13 @@ def log_likelihood(score: Callable, process, x0, *, key=None, divergence: Diverg
         return dyn.augmented_rate(score, process, y[0], t, divergence, probes, dyn.pf_velocity)
 
     (x_T, change), evals, _ = solve(vf, y0, t0, t1, args=probes, solver=solver, steps=steps, rtol=rtol,
-                                    atol=atol, adjoint=adjoint, max_steps=max_steps)
+                                    atol=atol, adjoint=adjoint, max_steps=max_steps, grid=ts)
+    x_T, change = check_output((x_T, change), "dg.log_likelihood: the PF-ODE encoding solve")
     prior = process.prior_log_prob if prior_log_prob is None else prior_log_prob
     logp_T = prior(x_T)
+    logp_T = check_output(logp_T, "dg.log_likelihood: the prior term log p_T(x_T)")
     logp, stderr = dyn.mean_and_stderr(logp_T[None, :] - change)
-    nfe = jnp.where(evals < 0, -1, (1 + divergence.num_jvps(x0[0].size)) * evals)
+    nfe = add_nfe(0, evals, 1 + divergence.num_jvps(x0[0].size))
     return Likelihood(logp, stderr, x_T, logp_T, nfe)
 
 
@@ -69,5 +89,13 @@ def bits_per_dim(logp, shape, offset_bits: float = 7.0):
     Jacobian of y + u -> x is (1/128)^D, so offset_bits = log2(128) = 7 (the default). For
     x = (y + u) / 256 in [0, 1) use offset_bits = 8. ``offset_bits = 0`` gives bits/dim of x itself.
     """
-    d = math.prod(tuple(shape))
-    return -jnp.asarray(logp) / (d * math.log(2.0)) + offset_bits
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise ValueError(f"shape: must be the per-sample event shape, a tuple of ints; got {shape!r}") from None
+    if len(shape) == 0 or any(s < 1 for s in shape):
+        raise ValueError(f"shape: must be the per-sample event shape (D = prod(shape) >= 1, without the batch axis); "
+                         f"got {shape}")
+    logp = jnp.asarray(logp)
+    d = math.prod(shape)
+    return -logp / (d * math.log(2.0)) + offset_bits

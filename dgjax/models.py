@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._io import atomic_write, leaf_shapes, write_bytes_synced
 from .parametrizations import score_from
 from .processes import VP
 
@@ -232,7 +233,7 @@ def init_params(net: nn.Module, shape, key) -> dict:
 def param_shapes(net: nn.Module, shape) -> dict:
     """The parameter tree of ``net`` on data ``shape`` as {path: shape} (no computation)."""
     tree = jax.eval_shape(lambda k: init_params(net, shape, k), jax.random.key(0))
-    return {jax.tree_util.keystr(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+    return leaf_shapes(tree)
 
 
 def num_params(params) -> int:
@@ -256,10 +257,6 @@ def check_same_architecture(expected: dict, got: dict, where: str) -> None:
         + ". Load it with the config it was trained with, or start a new run in another directory.")
 
 
-def leaf_shapes(tree) -> dict:
-    return {jax.tree_util.keystr(p): tuple(np.shape(v)) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 # ------------------------------------------------------------------------------------------------------
 # processes in configs
 # ------------------------------------------------------------------------------------------------------
@@ -269,7 +266,14 @@ def process_from_config(cfg: dict):
     if name != "VP":
         raise ModelError(f"process {name!r}: dgjax trains and loads models on the VP log-SNR process only "
                          f"(the networks are conditioned on lambda; training samples lambda directly)")
-    return VP(**cfg)
+    unknown = sorted(set(cfg) - {"lambda_min", "lambda_max"})
+    if unknown:
+        raise ModelError(f"model config: unknown process field(s) {unknown}; a VP process takes lambda_min and "
+                         f"lambda_max")
+    try:
+        return VP(**cfg)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"model config: invalid process {cfg}: {e}") from e
 
 
 def process_to_config(process) -> dict:
@@ -343,6 +347,14 @@ class TrainedModel:
 
         return load_dataset(self.config["data"], **self.config.get("data_kwargs", {}))
 
+    @property
+    def data_range(self) -> float | None:
+        """r when the model's data lie in [-r, r] (1 for dequantised image data; None for continuous toys):
+        pass it to ``dg.DensityGuidance(..., data_range=...)`` to be told when guidance leaves the data."""
+        from .data import Dequantize
+
+        return 1.0 if isinstance(self.dataset.transform, Dequantize) else None
+
     def prior_sample(self, key, n: int):
         return self.process.prior_sample(key, (n,) + self.shape)
 
@@ -355,24 +367,15 @@ def network_from_config(config: dict) -> nn.Module:
     for k in ("arch", "shape"):
         if k not in config:
             raise ModelError(f"model config lacks {k!r}; is it a dgjax model config ({FORMAT})?")
+    shape = config["shape"]
+    if not (isinstance(shape, (list, tuple)) and len(shape) >= 1
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+        raise ModelError(f"model config: 'shape' must be a list of positive integers (the per-sample shape); got {shape!r}")
     return make_network(config["arch"], config["shape"], config.get("arch_kwargs"))
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise ModelError(f"output path {path!r}: directory {directory!r} does not exist")
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise ModelError(f"output path {path!r}: could not write ({e})") from e
+    atomic_write(path, write_bytes_synced(data), ModelError)
 
 
 def save_model(prefix: str, params, config: dict) -> tuple[str, str]:
@@ -411,7 +414,19 @@ def params_from_bytes(blob: bytes, config: dict, where: str):
     if not isinstance(state, dict):
         raise ModelError(f"{where} is corrupt: it holds {type(state).__name__}, not a parameter tree")
     check_same_architecture(param_shapes(net, config["shape"]), leaf_shapes(state), where)
+    check_params_finite(state, where)
     return jax.tree_util.tree_map(jnp.asarray, state)
+
+
+def check_params_finite(params, where: str) -> None:
+    """Raise ``ModelError`` naming the first parameter with NaN/inf entries (a damaged file or checkpoint
+    would otherwise load and then make every solve fail or run to max_steps)."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        a = np.asarray(leaf)
+        if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+            raise ModelError(f"{where} is corrupt: parameter {jax.tree_util.keystr(path)} holds "
+                             f"{int((~np.isfinite(a)).sum())} non-finite values (NaN or inf); re-export or "
+                             f"re-download the model")
 
 
 def load_model_files(prefix: str) -> TrainedModel:
@@ -432,13 +447,36 @@ def load_model(name_or_path: str, *, compute_dtype=None) -> TrainedModel:
     ``compute_dtype`` (e.g. ``jnp.bfloat16``): run the network in that dtype while the solver state and the
     log-density stay in the caller's precision (``TrainedModel.with_compute_dtype``); default float32."""
     model = _load_model(name_or_path)
+    if compute_dtype is not None and not isinstance(model, TrainedModel):
+        raise ModelError(f"compute_dtype: only dgjax-trained models support it; {name_or_path!r} does not")
     return model if compute_dtype is None else model.with_compute_dtype(compute_dtype)
+
+
+_RUN_LOADERS: list = []
+"""Readers of model directories that hold no model.msgpack; ``dgjax.training`` adds ``load_run`` on import,
+so the models layer never imports the training layer above it (docs/ARCHITECTURE.md)."""
+
+
+def register_run_loader(loader) -> None:
+    """Let ``load_model(directory)`` read a directory without model.msgpack with ``loader(path)``."""
+    if loader not in _RUN_LOADERS:
+        _RUN_LOADERS.append(loader)
 
 
 def _load_model(name_or_path: str) -> TrainedModel:
     if isinstance(name_or_path, TrainedModel):
         return name_or_path
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ModelError(f"load_model: expected a shipped model name {SHIPPED_MODELS}, a NAME.msgpack path or a run "
+                         f"directory; got {name_or_path!r}")
     s = os.fspath(name_or_path)
+    if s.startswith("galaxies-") and not os.path.exists(s):  # galaxygrad's pretrained networks (dgjax.galaxies)
+        from .galaxies import load_galaxy_model
+
+        try:
+            return load_galaxy_model(s)
+        except ImportError as e:  # galaxygrad missing or another version
+            raise ModelError(str(e)) from e
     if s in SHIPPED_MODELS and not os.path.exists(s):
         prefix = os.path.join(WEIGHTS_DIR, s)
         if not os.path.exists(prefix + ".msgpack"):
@@ -454,7 +492,6 @@ def _load_model(name_or_path: str) -> TrainedModel:
     if os.path.isdir(s):
         if os.path.exists(os.path.join(s, "model.msgpack")):
             return load_model_files(os.path.join(s, "model"))
-        from .training import load_run
-
-        return load_run(s)
+        if _RUN_LOADERS:  # a training run directory (dgjax.training registers its reader: imports go one way)
+            return _RUN_LOADERS[0](s)
     raise ModelError(f"unknown model {s!r}: not a shipped model {SHIPPED_MODELS} and no such file or directory")

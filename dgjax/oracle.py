@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
-from ._checks import check_param
+from ._checks import check_finite, check_param
 
 Array = jax.Array
 
@@ -59,6 +59,7 @@ class GaussianMixture(eqx.Module):
             variances = jnp.broadcast_to(jnp.reshape(variances, (k,) + (1,) * (means.ndim - 1)), means.shape)
         check_param(variances.shape == means.shape, "variances",
                     f"must have shape (K,) or {means.shape} like means; got {variances.shape}")
+        means = check_finite(means, "means")  # a NaN mean would make every score and log p NaN
         if not isinstance(weights, jax.core.Tracer):
             check_param(bool(jnp.all(weights > 0)), "weights", "must all be positive")
         if not isinstance(variances, jax.core.Tracer):
@@ -169,7 +170,7 @@ class GaussianMixture(eqx.Module):
         lap = self.laplacian(process)
 
         def fn(x, t):
-            _, _, f, g2 = process.coefficients(jnp.asarray(t, dtype=x.dtype))
+            _, _, f, g2 = process.coefficients_like(t, x)
             return f * self.dim - 0.5 * g2 * lap(x, t)
 
         return fn

@@ -49,6 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ._checks import all_finite, check_batch, check_finite, deferred_errors, raise_if_not_finite
+
 __all__ = ["batch_sharding", "shard_batch", "pad_batch", "host_slice", "host_local_batch", "sample_sharded",
            "log_likelihood_sharded", "score_alignment_sharded"]
 
@@ -83,6 +85,29 @@ def pad_batch(x, n_to: int):
     if n_to == n:
         return x
     return jnp.concatenate([x, jnp.broadcast_to(x[-1:], (n_to - n,) + x.shape[1:])], axis=0)
+
+
+def map_chunks(fn: Callable, x, batch: int, key, *extra, pad: bool = False, fold: str = "offset",
+               on_chunk: Callable | None = None):
+    """Apply ``fn(x_chunk, *extra, key_chunk) -> array or tuple of (n, ...) arrays`` over chunks of ``batch``
+    rows of ``x`` and concatenate the results as numpy arrays (a tuple when ``fn`` returns one).
+
+    key_chunk = ``fold_in(key, offset)`` (``fold="offset"``: the chunk's first row) or ``fold_in(key, i)``
+    (``fold="index"``: its index). ``pad=True`` pads the last chunk to ``batch`` rows (``pad_batch``), so
+    every call has one shape and one compiled program; padded rows are dropped. ``on_chunk()`` runs after
+    each chunk (e.g. a progress bar)."""
+    outs = []
+    for i, lo in enumerate(range(0, len(x), batch)):
+        chunk = jnp.asarray(x[lo:lo + batch])
+        m = chunk.shape[0]
+        res = fn(pad_batch(chunk, batch) if pad else chunk, *extra,
+                 jax.random.fold_in(key, lo if fold == "offset" else i))
+        res = res if isinstance(res, tuple) else (res,)
+        outs.append(tuple(np.asarray(r)[:m] for r in res))
+        if on_chunk is not None:
+            on_chunk()
+    cat = tuple(np.concatenate([o[j] for o in outs]) for j in range(len(outs[0])))
+    return cat if len(cat) > 1 else cat[0]
 
 
 def shard_batch(x, devices: Sequence | None = None, *, pad: bool = False, name: str = "x"):
@@ -160,30 +185,45 @@ def _batch_constrained(score: Callable, sharding: NamedSharding) -> Callable:
 
 @eqx.filter_jit
 def _sample_program(score, process, x_T, options, sharding):
-    from .samplers import sample
+    from .sampling.sample import sample
 
     x_T = jax.lax.with_sharding_constraint(x_T, sharding)
-    return sample(_batch_constrained(score, sharding), process, x_T, **options)
+    out = sample(_batch_constrained(score, sharding), process, x_T, **options)
+    return out, all_finite(out)
 
 
 @eqx.filter_jit
 def _likelihood_program(score, process, x0, options, sharding):
     from .likelihood import log_likelihood
 
-    return log_likelihood(_batch_constrained(score, sharding), process, x0, **options)
+    out = log_likelihood(_batch_constrained(score, sharding), process, x0, **options)
+    return out, all_finite(out)
 
 
 @eqx.filter_jit
 def _alignment_program(score, process, x_T, t_end, options, sharding):
     from .alignment import score_alignment
 
-    return score_alignment(_batch_constrained(score, sharding), process, x_T, t_end, **options)
+    out = score_alignment(_batch_constrained(score, sharding), process, x_T, t_end, **options)
+    return out, all_finite(out)
 
 
 def _prepare(x, devices, pad: bool, name: str):
-    """(x sharded (and padded), N, padded N)."""
+    """(x sharded (and padded), N, padded N); x is checked here, where its values are concrete."""
+    if not isinstance(x, jax.core.Tracer):
+        check_finite(check_batch(jnp.asarray(x) if not isinstance(x, jax.Array) else x, name), name)
     xs = shard_batch(x, devices, pad=pad, name=name)
     return xs, int(np.shape(x)[0]), xs.shape[0]
+
+
+def _run(program, where: str, sharding, *args):
+    """Run a sharded program; on several devices its run-time checks are deferred (``_checks.deferred_errors``)
+    and a failed one is raised here, on every process, instead of aborting the program."""
+    n_dev = sharding.mesh.size
+    with deferred_errors(n_dev > 1):
+        out, ok = program(*args)
+    raise_if_not_finite(ok, where, n_dev)
+    return out
 
 
 def _pad_per_sample(v, n: int, n_pad: int, devices):
@@ -231,7 +271,8 @@ def sample_sharded(score: Callable, process, x_T, *, devices: Sequence | None = 
     kwargs["sampler"] = _pad_sampler(kwargs.get("sampler"), n, n_pad)
     if "logp_T" in kwargs:
         kwargs["logp_T"] = _pad_per_sample(kwargs["logp_T"], n, n_pad, devices)
-    return _trim(_sample_program(score, process, x, kwargs, x.sharding), n, n_pad)
+    return _trim(_run(_sample_program, "dg.sample_sharded", x.sharding, score, process, x, kwargs, x.sharding),
+                 n, n_pad)
 
 
 def log_likelihood_sharded(score: Callable, process, x0, *, devices: Sequence | None = None, pad: bool = False,
@@ -239,7 +280,8 @@ def log_likelihood_sharded(score: Callable, process, x0, *, devices: Sequence | 
     """``dg.log_likelihood`` data-parallel over ``devices``; arguments and padding as ``sample_sharded``.
     Returns a ``dg.Likelihood`` (logp, logp_stderr, x_T, logp_T per sample; nfe)."""
     x, n, n_pad = _prepare(x0, devices, pad, "x0")
-    return _trim(_likelihood_program(score, process, x, kwargs, x.sharding), n, n_pad)
+    return _trim(_run(_likelihood_program, "dg.log_likelihood_sharded", x.sharding, score, process, x, kwargs,
+                      x.sharding), n, n_pad)
 
 
 def score_alignment_sharded(score: Callable, process, x_T, t_end, *, devices: Sequence | None = None,
@@ -250,7 +292,8 @@ def score_alignment_sharded(score: Callable, process, x_T, t_end, *, devices: Se
     x, n, n_pad = _prepare(x_T, devices, pad, "x_T")
     if "w_T" in kwargs:
         kwargs["w_T"] = _pad_per_sample(kwargs["w_T"], n, n_pad, devices)
-    out = _trim(_alignment_program(score, process, x, t_end, kwargs, x.sharding), n, n_pad)
+    out = _trim(_run(_alignment_program, "dg.score_alignment_sharded", x.sharding, score, process, x, t_end, kwargs,
+                     x.sharding), n, n_pad)
     if n_pad != n and kwargs.get("return_details", False):
         out = eqx.tree_at(lambda a: a.aligned_fraction, out, jnp.mean(out.value > 0))
     return out

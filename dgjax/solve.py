@@ -9,17 +9,44 @@ diffrax's step statistics so that NFE can be reported.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import diffrax as dfx
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_param
+from ._checks import check_int, check_param
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-5
 DEFAULT_MAX_STEPS = 16384
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveOptions:
+    """How to integrate, in one immutable object (what ``dg.sample`` and friends forward to diffrax).
+
+    solver: a diffrax solver (None: the caller's default, e.g. Tsit5 for ODEs, Euler for Ito SDEs).
+    steps: number of constant steps; or rtol/atol for the adaptive PID controller (default adaptive,
+      rtol = atol = 1e-5). adjoint: a diffrax adjoint (None: diffrax's default). max_steps: the solve's
+      step bound (None: ``steps`` for constant steps, 16384 for adaptive ones).
+    grid: where the constant steps go (``dgjax.grids``): "t", "log_snr", "edm", an array of times, or None
+      (the process's ``default_grid`` when ``steps`` is given). Samplers resolve a named grid against the
+      process (``grids.plan``) and hand ``solve_term`` the times, which diffrax steps to exactly (``StepTo``).
+    To add an option: add a field here (with a default) and read it in ``solve_term``.
+    """
+
+    solver: Any = None
+    steps: Any = None
+    rtol: float | None = None
+    atol: float | None = None
+    adjoint: Any = None
+    max_steps: int | None = None
+    grid: Any = None
+
+    def replace(self, **changes) -> "SolveOptions":
+        return dataclasses.replace(self, **changes)
 
 
 def leafwise_rms_norm(y) -> jax.Array:
@@ -39,11 +66,12 @@ def controller(steps: int | None, rtol: float | None, atol: float | None, t0: fl
     if steps is not None:
         if isinstance(steps, jax.core.Tracer):  # a traced step count: the caller bounds it with max_steps
             return dfx.ConstantStepSize(), (t1 - t0) / steps, None
-        check_param(isinstance(steps, int) and steps >= 1, "steps", f"must be an integer >= 1; got {steps!r}")
+        steps = check_int(steps, "steps")  # not a bool, not a float (True and 2.5 are no step counts)
         return dfx.ConstantStepSize(), (t1 - t0) / steps, steps
     rtol = DEFAULT_RTOL if rtol is None else rtol
     atol = DEFAULT_ATOL if atol is None else atol
-    check_param(rtol > 0 and atol > 0, "rtol", f"rtol and atol must be positive; got {rtol}, {atol}")
+    check_param(0 < rtol < float("inf") and 0 < atol < float("inf"), "rtol",
+                f"rtol and atol must be finite positive numbers; got {rtol}, {atol}")
     return dfx.PIDController(rtol=rtol, atol=atol, norm=leafwise_rms_norm), None, DEFAULT_MAX_STEPS
 
 
@@ -67,20 +95,39 @@ def vf_evals_per_solve(solver, num_steps) -> jax.Array:
     return jnp.asarray(-1)
 
 
-def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, solver=None, steps: int | None = None,
-               rtol: float | None = None, atol: float | None = None, adjoint=None, max_steps: int | None = None):
+def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, options: SolveOptions | None = None,
+               **kwargs):
     """One ``diffrax.diffeqsolve`` of ``term`` from t0 to t1 with dgjax's controller choice.
 
-    Returns (y1, num_vf_evals, stats) with stats diffrax's statistics dictionary.
+    ``options`` (a ``SolveOptions``) or its fields as keyword arguments (solver, steps, rtol, atol, adjoint,
+    max_steps, grid; keywords override ``options``). ``grid`` here is None, "t" (uniform constant steps) or
+    the times to step to (from ``dgjax.grids``), t0 first and t1 last. Returns (y1, num_vf_evals, stats) with stats diffrax's
+    statistics dictionary.
     """
+    options = (SolveOptions() if options is None else options).replace(**kwargs)
+    solver, steps, rtol, atol = options.solver, options.steps, options.rtol, options.atol
+    adjoint, max_steps = options.adjoint, options.max_steps
     solver = dfx.Tsit5() if solver is None else solver
-    ctrl, dt0, default_max = controller(steps, rtol, atol, t0, t1)
     # time in the state's precision: diffrax promotes the state to the time dtype (float64 under x64)
     tdtype = jax.tree_util.tree_leaves(y0)[0].dtype
+    ts = None if isinstance(options.grid, str) and options.grid == "t" else options.grid
+    if isinstance(ts, str):
+        raise ValueError(f"grid: the named grid {ts!r} needs the process; resolve it to times with "
+                         f"dgjax.grids.step_times (dg.sample and friends do) before calling solve")
+    if ts is not None:
+        if steps is not None or rtol is not None or atol is not None:
+            raise ValueError("grid: a grid of times fixes the steps; do not also pass steps or rtol/atol to solve")
+        ts = jnp.asarray(ts, tdtype)
+        ctrl, dt0, default_max = dfx.StepTo(ts), None, int(ts.shape[0]) - 1
+        t0, t1 = ts[0], ts[-1]
+    else:
+        ctrl, dt0, default_max = controller(steps, rtol, atol, t0, t1)
     t0, t1 = jnp.asarray(t0, tdtype), jnp.asarray(t1, tdtype)
     dt0 = None if dt0 is None else jnp.asarray(dt0, tdtype)
     if default_max is None and max_steps is None:
         raise ValueError("max_steps: a traced number of constant steps needs a static max_steps bound")
+    if max_steps is not None:
+        check_int(max_steps, "max_steps")
     kwargs = {} if adjoint is None else {"adjoint": adjoint}
     sol = dfx.diffeqsolve(
         term, solver, t0=t0, t1=t1, dt0=dt0, y0=y0, args=args, stepsize_controller=ctrl,
@@ -96,3 +143,9 @@ def solve(vector_field: Callable, y0: Any, t0: float, t1: float, **kwargs):
     Keyword arguments as ``solve_term``; returns (y1, num_vf_evals, stats).
     """
     return solve_term(dfx.ODETerm(vector_field), y0, t0, t1, **kwargs)
+
+
+def add_nfe(total, evals, per_eval):
+    """``total + per_eval * evals`` score evaluations, or -1 once either count is unknown (-1)."""
+    total, evals = jnp.asarray(total), jnp.asarray(evals)
+    return jnp.where((evals < 0) | (total < 0), -1, total + per_eval * evals)

@@ -57,9 +57,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ._io import atomic_write, leaf_shapes, write_bytes_synced
 from .data import load_dataset
 from .models import (ArchitectureMismatch, ModelError, TrainedModel, check_same_architecture, init_params,
-                     make_network, num_params, param_shapes, process_to_config, save_model)
+                     make_network, num_params, param_shapes, process_to_config, register_run_loader, save_model)
 from .processes import VP
 
 WEIGHTINGS = ("likelihood", "sigmoid")
@@ -283,10 +284,9 @@ def make_evaluator(net, mcfg: dict, offset_bits: float, rtol: float):
 
 
 def heldout_bits_per_dim(evaluate, params, x, key, chunk: int = 64):
-    out = []
-    for i in range(0, len(x), chunk):
-        out.append(np.asarray(evaluate(params, jnp.asarray(x[i:i + chunk]), jax.random.fold_in(key, i))))
-    v = np.concatenate(out)
+    from .parallel import map_chunks
+
+    v = map_chunks(lambda xc, k: evaluate(params, xc, k), x, chunk, key)
     return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
 
 
@@ -317,6 +317,16 @@ def _from_saveable(saved, template) -> dict:
             "hist": fresh(saved["hist"], template["hist"])}
 
 
+def state_checksum(state) -> str:
+    """sha256 over the bytes of every leaf of the training state (params, EMA, optimizer, histogram, step)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(_to_saveable(state)):
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()
+
+
 class Checkpoints:
     """The orbax checkpoints of a run: ``RUN/checkpoints/STEP``, the last ``keep`` kept."""
 
@@ -345,10 +355,16 @@ class Checkpoints:
     def all_steps(self):
         return list(self.manager.all_steps())
 
+    def _checksum_path(self, step: int) -> str:
+        return os.path.join(os.path.dirname(self.directory), "checksums", f"{step}.sha256")
+
     def save(self, state) -> None:
         step = int(state["step"])
         self.manager.save(step, args=self._ocp.args.StandardSave(_to_saveable(state)), force=True)
         self.manager.wait_until_finished()
+        # a checksum beside the checkpoint: finite corruption (a flipped mantissa bit) is caught on restore
+        os.makedirs(os.path.dirname(self._checksum_path(step)), exist_ok=True)
+        atomic_write(self._checksum_path(step), write_bytes_synced((state_checksum(state) + "\n").encode()))
 
     def stored_param_shapes(self, step: int) -> dict:
         where = f"checkpoint {os.path.join(self.directory, str(step))!r}"
@@ -361,8 +377,7 @@ class Checkpoints:
         tree = getattr(meta, "tree", meta)
         if not isinstance(tree, dict) or "params" not in tree:
             raise ModelError(f"{where} is corrupt or not a dgjax training checkpoint (no 'params' entry)")
-        return {jax.tree_util.keystr(p): tuple(v.shape)
-                for p, v in jax.tree_util.tree_leaves_with_path(tree["params"])}
+        return leaf_shapes(tree["params"])
 
     def restore(self, template, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step
@@ -370,10 +385,12 @@ class Checkpoints:
             raise ModelError(f"no checkpoint in {self.directory!r}")
         where = f"checkpoint {os.path.join(self.directory, str(step))!r}"
         check_same_architecture(
-            {jax.tree_util.keystr(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(template["params"])},
+            leaf_shapes(template["params"]),
             self.stored_param_shapes(step), where)
-        target = jax.tree_util.tree_map(lambda v: jax.ShapeDtypeStruct(np.shape(v), jnp.asarray(v).dtype),
-                                        _to_saveable(template))
+        # the template may be abstract (jax.eval_shape in load_run): take shape and dtype without converting it
+        target = jax.tree_util.tree_map(
+            lambda v: jax.ShapeDtypeStruct(np.shape(v), v.dtype if hasattr(v, "dtype") else jnp.asarray(v).dtype),
+            _to_saveable(template))
         try:
             saved = self.manager.restore(step, args=self._ocp.args.StandardRestore(target))
         except Exception as e:
@@ -385,6 +402,15 @@ class Checkpoints:
                if not all(np.isfinite(np.asarray(a)).all() for a in jax.tree_util.tree_leaves(v))]
         if bad:
             raise ModelError(f"{where} is corrupt: {bad} hold non-finite values")
+        try:
+            with open(self._checksum_path(step)) as fh:
+                expected = fh.read().strip()
+        except FileNotFoundError:  # a checkpoint written before checksums were kept
+            expected = None
+        if expected is not None and expected != state_checksum(state):
+            raise ModelError(f"{where} is corrupt: its contents differ from the checksum written when it was saved "
+                             f"({self._checksum_path(step)!r}). Delete that step's folder to resume from an earlier "
+                             f"checkpoint.")
         return state
 
     def close(self):
@@ -395,11 +421,12 @@ class Checkpoints:
 # runs
 # ------------------------------------------------------------------------------------------------------
 def _write_json(path: str, obj) -> None:
-    tmp = path + f".tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=1, sort_keys=True)
+            fh.write("\n")
+
+    atomic_write(path, write)
 
 
 def _read_run_config(run_dir: str) -> TrainConfig:
@@ -455,10 +482,87 @@ def load_run(run_dir: str, step: int | None = None, ema: bool = True) -> Trained
     return TrainedModel(net, state["ema_params" if ema else "params"], mcfg)
 
 
+register_run_loader(load_run)  # dg.load_model(run_dir) reads training runs (models cannot import training)
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped by SIGTERM/SIGINT after saving a checkpoint (``step``); resume with ``resume=True``."""
+
+    def __init__(self, signum: int, step: int, saved: bool):
+        self.signum, self.step, self.saved = signum, step, saved
+        where = "a checkpoint was saved at step" if saved else "no run directory, nothing saved; stopped at step"
+        super().__init__(f"training interrupted by signal {signum}: {where} {step}"
+                         + ("; continue it with --resume" if saved else ""))
+
+
+class _StopOnSignal:
+    """While active (main thread only), SIGTERM and SIGINT set ``signum`` instead of killing the process: the
+    training loop finishes its step, saves a checkpoint and raises ``TrainingInterrupted``."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+class _RunLock:
+    """An exclusive ``flock`` on RUN/.lock for the whole run: a second process training into the same run
+    directory (fresh or ``--resume``) is refused at once instead of colliding inside orbax."""
+
+    def __init__(self, run_dir: str | None):
+        self.run_dir, self.fh = run_dir, None
+
+    def __enter__(self):
+        if self.run_dir is None:
+            return self
+        import fcntl
+
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+            self.fh = open(os.path.join(self.run_dir, ".lock"), "a")
+        except OSError as e:
+            raise ValueError(f"output directory {self.run_dir!r} is not writable: {e}") from e
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.fh.close()
+            self.fh = None
+            raise ValueError(f"{self.run_dir!r} is in use by another training process (it holds RUN/.lock); wait "
+                             f"for it to finish or choose another output directory") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fh is not None:
+            self.fh.close()  # releases the flock
+        return False
+
+
 def train(cfg: TrainConfig, run_dir: str | None = None, *, resume: bool = False, progress: bool = True,
           callback: Callable | None = None, name: str = "model", command: str | None = None,
           export: bool = True, final_eval: bool = True, out=None) -> TrainResult:
     """Train a score network; see the module docstring.
+
+    The settings (and the network they build) are checked before anything is written; the run directory
+    is locked for the run; SIGTERM/SIGINT save a checkpoint after the current step and raise
+    ``TrainingInterrupted``.
 
     Args:
       cfg: the settings (``TrainConfig``).
@@ -470,6 +574,22 @@ def train(cfg: TrainConfig, run_dir: str | None = None, *, resume: bool = False,
       name: the model's name in the exported config; command: the command line recorded there.
     """
     cfg.validate()
+    ds = load_dataset(cfg.data, **cfg.data_kwargs)
+    try:  # build the network abstractly: a bad setting fails here, before anything is written
+        net = make_network(cfg.arch, ds.shape, cfg.arch_kwargs)
+        jax.eval_shape(lambda: init_state(cfg, net, ds.shape, make_optimizer(cfg)))
+    except Exception as e:
+        raise ValueError(f"the network settings {cfg.arch}: {cfg.arch_kwargs} do not build a network for data of "
+                         f"shape {ds.shape} ({type(e).__name__}: {e}); fix them (e.g. --channels >= 1)") from e
+    run_dir = None if run_dir is None else os.path.abspath(run_dir)
+    with _RunLock(run_dir), _StopOnSignal() as stop:
+        return _train(cfg, run_dir, resume=resume, progress=progress, callback=callback, name=name, command=command,
+                      export=export, final_eval=final_eval, out=out, stop=stop)
+
+
+def _train(cfg: TrainConfig, run_dir, *, resume, progress, callback, name, command, export, final_eval, out,
+           stop) -> TrainResult:
+    """The body of ``train`` (run directory locked, signals caught)."""
     out = sys.stderr if out is None else out
     ds = load_dataset(cfg.data, **cfg.data_kwargs)
     shape = ds.shape
@@ -555,6 +675,10 @@ def train(cfg: TrainConfig, run_dir: str | None = None, *, resume: bool = False,
                 bar.update(1)
             if callback is not None:
                 callback(done, state, metrics)
+            if stop.signum is not None and done != cfg.steps:
+                if ckpts is not None and done % cfg.ckpt_every != 0:
+                    ckpts.save(state)
+                raise TrainingInterrupted(stop.signum, done, ckpts is not None)
     finally:
         if bar is not None:
             bar.close()

@@ -70,13 +70,14 @@ def main(argv=None) -> dict:
     grids = {"dg": [x_ref[:cols]], "pg": [x_ref[:cols]]}
     x_med = C.median_latents(model, x_T)
     import dgjax as dg
+    from dgjax.sampling import log_density_shift
 
     for method in ("dg", "pg"):
         for j, q in enumerate(cfg["q"]):
             stream = (10 if method == "dg" else 20) + j
             if method == "dg":
                 lat, q_run = x_med, q
-                shift = float(dg.DensityGuidance(q).log_density_shift(model.process, model.dim))
+                shift = float(log_density_shift(model.process, q, model.dim))
             else:
                 lat, q_run, shift = dg.prior_guidance(model.process, x_T, q), 0.5, float("nan")
             try:

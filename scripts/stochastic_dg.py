@@ -81,6 +81,7 @@ def main(argv=None) -> dict:
     import jax.numpy as jnp
 
     import dgjax as dg
+    from dgjax.sampling import log_density_shift
 
     L, R, b = cfg["num"], cfg["draws"], cfg["batch"]
     ekw = dict(steps=cfg["encode_steps"], probes=cfg["encode_probes"], batch=b)
@@ -98,7 +99,7 @@ def main(argv=None) -> dict:
         ode[q] = (x, tr, enc)
         rows.append(dict(config="dg_ode", window="none", form="", q=q, n=L, mean_logp_tracked=tr.mean(),
                          mean_logp=enc.mean(), std_logp=enc.std(),
-                         shift_prescribed=float(dg.DensityGuidance(q).log_density_shift(model.process, model.dim))))
+                         shift_prescribed=float(log_density_shift(model.process, q, model.dim))))
         per_sample += [dict(config="dg_ode", window="none", form="", q=q, latent=i, draw=0, logp_tracked=tr[i],
                             logp=enc[i]) for i in range(L)]
         run.log(f"DG-ODE q={q:g}: mean log p {enc.mean():9.2f} (tracked {tr.mean():9.2f})")

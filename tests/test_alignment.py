@@ -255,15 +255,21 @@ def test_bad_inputs():
         dg.score_alignment(score, process, x_T, T_END, steps=4, rtol=1e-3)
 
 
-@pytest.mark.slow  # 43 s on the shared 2-core machine (three compiles of the second-order field)
-def test_probes_redrawn_by_default_under_constant_steps():
-    """Default (issue 14): fresh probes at every step when the steps are constant, one fixed draw for
-    adaptive solves (redraw_probes=True raises there: test_errors below); the default equals the explicit
-    redraw and differs from fixed probes."""
-    process, _, score, x_T = _setup(8, 4, jnp.float32, k=3)
-    kw = dict(score_free=True, key=jax.random.key(3))
-    run = lambda **k: dg.score_alignment(score, process, x_T, T_END, **kw, **k)  # noqa: E731
-    const = dict(steps=8, solver=dfx.Heun())
-    default, redrawn, fixed = run(**const), run(redraw_probes=True, **const), run(redraw_probes=False, **const)
-    np.testing.assert_array_equal(default, redrawn)
-    assert float(jnp.max(jnp.abs(default - fixed))) > 0
+def test_default_probe_redraw_follows_the_measured_rule():
+    """Default redraw_probes (issue 14, measured in score_alignment's docstring): with constant Euler steps
+    fresh probes per step beat fixed ones (the docstring's setting: oracle, D = 64, 64 latents, one probe,
+    Euler x 192: median error against the score form 0.17% vs 0.72%, correlation 0.995 vs 0.866), so the
+    default redraws; with Tsit5 (mixed figures) the default holds the probes fixed."""
+    process = dg.VP()
+    gm = dg.random_mixture(jax.random.key(0), 5, (64,))
+    score = gm.score(process)
+    x_T = process.prior_sample(jax.random.key(1), (64, 64))
+    ref = dg.score_alignment(score, process, x_T, 0.3, steps=64)
+    run = lambda solver, steps, redraw: dg.score_alignment(  # noqa: E731
+        score, process, x_T, 0.3, steps=steps, solver=solver, score_free=True, key=jax.random.key(2),
+        redraw_probes=redraw)
+    med = lambda v: float(jnp.median(jnp.abs(v - ref) / jnp.abs(ref)))  # noqa: E731
+    euler_default, euler_fixed = run(dfx.Euler(), 192, None), run(dfx.Euler(), 192, False)
+    assert med(euler_default) < 0.5 * med(euler_fixed)
+    assert _corr(euler_default, ref) > _corr(euler_fixed, ref)
+    np.testing.assert_array_equal(run(dfx.Tsit5(), 8, None), run(dfx.Tsit5(), 8, False))

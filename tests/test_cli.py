@@ -30,11 +30,11 @@ def test_sample_writes_a_valid_png_grid_and_a_table(tmp_path, capsys):
     from PIL import Image
 
     out = tmp_path / "grid.png"
-    assert main(["sample", "--steps", "2", "--num", "3", "--q", "0.3", "0.5", "--out", str(out), "--scale", "2",
+    assert main(["sample", "--steps", "8", "--num", "3", "--q", "0.5", "0.6", "--out", str(out), "--scale", "2",
                  "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "mean log p" in text and "digits" in text
-    rows = [line.split() for line in text.splitlines() if line.strip().startswith(("0.3 ", "0.5 "))]
+    rows = [line.split() for line in text.splitlines() if line.strip().startswith(("0.5 ", "0.6 "))]
     assert len(rows) == 2 and all(len(r) == 7 for r in rows)
     assert all(float(r[1]) == float(r[1]) for r in rows)   # finite numbers, not 'infeasible'
     img = Image.open(out)
@@ -66,6 +66,11 @@ def test_train_then_likelihood_and_align_on_a_toy_set(tmp_path, capsys):
     assert os.path.exists(os.path.join(run, "model.msgpack"))
     assert main(["likelihood", "--model", run, "--num", "8", "--rtol", "1e-2", "--no-progress"]) == 0
     assert "bits/dim" in capsys.readouterr().out
+    assert main(["likelihood", "--model", run, "--num", "8", "--method", "sde", "--steps", "10", "--no-progress"]) == 0
+    assert "forward-SDE encoder" in capsys.readouterr().out
+    assert main(["likelihood", "--model", run, "--num", "8", "--method", "elbo", "--num-samples", "4",
+                 "--no-progress"]) == 0
+    assert "ELBO" in capsys.readouterr().out
     assert main(["align", "--model", run, "--num", "4", "--steps", "4", "--no-progress"]) == 0
     assert "aligned fraction" in capsys.readouterr().out
     # a second train into the same directory without --resume is refused

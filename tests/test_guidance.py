@@ -501,3 +501,15 @@ def test_rate_with_wrong_shape_raises(bad_rate):
 def test_rate_not_callable_raises():
     with pytest.raises(ValueError, match="rate"):
         dg.DensityGuidance(rate=0.3)
+
+
+def test_traced_chi_radius_matches_scipy_in_both_tails(x64):
+    """The traced chi quantile (optimistix Newton) equals scipy's chi.ppf, far into both tails and in low
+    and high dimension, and its gradient in p is 1 / pdf (implicit function theorem)."""
+    from dgjax.sampling.guidance import _chi_ppf_jax
+
+    p = np.array([1e-6, 1e-4, 0.1, 0.5, 0.9, 0.9999, 1 - 1e-7])
+    for dim in (3, 3072):
+        r, g = jax.jit(lambda q: (_chi_ppf_jax(q, dim), jax.grad(lambda q0: _chi_ppf_jax(q0, dim))(q[2])))(p)
+        np.testing.assert_allclose(np.asarray(r), stats.chi.ppf(p, dim), rtol=1e-10)
+        np.testing.assert_allclose(float(g), 1.0 / stats.chi.pdf(stats.chi.ppf(p[2], dim), dim), rtol=1e-8)

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -110,8 +111,26 @@ def test_stochastic_dg(run_script):
     assert {"grid_early_published.png", "grid_late_published.png", "grid_early_exact.png"} <= names
 
 
+@pytest.mark.slow  # mode tracking on the UNet: minutes on 2 shared cores even in quick mode
+def test_denoising(run_script):
+    summary, out = run_script("denoising")
+    check_files(summary, out)
+    h = summary["headline"]
+    assert all(np.isfinite(v) for v in h["mean_logp"] + h["hd_logp"])
+    assert all(d >= 0 for d in h["hd_mode_rel_dist"] if d is not None)
+
+
+def test_three_densities(run_script):
+    summary, out = run_script("three_densities")
+    check_files(summary, out)
+    h = summary["headline"]
+    assert all(np.isfinite(h[k]) for k in ("r0_bpd", "ode_bpd", "elbo_bpd"))
+    assert 0.0 <= h["frac_paper_order"] <= 1.0
+
+
 @pytest.mark.parametrize("name,argv", [("logp_vs_q", ["--no-such-flag"]), ("logp_vs_q", ["--q", "1.5"]),
-                                       ("stochastic_dg", ["--q", "0"]), ("high_density", ["--t-switch", "2"])])
+                                       ("stochastic_dg", ["--q", "0"]), ("high_density", ["--t-switch", "2"]),
+                                       ("denoising", ["--t", "0"])])
 def test_bad_arguments_are_rejected(run_script, name, argv, capsys):
     with pytest.raises(SystemExit) as e:
         importlib.import_module(name).main(argv)

@@ -1,0 +1,136 @@
+"""Denoising a noisy x_t: posterior mean, sample, high-density approximation and the exact posterior
+mode by the mode-tracking ODE (MATH.md section 9; Cartoonists, Thm 5 and Fig. 1).
+
+``dg.denoise`` picks the method: the posterior mean (Tweedie), the mode-tracking ODE (``dg.ModeTracking``,
+``dgjax.sampling.mode``, where the mode's ODE is derived), the HD-ODE (MATH 5; the mode's approximation,
+exact when p_0 is Gaussian) or a posterior sample (PF-ODE or reverse SDE), all through ``dg.sample``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from . import dynamics as dyn
+from ._checks import bcast, check_batch, check_finite, check_param, check_time, is_concrete
+from .divergence import Hutchinson
+from .sampling.base import Sample
+from .sampling.guidance import HighDensity
+from .sampling.mode import ModeTracking
+from .sampling.ode import PFODE
+from .sampling.sample import sample
+from .sampling.sde import ReverseSDE
+from .solve import solve
+
+Array = jax.Array
+
+METHODS = ("mean", "mode", "hd", "sample")
+
+
+# ------------------------------------------------------------------------------------------------------
+# pure functions
+# ------------------------------------------------------------------------------------------------------
+def add_noise(process, x_0, t, key):
+    """x_t ~ p(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I) (MATH 1).
+
+    Args: x_0 (N, *shape); t scalar or (N,) in [t_min, t_max]; key a PRNG key. Returns x_t like x_0.
+    """
+    x_0 = check_finite(check_batch(x_0, "x_0"), "x_0")
+    if key is None:
+        raise ValueError("key: add_noise needs a PRNG key (key=jax.random.key(...))")
+    t = check_time(process, jnp.asarray(t, x_0.dtype), "t")
+    if t.ndim > 1 or (t.ndim == 1 and t.shape != (x_0.shape[0],)):
+        raise ValueError(f"t: must be a scalar or shape ({x_0.shape[0]},); got {t.shape}")
+    eps = jax.random.normal(key, x_0.shape, x_0.dtype)
+    return bcast(process.alpha(t), x_0) * x_0 + bcast(process.sigma(t), x_0) * eps
+
+
+def posterior_mean(score: Callable, process, x_t, t):
+    """Tweedie: ``E[x_0 | x_t] = (x_t + sigma_t^2 s(x_t, t)) / alpha_t`` (MATH 9); one score evaluation.
+
+    x_t (N, *shape), t scalar or (N,). Returns (N, *shape).
+    """
+    x_t = check_finite(check_batch(x_t, "x_t"), "x_t")
+    t = check_time(process, jnp.asarray(t, x_t.dtype), "t")
+    s = score(x_t, t)
+    return (x_t + bcast(process.sigma(t) ** 2, x_t) * s) / bcast(process.alpha(t), x_t)
+
+
+# ------------------------------------------------------------------------------------------------------
+# dg.denoise
+# ------------------------------------------------------------------------------------------------------
+def _logp_at(score, process, x, t, divergence, key, solver, steps, rtol, atol):
+    """log p_t(x) by PF-ODE encoding from t to t_max (MATH 4): log p_T(x_T) + int_t^T div u."""
+    probes = divergence.draw(key, x)
+    p = 1 if probes is None else probes.shape[0]
+
+    def vf(tt, y, probes):
+        return dyn.augmented_rate(score, process, y[0], tt, divergence, probes, dyn.pf_velocity)
+
+    (x_T, change), evals, _ = solve(vf, (x, jnp.zeros((p, x.shape[0]), x.dtype)), t, process.t_max, args=probes,
+                                    solver=solver, steps=steps, rtol=rtol, atol=atol)
+    return jnp.mean(process.prior_log_prob(x_T)[None, :] - change, axis=0)
+
+
+def denoise(score: Callable, process, x_t, t, *, method: str = "mean", t_end=None, key=None,
+            track_logp: bool = False, divergence=None, solver=None, steps: int | None = None, grid=None,
+            rtol: float | None = None, atol: float | None = None, logp_t=None,
+            sampler_kwargs: dict | None = None) -> Sample:
+    """Denoise x_t observed at time t down to t_end (default t_min): MATH 9, Cartoonists Fig. 1.
+
+    Methods:
+      ``"mean"``: the posterior mean ``E[x_{t_end} | x_t] = alpha_{t_end} E[x_0 | x_t]`` (Tweedie; one score
+        evaluation; ``track_logp`` is not offered: measure it with ``dg.log_likelihood``).
+      ``"mode"``: the posterior mode by the mode-tracking ODE (``dg.ModeTracking``).
+      ``"hd"``: the HD-ODE ``dx/ds = f x - g^2 s`` from t (MATH 5): the mode's cheap approximation.
+      ``"sample"``: a posterior sample from x_t: with ``key=None`` the PF-ODE (deterministic), with a key the
+        reverse SDE (``dg.ReverseSDE``, Euler-Maruyama; needs ``steps``).
+
+    Args:
+      score: ``score(x, t)``; process: the forward process; x_t: (N, *shape); t: the scalar time of x_t, in
+        (t_min, t_max]; t_end: a time below t (default t_min).
+      key: PRNG key (Hutchinson probes; the SDE's Brownian path for ``"sample"``).
+      track_logp: also return log p_{t_end} of the result tracked along the path (MATH 4), started from
+        log p_t(x_t) measured by PF-ODE encoding from t to t_max (same solver settings).
+      divergence, solver, steps, rtol, atol: as ``dg.sample``; ``grid`` (step grids) is not supported yet.
+      logp_t: (N,) log p_t(x_t) to start the tracking from (default: measured as above).
+      sampler_kwargs: options of ``dg.ModeTracking`` (cg_steps, cg_tol, check) for ``"mode"``.
+
+    Returns: ``dg.Sample`` (for ``"mean"``: nfe 1, num_steps 0, logp None).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: must be one of {METHODS}; got {method!r}")
+    if grid is not None:
+        raise NotImplementedError("grid: step grids are not supported by dg.denoise yet; use steps=... or rtol/atol")
+    x_t = check_finite(check_batch(x_t, "x_t"), "x_t")
+    check_param(jnp.ndim(t) == 0, "t", f"must be a scalar time; got shape {jnp.shape(t)}")
+    t_end = process.t_min if t_end is None else t_end
+    check_time(process, t, "t")
+    check_time(process, t_end, "t_end")
+    if is_concrete(jnp.asarray(t)) and is_concrete(jnp.asarray(t_end)) and not float(t_end) < float(t):
+        raise ValueError(f"t_end: denoising runs from t toward the data, so t_end must be below t; got t_end = "
+                         f"{t_end} >= t = {t}")
+    if method == "mean":
+        if track_logp:
+            raise ValueError("track_logp: the posterior mean is not reached along a path; measure its log-density "
+                             "with dg.log_likelihood(score, process, x) instead")
+        x = bcast(process.alpha(jnp.asarray(t_end, x_t.dtype)), x_t) * posterior_mean(score, process, x_t, t)
+        return Sample(x, None, None, None, jnp.asarray(1), jnp.asarray(0))
+    divergence = Hutchinson() if divergence is None else divergence
+    k_logp, k_run = (None, None) if key is None else jax.random.split(key)
+    if method == "mode":
+        sampler = ModeTracking(**(sampler_kwargs or {}))
+    elif method == "hd":
+        sampler = HighDensity(t_switch=t)
+    elif key is None:
+        sampler = PFODE()
+    else:
+        sampler = ReverseSDE()
+    if track_logp and logp_t is None:
+        ode_solver = None if (method == "sample" and key is not None) else solver
+        logp_t = _logp_at(score, process, x_t, t, divergence, k_logp, ode_solver, steps, rtol, atol)
+    run_key = k_run if (key is not None) else None
+    return sample(score, process, x_t, sampler=sampler, key=run_key, track_logp=track_logp, divergence=divergence,
+                  solver=solver, steps=steps, rtol=rtol, atol=atol, logp_T=logp_t, t_start=t, t_end=t_end)

@@ -1,0 +1,110 @@
+"""Log-density along the forward SDE (MATH.md section 4(e); Cartoonists, Thm 2), and the stochastic
+encoder of ``dg.log_likelihood(..., encoder="sde")``.
+
+Along the forward SDE dx = f x dt + g dW (data to noise, forward time t):
+
+    d log p_t(x_t) = [ -f D + g^2 Lap + 1/2 g^2 |s|^2 ] dt + g s . dW,
+
+so with r_t the tracked log-density, ``r_T - r_{t0} = int`` of the right-hand side along the path; the same
+Brownian increment moves x and r (one diffrax solve, Euler-Maruyama, constant steps). Lap comes from any
+divergence estimator (``dg.Exact()`` or ``dg.Hutchinson(K)``, probes held fixed along the path): one score
+evaluation plus the estimator's JVPs per step. Encoder: ``log p_{t_min}(x_0) = log p_T(x_T) - (r_T - r_{t_min})``,
+unbiased in expectation over the path (the dW term has mean zero) but with a path-dependent spread; Euler-
+Maruyama has strong order 1/2 here (MATH 4(c) numerics), so use many steps.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from . import dynamics as dyn
+from ._checks import batch_dot, bcast, check_batch, check_finite, check_param, check_score_fn, check_time, event_dim
+from .divergence import DivergenceEstimator, Hutchinson
+from .solve import solve_term
+from .sampling.sde import _AugmentedSDETerm, brownian_path
+
+Array = jax.Array
+
+
+class ForwardTrack(eqx.Module):
+    """What ``forward_sde_logp`` returns: x_T (N, *shape) the end of the forward path, change (N,) the
+    tracked r_{t_end} - r_{t_start} (mean over probes), change_stderr (N,) across probes, nfe per sample."""
+
+    x_T: Array
+    change: Array
+    change_stderr: Array
+    nfe: Array
+
+
+def forward_rates(coeffs, s, lap, dim: int):
+    """dt-drift of log p along the forward SDE, -f D + g^2 Lap + 1/2 g^2 |s|^2 (MATH 4(e)); lap (P, N)."""
+    _, _, f, g2 = coeffs
+    return -f * dim + g2 * lap + 0.5 * g2 * batch_dot(s, s)[None, :]
+
+
+def forward_sde_logp(score: Callable, process, x, *, key, steps: int, divergence: DivergenceEstimator | None = None,
+                     t_start=None, t_end=None, brownian: str = "unsafe") -> ForwardTrack:
+    """Run the forward SDE from x at t_start (default t_min) to t_end (default t_max) with Euler-Maruyama in
+    ``steps`` constant steps, tracking the change of log p_t(x_t) by MATH 4(e).
+
+    Args: score ``score(x, t)``; x (N, *shape); key (Brownian path and probes); steps >= 1; divergence
+    ``dg.Hutchinson()`` (default) or ``dg.Exact()``; brownian ``"unsafe"`` (default) or ``"virtual"``.
+    Returns ``ForwardTrack``. NFE per sample: steps * (1 + the estimator's JVPs).
+    """
+    check_param(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, "steps",
+                f"the forward SDE uses constant Euler-Maruyama steps: give an integer >= 1; got {steps!r}")
+    if key is None:
+        raise ValueError("key: the forward SDE needs a PRNG key (key=jax.random.key(...)) for its Brownian path")
+    divergence = Hutchinson() if divergence is None else divergence
+    x = check_finite(check_batch(x, "x"), "x")
+    t_start = process.t_min if t_start is None else t_start
+    t_end = process.t_max if t_end is None else t_end
+    check_time(process, t_start, "t_start")
+    check_time(process, t_end, "t_end")
+    if not float(t_start) < float(t_end):
+        raise ValueError(f"t_end: the forward SDE runs from data to noise, so t_end must exceed t_start; got "
+                         f"{t_end} <= {t_start}")
+    check_score_fn(score, x, jnp.asarray(t_start, x.dtype))
+    k_bm, k_probe = jax.random.split(key)
+    probes = divergence.draw(k_probe, x)
+    p = 1 if probes is None else probes.shape[0]
+    dim = event_dim(x)
+    path = brownian_path(brownian, k_bm, x.shape, x.dtype, float(t_end), steps)  # t runs inside [0, t_end]
+
+    def coeff_fn(t, y, probes):
+        xx = y[0]
+        coeffs = process.coefficients(jnp.asarray(t, xx.dtype))
+        s, lap = dyn.score_and_laplacian(score, xx, t, divergence, probes)
+        _, _, f, g2 = coeffs
+        g = jnp.sqrt(g2)
+        return bcast(f, xx) * xx, forward_rates(coeffs, s, lap, dim), (g, s)
+
+    def apply_noise(noise, dw):
+        g, s = noise
+        return g * dw, g * batch_dot(s, dw)
+
+    term = _AugmentedSDETerm(coeff_fn, apply_noise, path, True)
+    y0 = (x, jnp.zeros((p, x.shape[0]), x.dtype))
+    adjoint = dfx.ForwardMode() if isinstance(path, dfx.UnsafeBrownianPath) else None
+    (x_T, change), evals, _ = solve_term(term, y0, t_start, t_end, args=probes, solver=dfx.Euler(), steps=steps,
+                                         adjoint=adjoint)
+    mean, se = dyn.mean_and_stderr(change)
+    nfe = (1 + divergence.num_jvps(dim)) * evals
+    return ForwardTrack(x_T, mean, se, nfe)
+
+
+def sde_log_likelihood(score: Callable, process, x0, *, key, steps: int | None, divergence=None,
+                       prior_log_prob: Callable | None = None):
+    """log p_{t_min}(x0) by the stochastic encoder: ``log p_T(x_T) - (r_T - r_{t_min})`` along one forward-SDE
+    path (MATH 4(e)). Returns (logp (N,), stderr across probes (N,), x_T, logp_T (N,), nfe)."""
+    if steps is None:
+        raise ValueError("steps: encoder='sde' uses constant Euler-Maruyama steps: pass steps=... (e.g. 1000)")
+    tr = forward_sde_logp(score, process, x0, key=key, steps=steps, divergence=divergence)
+    prior = process.prior_log_prob if prior_log_prob is None else prior_log_prob
+    logp_T = prior(tr.x_T)
+    return logp_T - tr.change, tr.change_stderr, tr.x_T, logp_T, tr.nfe

@@ -1,0 +1,23 @@
+"""Sampling: one sampler interface (``base.AbstractSampler``) shared by the ODE samplers (``ode``), density
+guidance and the high-density sampler (``guidance``), the SDE samplers (``sde``), the mode-tracking ODE
+(``mode``), and ``dg.sample`` (``sample``). Import order inside the package: base <- ode <- guidance <- sde
+<- mode <- sample."""
+
+from .base import AbstractSampler, Cost, Sample
+from .guidance import (COEF_CAP, DensityGuidance, HighDensity, chi_radius, log_density_shift, prior_guidance,
+                       quantile_velocity, rate_velocity, typicality)
+from .mode import ModeTracking
+from .ode import ODE, PFODE, ODESampler, run_ode
+from .sample import sample
+from .sde import (BROWNIAN, SDE, NoiseWindow, NoiseWindowLogSNR, ReverseSDE, SDESampler, StochasticDensityGuidance,
+                  brownian_path, noise_window, noise_window_log_snr, run_sde)
+
+__all__ = [
+    "AbstractSampler", "Cost", "Sample",
+    "COEF_CAP", "DensityGuidance", "HighDensity", "chi_radius", "log_density_shift", "prior_guidance",
+    "quantile_velocity", "rate_velocity", "typicality",
+    "ModeTracking",
+    "ODE", "PFODE", "ODESampler", "run_ode", "sample",
+    "BROWNIAN", "SDE", "NoiseWindow", "NoiseWindowLogSNR", "ReverseSDE", "SDESampler", "StochasticDensityGuidance",
+    "brownian_path", "noise_window", "noise_window_log_snr", "run_sde",
+]

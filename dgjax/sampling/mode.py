@@ -1,0 +1,200 @@
+"""The mode-tracking ODE (MATH.md section 9; Cartoonists, Thm 5 and Fig. 1): a sampler that follows the
+mode of the denoising density p(x_s | x_t) from an observed x_t at s = t down to t_end (``dg.denoise``,
+``dgjax.denoising``, wraps it).
+
+For s < t the denoising density is ``p(x_s = y | x_t) ∝ p_s(y) N(x_t; a y, v I)`` with
+``a = alpha_t / alpha_s`` and ``v = sigma_t^2 - a^2 sigma_s^2``. Its mode y_s follows
+
+    dy/ds = f y - g^2 s(y) - 1/2 g^2 H_q^{-1} grad Lap(y),     H_q = H(y) - (a^2 / v) I,
+
+from y_t = x_t at s = t down to t_end. With ``c = v / a^2`` (0 at s = t) this is written without the
+singular a^2 / v:  ``H_q^{-1} = -c (I - c H)^{-1}``, so
+
+    dy/ds = f y - g^2 s(y) + 1/2 g^2 c z,     (I - c H) z = grad Lap(y),
+
+and ``I - c H`` is positive definite exactly while H_q is negative definite (the mode exists). z comes
+from conjugate gradients (lineax ``CG``) on that operator, matrix-free with Hessian-vector products
+(JVPs of the score). grad Lap is the gradient of the divergence estimator's Laplacian: exact with
+``dg.Exact()`` (small D), or the gradient of a Hutchinson estimate ``v^T H v`` with probes held fixed
+along the path. Dropping the last term is the HD-ODE (MATH 5), exact when p_0 is Gaussian.
+
+The velocity needs the score *function* (Hessian-vector products), not only its value at (x, t): the sampler
+gets it, with the divergence estimator and the solve's probes, through ``ODESampler.solve_phases``. Pure math
+(``mode_correction``, ``mode_drift``) is kept apart from the sampler plumbing (``ModeTracking``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+
+from .. import dynamics as dyn
+from .._checks import bcast, check_param, event_dim
+from .base import Cost
+from .ode import ODESampler
+
+Array = jax.Array
+
+_BIFURCATION_MSG = (
+    "mode tracking: the denoising density p(x_s | x_t) lost its negative-definite Hessian at the tracked "
+    "mode (H_q = H - (a^2/v) I is no longer negative definite): the mode bifurcates or vanishes here "
+    "(MATH.md section 9), and the ODE cannot be continued through it. Stop earlier (a larger t_end), start "
+    "from a smaller t, or use method='hd' (the HD-ODE approximation, defined everywhere).")
+_CG_MSG = (
+    "mode tracking: conjugate gradients on I - c H did not reach the tolerance in cg_steps iterations "
+    "(relative residual above cg_tol): the operator is ill-conditioned (near a bifurcation of the mode) or "
+    "cg_steps is too small for this dimension. Raise cg_steps (at most D is exact in exact arithmetic) or "
+    "cg_tol.")
+
+
+def denoising_coefficients(process, t, s):
+    """(a, v, c) of p(x_s | x_t): a = alpha_t / alpha_s, v = sigma_t^2 - a^2 sigma_s^2, c = v / a^2 (MATH 9).
+
+    c is computed as ``sigma_t^2 / a^2 - sigma_s^2 = alpha_s^2 (sigma_t^2/alpha_t^2 - sigma_s^2/alpha_s^2)``
+    = alpha_s^2 (exp(-lambda_t) - exp(-lambda_s)), which is >= 0 for s <= t and exactly 0 at s = t.
+    """
+    a = process.alpha(t) / process.alpha(s)
+    v = process.sigma(t) ** 2 - a**2 * process.sigma(s) ** 2
+    c = process.alpha(s) ** 2 * (jnp.exp(-process.log_snr(t)) - jnp.exp(-process.log_snr(s)))
+    return a, v, jnp.maximum(c, 0.0)
+
+
+def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_steps: int, cg_tol: float,
+                    check: str, symmetrize: bool = False):
+    """z = (I - c H)^{-1} grad Lap(x) per sample (MATH 9), with the checks described in ``ModeTracking``.
+
+    score_fn(z (N, *shape)) -> like z; laplacian_fn(z) -> (N,) (per sample, so the gradient of the sum is
+    the per-sample gradient). c scalar >= 0. Returns z like x.
+    Cost in score-evaluation units: the Laplacian estimate and its gradient (see ``ModeTracking.cost``),
+    at most ``cg_steps`` HVPs (CG stops once converged), one HVP for the residual check, D HVPs for
+    ``check="dense"``.
+    """
+    grad_lap = jax.grad(lambda z: jnp.sum(laplacian_fn(z)))(x)
+    c = jnp.asarray(c, x.dtype)
+    d, shape = event_dim(x), x.shape[1:]
+
+    def one(xi, bi):  # per sample (vmapped): CG on I - c H_i, matrix-free with JVPs of the score
+        one_score = lambda z: score_fn(z[None])[0]  # noqa: E731
+        _, hvp = jax.linearize(one_score, xi)
+        if symmetrize:  # a learned score's Jacobian is not exactly symmetric: use its symmetric part
+            jvp_only, (_, vjp) = hvp, jax.vjp(one_score, xi)
+            hvp = lambda w: 0.5 * (jvp_only(w) + vjp(w)[0])  # noqa: E731
+
+        def mv(w):
+            return w - c * hvp(w)
+
+        op = lx.FunctionLinearOperator(mv, jax.eval_shape(lambda: xi), tags=lx.positive_semidefinite_tag)
+        # stop once every entry of the residual is below 0.1 cg_tol |b| / sqrt(D) (so |r| <= 0.1 cg_tol |b|),
+        # at most cg_steps iterations; iterating past convergence would break CG down (0/0). Checked below.
+        atol = 0.1 * cg_tol * jnp.sqrt(jnp.sum(bi * bi) / d) + jnp.finfo(xi.dtype).tiny
+        zi = lx.linear_solve(op, bi, lx.CG(rtol=0.0, atol=atol, max_steps=cg_steps), throw=False).value
+        res = mv(zi) - bi
+        rel = jnp.sqrt(jnp.sum(res * res)) / jnp.maximum(jnp.sqrt(jnp.sum(bi * bi)), jnp.finfo(xi.dtype).tiny)
+        # positive curvature along the solution (necessary for I - cH > 0; catches most crossings)
+        bad = jnp.sum(zi * mv(zi)) < 0
+        if check == "dense":  # exact: largest eigenvalue of c H below 1, from the full Hessian (D HVPs)
+            basis = jnp.reshape(jnp.eye(d, dtype=xi.dtype), (d,) + shape)
+            hess = jnp.reshape(jax.lax.map(hvp, basis), (d, d))  # row j = H e_j (H symmetric)
+            lam = jnp.linalg.eigvalsh(0.5 * (hess + hess.T))[-1]
+            bad = bad | (c * lam >= 1.0)
+        return zi, rel, bad
+
+    z, rel, bad_pd = jax.vmap(one)(x, grad_lap)
+    z = eqx.error_if(z, jnp.any(bad_pd), _BIFURCATION_MSG)
+    bad_cg = ~(rel <= cg_tol)  # NaN (CG breakdown on an indefinite operator) counts as failure
+    return eqx.error_if(z, jnp.any(bad_cg & ~bad_pd), _CG_MSG)
+
+
+def mode_drift(coeffs, x, s, z, c):
+    """The mode-tracking drift ``f y - g^2 s + 1/2 g^2 c z`` (MATH 9; the HD-ODE drift when c z = 0)."""
+    _, _, _, g2 = coeffs
+    return dyn.hd_drift(coeffs, x, s) + 0.5 * bcast(g2 * c, x) * z
+
+
+# ------------------------------------------------------------------------------------------------------
+# the sampler
+# ------------------------------------------------------------------------------------------------------
+class ModeTracking(ODESampler):
+    """The mode-tracking ODE (MATH 9) as a ``dg.sample`` sampler: started at x_t at ``t_start`` (any time),
+    it follows the mode of ``p(x_s | x_t)`` down to t_end. ``dg.sample(score, process, x_t,
+    sampler=dg.ModeTracking(), t_start=t, ...)``; ``track_logp`` follows MATH 4(b) with v = this drift (give
+    ``logp_T`` = log p_t(x_t), e.g. from ``dg.denoise(..., track_logp=True)`` which computes it).
+
+    grad Lap uses ``dg.sample``'s ``divergence``: ``dg.Exact()`` (exact, small D) or ``dg.Hutchinson(K)``
+    (gradient of the Hutchinson estimate, probes fixed along the path; pass ``key``).
+
+    Args:
+      cg_steps: the most conjugate-gradient iterations per evaluation (CG stops once the residual is 10x
+        below cg_tol); default min(D, 64). In exact arithmetic D iterations solve exactly.
+      cg_tol: largest accepted relative residual |(I - cH) z - grad Lap| / |grad Lap|; above it a clear
+        error is raised (never a silent inaccurate step). Default 1e-8 (float64) or 1e-4 (float32).
+      symmetrize: use the symmetric part (J + J^T)/2 of the score's Jacobian J as H (for a learned score,
+        whose Jacobian is not exactly symmetric and on which CG then fails; one more VJP per CG iteration).
+      check: how loss of negative definiteness of H_q is detected. ``"dense"``: the largest eigenvalue of
+        c H from the full Hessian (D extra HVPs; exact; default for D <= 64). ``"curvature"``: the sign of
+        z^T (I - cH) z and CG's convergence (free; a crossing with grad Lap orthogonal to the vanishing
+        direction, e.g. a symmetric pitchfork, can escape it). Either way the solve stops with an error.
+
+    Cost per vector-field evaluation, in score-evaluation units (a JVP or VJP of the score counts one):
+    1 (score) + 2P (Laplacian estimate, P JVPs, and its gradient, P VJPs; P = D for Exact, K for
+    Hutchinson) + cg_steps + 1 (CG HVPs and the residual check) [+ D for check="dense"]; plus the tracking's
+    own divergence when ``track_logp``; declared by ``cost`` (two divergence passes, three when tracking, and
+    the D-dependent HVPs). ``Sample.nfe`` counts this with the CG iterations at their bound cg_steps (an
+    upper bound of the NFE; exact when CG needs all of them).
+    """
+
+    cg_steps: int | None = eqx.field(static=True, default=None)
+    symmetrize: bool = eqx.field(static=True, default=False)
+    cg_tol: float | None = eqx.field(static=True, default=None)
+    check: str = eqx.field(static=True, default="auto")
+
+    def __check_init__(self):
+        check_param(self.cg_steps is None or (isinstance(self.cg_steps, int) and self.cg_steps >= 1), "cg_steps",
+                    f"must be an integer >= 1 or None; got {self.cg_steps!r}")
+        check_param(self.cg_tol is None or self.cg_tol > 0, "cg_tol", f"must be positive or None; got {self.cg_tol!r}")
+        check_param(self.check in ("auto", "dense", "curvature"), "check",
+                    f"must be 'auto', 'dense' or 'curvature'; got {self.check!r}")
+
+    def _steps(self, dim):
+        return min(dim, 64) if self.cg_steps is None else self.cg_steps
+
+    def _check(self, dim):
+        return ("dense" if dim <= 64 else "curvature") if self.check == "auto" else self.check
+
+    def cost(self, track: bool) -> Cost:
+        # divergence passes: the Laplacian estimate and its gradient (+ the tracking's own); the CG HVPs, the
+        # residual check and the dense check grow with D (one more VJP each with symmetrize)
+        k = 2 if self.symmetrize else 1
+
+        def hvps(dim: int) -> int:
+            return k * (self._steps(dim) + 1) + (k * dim if self._check(dim) == "dense" else 0)
+
+        return Cost(divergence_passes=2 + int(track), extra_jvps=hvps)
+
+    def phases(self, process, t_start, t_end):
+        raise NotImplementedError("ModeTracking's velocity needs the score function: dg.sample builds its phase "
+                                  "with solve_phases(score, process, divergence, probes, t_start, t_end)")
+
+    def solve_phases(self, score, process, divergence, probes, t_start, t_end):
+        t_data = t_start  # the time of the observed x_t
+
+        def velocity(coeffs, x, s, *, t, **_):
+            dim = event_dim(x)
+
+            def score_fn(z):
+                return score(z, t)
+
+            def laplacian_fn(z):  # (N,): the estimator's mean Laplacian, with this solve's fixed probes
+                return jnp.mean(divergence.value_and_traces(score_fn, z, probes)[1], axis=0)
+
+            _, _, c = denoising_coefficients(process, jnp.asarray(t_data, x.dtype), jnp.asarray(t, x.dtype))
+            tol = self.cg_tol if self.cg_tol is not None else (1e-8 if x.dtype == jnp.float64 else 1e-4)
+            z = mode_correction(score_fn, laplacian_fn, x, c, cg_steps=self._steps(dim), cg_tol=tol,
+                                check=self._check(dim), symmetrize=self.symmetrize)
+            return mode_drift(coeffs, x, s, z, c)
+
+        return [(t_start, t_end, velocity)]

@@ -1,0 +1,138 @@
+"""ODE samplers: sampling from noise to data with the log-density tracked.
+
+A sampler is a small immutable config object. ODE samplers describe their dynamics as one or more
+*phases* ``(t_from, t_to, velocity)``; ``velocity(coeffs, x, s, t=..., div_u=...) -> dx/dt`` gets
+the score value already computed at (x, t), so a sampler that only rescales the score costs no extra
+evaluation. ``ODESampler.integrate`` (called by ``dg.sample``) integrates each phase with diffrax, with the augmented state
+``(x, log p per probe)`` when ``track_logp`` (MATH.md section 4(a)/(b)).
+A sampler whose velocity needs the score function itself (mode tracking's Hessian-vector products) gets
+it, with the divergence estimator and the probes, through ``solve_phases``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .. import dynamics as dyn
+from .. import grids
+from .._checks import check_output, check_param, checked_shape, is_concrete
+from ..solve import add_nfe, solve
+from .base import AbstractSampler, Cost
+
+Array = jax.Array
+
+
+class ODESampler(AbstractSampler):
+    """Base of the deterministic samplers: they declare ``phases``; ``integrate`` solves them in turn."""
+
+    # True when the velocity needs div u even without tracking (density guidance with a custom rate).
+    needs_divergence: bool = eqx.field(static=True, default=False, init=False)
+
+    def phases(self, process, t_start: float, t_end: float):
+        """[(t_from, t_to, velocity)]: ``velocity(coeffs, x, s, *, t, div_u) -> dx/dt`` on each phase."""
+        raise NotImplementedError
+
+    def solve_phases(self, score, process, divergence, probes, t_start, t_end):
+        """The phases one solve integrates; default ``phases(process, t_start, t_end)``. A sampler whose
+        velocity needs more than the score value at (x, t) (e.g. Hessian-vector products, ``ModeTracking``)
+        overrides this: it receives the score function, the divergence estimator and the solve's probes
+        (fixed along the path; None unless ``cost`` declares a divergence pass)."""
+        return self.phases(process, t_start, t_end)
+
+    def cost(self, track: bool) -> Cost:
+        return Cost(divergence_passes=int(track or self.needs_divergence))
+
+    def integrate(self, score, process, x, *, key, track_logp, divergence, options, logp_T, t_start, t_end):
+        return run_ode(score, process, x, self, key, track_logp, divergence, options, logp_T, t_start, t_end)
+
+
+class PFODE(ODESampler):
+    """The probability-flow ODE dx/dt = f x - 1/2 g^2 s (MATH 3); log-density rate -div u (MATH 4(a))."""
+
+    def phases(self, process, t_start, t_end):
+        return [(t_start, t_end, dyn.pf_velocity)]
+
+
+class ODE(ODESampler):
+    """User dynamics dx/dt = drift(x, t, s) with the log-density tracked by MATH 4(b):
+    d/dt log p_t(x_t) = -div u + s . (v - u).
+
+    ``drift(x (N, *shape), t scalar, s (N, *shape)) -> v (N, *shape)`` receives the score at (x, t)
+    (already evaluated, so using it costs nothing). ``nfe`` counts only the score evaluations dgjax
+    makes: a drift that calls other networks adds its own.
+    """
+
+    drift: Callable
+
+    def phases(self, process, t_start, t_end):
+        drift = self.drift
+
+        def velocity(coeffs, x, s, *, t, **_):
+            return checked_shape(drift(x, t, s), x, "drift", "it must return dx/dt like x")
+
+        return [(t_start, t_end, velocity)]
+
+
+def _ode_vector_field(score, process, divergence, track: bool, needs_div: bool, velocity):
+    """The diffrax vector field of one phase: plain (y = x) or augmented (y = (x, logp (P, N)))."""
+
+    def vf(t, y, probes):
+        if track:
+            x, _ = y
+            return dyn.augmented_rate(score, process, x, t, divergence, probes, velocity)
+        x = y
+        coeffs = process.coefficients_like(t, x)
+        if needs_div:
+            s, lap = dyn.score_and_laplacian(score, x, t, divergence, probes)
+            div_u = jnp.mean(dyn.pf_divergence(coeffs, lap, x[0].size), axis=0)
+        else:
+            s, div_u = score(x, t), None
+        return velocity(coeffs, x, s, t=t, div_u=div_u)
+
+    return vf
+
+
+def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence, options, logp_T, t_start,
+            t_end):
+    """Integrate the phases of an ODE sampler; returns (y, nfe, num_steps), y = x or (x, log p (P, N))."""
+    n, dim = x.shape[0], x[0].size
+    needs_div = sampler.needs_divergence
+    use_div = sampler.uses_divergence(track_logp)
+    probes = divergence.draw(key, x) if use_div else None
+    p = 1 if probes is None else probes.shape[0]
+    y = (x, jnp.broadcast_to(logp_T, (p, n))) if track_logp else x
+    phases = sampler.solve_phases(score, process, divergence, probes, t_start, t_end)
+    total_span = abs(t_start - t_end)
+    nfe_per_eval = sampler.nfe_per_eval(track_logp, divergence, dim)
+    steps, max_steps = options.steps, options.max_steps
+    nfe, num_steps = jnp.asarray(0), jnp.asarray(0)
+    steps, full_grid = grids.plan(process, t_start, t_end, steps, options.grid)
+    for k, (t0, t1, velocity) in enumerate(phases):
+        phase_max_steps, ts = max_steps, None
+        if full_grid is not None:  # the phases share one grid, each phase's boundary added (grids.restrict)
+            if not (is_concrete(t0) and is_concrete(t1)):
+                raise ValueError("grid: a phase boundary is traced (e.g. HighDensity's t_switch under jit); only "
+                                 "grid='t' splits steps at a traced boundary; pass grid='t' or a concrete t_switch")
+            phase_steps, ts = None, grids.restrict(full_grid, t0, t1)
+        elif steps is None:
+            phase_steps = None
+        elif is_concrete(t0) and is_concrete(t1):
+            phase_steps = max(1, round(steps * abs(float(t0) - float(t1)) / total_span))
+            if max_steps is None:  # float rounding of a split phase's step can leave a sliver needing one more
+                phase_max_steps = phase_steps + 1
+        else:  # a traced phase boundary (e.g. HighDensity's t_switch under jit): the same split, traced
+            check_param(isinstance(steps, int) and steps >= 1, "steps", f"must be an integer >= 1; got {steps!r}")
+            frac = jnp.abs(jnp.asarray(t0, x.dtype) - jnp.asarray(t1, x.dtype)) / total_span
+            phase_steps = jnp.maximum(1, jnp.round(steps * frac)).astype(jnp.int32)
+            phase_max_steps = steps + 1 if max_steps is None else max_steps  # as above: room for a sliver
+        vf = _ode_vector_field(score, process, divergence, track_logp, needs_div, velocity)
+        y, evals, stats = solve(vf, y, t0, t1, args=probes, options=options, steps=phase_steps,
+                                max_steps=phase_max_steps, grid=ts)
+        y = check_output(y, f"dg.sample: the ODE solve of phase {k + 1} of {len(phases)} ({type(sampler).__name__})")
+        nfe = add_nfe(nfe, evals, nfe_per_eval)
+        num_steps = num_steps + stats["num_steps"]
+    return y, nfe, num_steps

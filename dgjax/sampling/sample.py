@@ -1,0 +1,134 @@
+"""``dg.sample``: validate, ``prepare`` the latent, and hand the solve to the sampler (``base.py``)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .. import dynamics as dyn
+from .._checks import (check_batch, check_finite, check_int, check_key, check_param, check_per_sample, check_score_fn,
+                       check_time, check_value, is_concrete)
+from ..divergence import DivergenceEstimator, Hutchinson
+from ..errors import typed_errors
+from ..processes import Process
+from ..solve import SolveOptions
+from .base import AbstractSampler, Sample
+from .ode import PFODE
+from .sde import SDESampler  # noqa: F401  (both runners are reached through AbstractSampler.integrate)
+
+
+def sample(score: Callable, process, x_T: Float[Array, "N *shape"], *, sampler: AbstractSampler | None = None,
+           key=None, track_logp: bool = False, divergence: DivergenceEstimator | None = None, solver=None,
+           steps: int | None = None, rtol: float | None = None, atol: float | None = None, logp_T=None,
+           t_start: float | None = None, t_end: float | None = None, adjoint=None,
+           max_steps: int | None = None, grid=None) -> Sample:
+    """Integrate a sampler from ``x_T`` at t_start (default t_max) down to t_end (default t_min).
+
+    Args:
+      score: pure ``score(x (N, *shape), t) -> like x``.
+      process: the forward process (``dg.VP()`` etc.).
+      x_T: (N, *shape) starting latents (finite).
+      sampler: ``dg.PFODE()`` (default), ``dg.ODE(drift)``, a guidance sampler, or a stochastic one
+        (``dg.ReverseSDE()``, ``dg.SDE(drift, diffusion)``, ``dg.StochasticDensityGuidance(q, noise)``).
+      key: PRNG key; needed for Hutchinson probes when tracking (one key per sample is split from it)
+        and for the Brownian path of stochastic samplers.
+      track_logp: integrate log p_t(x_t) along the path (MATH 4) and return it in ``Sample.logp``.
+      divergence: ``dg.Hutchinson(num_probes=1)`` (default) or ``dg.Exact()``.
+      solver: any diffrax ODE solver (default ``diffrax.Tsit5()``); for SDE samplers ``diffrax.Euler()``
+        (Euler-Maruyama, the default) or a Stratonovich solver where the sampler allows it.
+      steps: number of constant steps; or ``rtol``/``atol`` for the adaptive PID controller
+        (default adaptive, rtol = atol = 1e-5).
+      grid: where the constant steps go (``dgjax.grids``): "t", "log_snr", "edm", or an array of times
+        from t_start to t_end (then ``steps`` may be omitted); default the process's ``default_grid``.
+        Every phase of a multi-phase sampler uses its part of the one grid (the switch time added).
+      logp_T: (N,) log-density of x_T to start from, or a callable ``logp_T(x) -> (N,)`` evaluated at the
+        latent the sampler actually starts from (after ``sampler.prepare``, e.g. the median rescaling of
+        density guidance); default the prior ``process.prior_log_prob``.
+      adjoint: a diffrax adjoint for gradients (default: diffrax's recursive checkpointing).
+
+    Returns: ``dg.Sample`` (x, logp, logp_T, logp_stderr, nfe, num_steps). Infeasible density guidance
+    raises ``dg.InfeasibleGuidance``.
+    """
+    sampler = PFODE() if sampler is None else sampler
+    if not isinstance(sampler, AbstractSampler):
+        raise ValueError(f"sampler: expected a dgjax sampler such as dg.PFODE(); got {sampler!r}")
+    divergence = Hutchinson() if divergence is None else divergence
+    options = SolveOptions(solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint, max_steps=max_steps,
+                           grid=grid)
+    check_common(process, divergence, key, options)
+    x_T = check_finite(check_batch(x_T, "x_T"), "x_T")
+    t_start = process.t_max if t_start is None else t_start
+    t_end = process.t_min if t_end is None else t_end
+    check_time(process, t_start, "t_start")
+    check_time(process, t_end, "t_end")
+    if is_concrete(jnp.asarray(t_start)) and is_concrete(jnp.asarray(t_end)) and not float(t_end) < float(t_start):
+        raise ValueError(f"t_end: sampling runs from noise to data, so t_end must be below t_start; got {t_end} >= {t_start}")
+    # traced times (under jit): the same check at run time
+    x_T = check_value(x_T, ~(jnp.asarray(t_end) < jnp.asarray(t_start)),
+                      "t_end: sampling runs from noise to data, so t_end must be below t_start (traced values)")
+    check_score_fn(score, x_T, jnp.asarray(t_start, dtype=x_T.dtype))
+    x = sampler.prepare(process, x_T)
+    logp0 = initial_logp(process, x, logp_T) if track_logp else None
+    with typed_errors():
+        y, nfe, num_steps = sampler.integrate(score, process, x, key=key, track_logp=track_logp,
+                                              divergence=divergence, options=options, logp_T=logp0,
+                                              t_start=t_start, t_end=t_end)
+    return _check_range(sampler, make_sample(y, logp0, nfe, num_steps, track_logp))
+
+
+def check_common(process, divergence, key, options: SolveOptions) -> None:
+    """Eager checks of the arguments shared by dg.sample and dg.log_likelihood (issue 15)."""
+    if not isinstance(process, Process):
+        raise ValueError(f"process: expected a dgjax process such as dg.VP(); got {process!r}")
+    if not isinstance(divergence, DivergenceEstimator):
+        raise ValueError(f"divergence: expected dg.Hutchinson(num_probes) or dg.Exact(); got {divergence!r}")
+    check_key(key)
+    if options.steps is not None and not isinstance(options.steps, jax.core.Tracer):
+        check_int(options.steps, "steps")  # before the step count is split between phases
+    for name, tol in (("rtol", options.rtol), ("atol", options.atol)):
+        if tol is not None and not isinstance(tol, jax.core.Tracer):
+            check_param(isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < float("inf"),
+                        name, f"must be a finite positive number; got {tol!r}")
+
+
+def _check_range(sampler, out: Sample) -> Sample:
+    """When the sampler knows the data range ``data_range`` (data in [-r, r]), raise if more than 1% of all
+    entries of the batch lie beyond 1.05 r: the guidance has left the data (issue 15). (A trained model's
+    own samples at q = 0.5 put a few pixels slightly beyond +-1, hence the margin and the 1%.)"""
+    r = getattr(sampler, "data_range", None)
+    if r is None:
+        r = getattr(getattr(sampler, "guidance", None), "data_range", None)
+    if r is None:
+        return out
+    x = out.x
+    frac = jnp.mean(jnp.abs(x) > 1.05 * r)
+    msg = (f"{type(sampler).__name__}: the samples left the data range [-{r:g}, {r:g}] (more than 1% of their "
+           f"entries beyond +-{1.05 * r:g}): the guidance pushed them off the data, and their log p is not a "
+           f"density of data. Move q toward 0.5 (or make the rate push less), or pass data_range=None to accept it")
+    return eqx.tree_at(lambda o: o.x, out, check_value(x, frac > 0.01, msg))
+
+
+def initial_logp(process, x, logp_T):
+    """log p_T at the starting latent: the prior by default, an (N,) array, or a callable of x."""
+    n = x.shape[0]
+    if logp_T is None:
+        logp_T = process.prior_log_prob(x)
+    elif callable(logp_T):
+        logp_T = check_per_sample(logp_T(x), n, "logp_T(x)")
+    else:
+        logp_T = check_per_sample(logp_T, n, "logp_T")
+    return check_finite(logp_T.astype(x.dtype), "logp_T")
+
+
+def make_sample(y, logp_T, nfe, num_steps, track_logp) -> Sample:
+    if track_logp:
+        x_out, logp_probes = y
+        logp, stderr = dyn.mean_and_stderr(logp_probes)
+        return Sample(x_out, logp, logp_T, stderr, nfe, num_steps)
+    return Sample(y, None, None, None, nfe, num_steps)
+
+

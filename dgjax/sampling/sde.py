@@ -1,0 +1,457 @@
+"""Stochastic samplers with the log-density tracked (MATH.md sections 4(c), 4(d), 5).
+
+Every SDE here is solved in reverse time tau = t_start - t (d tau = -dt > 0), as the Ito SDE
+
+    dx = -v_t(x) d tau + G dW,        (v in forward-time units, as for ODEs)
+
+with the log-density of MATH 4(d) carried along in the same diffrax solve, driven by the *same*
+Brownian increment dW that moves x:
+
+    d log p_t(x_t) = [div u - s.(v - u) + 1/2 tr(G G^T H)] d tau + s . G dW.
+
+- ``ReverseSDE()``: v = f x - g^2 s, G = g I, so (MATH 4(c)) d log p = [f D + 1/2 g^2 |s|^2] d tau + g s.dW:
+  no divergence, no Laplacian -- tracking is free (the score is already computed). Default scheme
+  ``"ito"``: Euler-Maruyama on the pair (x, log p). Option ``scheme="stratonovich"``: the same SDE in
+  Stratonovich form, d log p = [div u + 1/2 g^2 |s|^2] d tau + g s o dW (Ito-to-Stratonovich correction
+  -1/2 g^2 Lap), solved by a Stratonovich solver: ``diffrax.Heun()`` (default) or ``diffrax.Midpoint()``,
+  two evaluations per step (each: 1 score + the divergence estimator's JVPs). ``diffrax.ReversibleHeun``
+  is refused: on this SDE its samples diverge (mean exact log p -3.3e6 at 124 steps, -2347 at 8000,
+  against -30.9 for true samples; its PF-ODE use is fine). Option ``scheme="milstein"``: Euler-Maruyama
+  with the pathwise Milstein term of MATH 4(c). The midpoint-type evaluation of g s o dW captures the pathwise Ito term 1/2 g^2 dW^T H dW
+  that Euler-Maruyama replaces by its mean; the price is the Laplacian in the drift (the divergence
+  estimator's JVPs: one per Hutchinson probe). Measured in benchmarks/bench_sde.py.
+- ``SDE(drift, diffusion)``: user dynamics; tr(G G^T H) and div u by Hutchinson probes (2K JVPs).
+- ``StochasticDensityGuidance(q, noise, exact=False)``: G = phi P with P = I - s s^T/|s|^2 (noise
+  orthogonal to the score, so log p has no noise term) and the drift of MATH 5,
+  v_S = v_DG + 1/2 phi^2 tr(P H P) / |s|^2 s, phi = phi_tilde(t) g(t); tr(PHP) = Lap - s^T H s/|s|^2
+  (``exact=True``) or Lap alone (the published form). The tracked log p uses the MATH 4(d) rate, so with
+  the published form it reports the true deviation from the schedule (1/2 phi^2 s^T H s / |s|^2 per unit
+  tau), never hides it.
+
+Brownian paths (``brownian=``): ``"unsafe"`` is ``diffrax.UnsafeBrownianPath`` (fresh increments per
+step: fastest, fixed steps only, no backpropagation); ``"virtual"`` is ``diffrax.VirtualBrownianTree``
+(any step-size controller, differentiable). ``"auto"`` (default) picks unsafe for constant steps and
+virtual for adaptive ones. Either way one key reproduces a path exactly. See benchmarks/bench_sde.py
+for the measured cost of each.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import dynamics as dyn
+from .. import grids
+from .._checks import batch_dot, bcast, check_output, check_param, checked_shape, event_dim, is_concrete
+from ..solve import add_nfe, solve_term
+from .base import AbstractSampler, Cost
+from .guidance import DensityGuidance
+
+Array = jax.Array
+
+BROWNIAN = ("auto", "unsafe", "virtual")
+
+
+class SDESampler(AbstractSampler):
+    """Base of the stochastic samplers. ``coefficients`` gives, at (x, t), the linear-in-dW pieces of one
+    step; ``integrate`` runs them through one diffrax solve (``run_sde``)."""
+
+    brownian: str = eqx.field(static=True, default="auto", kw_only=True)
+
+    def __check_init__(self):
+        check_param(self.brownian in BROWNIAN, "brownian", f"must be one of {BROWNIAN}; got {self.brownian!r}")
+
+    def cost(self, track: bool) -> Cost:
+        return Cost()
+
+    def integrate(self, score, process, x, *, key, track_logp, divergence, options, logp_T, t_start, t_end):
+        return run_sde(score, process, x, self, key, track_logp, divergence, options, logp_T, t_start, t_end)
+
+    def default_solver(self):
+        return dfx.Euler()
+
+    def check_solver(self, solver) -> None:
+        check_param(isinstance(solver, dfx.Euler), "solver",
+                    f"{type(self).__name__} is an Ito SDE: use diffrax.Euler() (Euler-Maruyama); got {type(solver).__name__}")
+
+    def coefficients(self, score, process, x, t, divergence, probes, track: bool):
+        """Returns (a_x, a_L, noise): the tau-drift of x, of log p per probe ((P, N) or None), and a pytree
+        ``noise`` that ``apply_noise`` turns into (G dW, s.G dW)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def apply_noise(noise, dw):
+        raise NotImplementedError
+
+    def increment(self, vf, dt, dw, track: bool):
+        """(dx, dlogp) of one step from the vector field's output ``vf`` and the control (dt, dW)."""
+        a_x, a_l, noise = vf
+        gdw, sgdw = self.apply_noise(noise, dw)
+        dx = a_x * dt + gdw
+        if not track:
+            return dx
+        return dx, a_l * dt + sgdw[None, :]
+
+
+class ReverseSDE(SDESampler):
+    """The reverse SDE dx = [f x - g^2 s] dt + g dW_bar (MATH 3) with free log-density tracking (MATH 4(c)).
+
+    Args:
+      scheme: ``"ito"`` (default; Euler-Maruyama, 1 score evaluation per step, tracking free),
+        ``"stratonovich"`` (more accurate tracking at the cost of the Laplacian estimate; needs ``key``
+        for Hutchinson probes or ``divergence=dg.Exact()``; solvers ``diffrax.Heun()`` (default) and
+        ``diffrax.Midpoint()``, 2 evaluations per step, each 1 score + K JVPs for K probes;
+        ``diffrax.ReversibleHeun`` is refused, its reverse-SDE samples diverge), or ``"milstein"``
+        (Euler-Maruyama plus the pathwise term 1/2 g^2 (dW^T H dW - Lap dtau) of MATH 4(c) along the
+        increment that moves x: per step 1 score + K JVPs (Lap) + 1 JVP (H dW); tracking only).
+      brownian: ``"auto"``, ``"unsafe"`` or ``"virtual"`` (module docstring).
+    """
+
+    scheme: str = eqx.field(static=True, default="ito")
+
+    def __check_init__(self):
+        check_param(self.scheme in ("ito", "stratonovich", "milstein"), "scheme",
+                    f"must be 'ito', 'stratonovich' or 'milstein'; got {self.scheme!r}")
+
+    def cost(self, track):
+        # milstein: K JVPs for the Laplacian's mean + 1 JVP (H dW) along the step's own increment
+        div = track and self.scheme in ("stratonovich", "milstein")
+        return Cost(divergence_passes=int(div), extra_jvps=int(track and self.scheme == "milstein"))
+
+    def default_solver(self):
+        return dfx.Heun() if self.scheme == "stratonovich" else dfx.Euler()
+
+    def check_solver(self, solver):
+        if self.scheme in ("ito", "milstein"):
+            return super().check_solver(solver)
+        if isinstance(solver, dfx.ReversibleHeun):  # subclass-proof: checked before the accepted list
+            raise ValueError("solver: diffrax.ReversibleHeun makes the reverse SDE diverge (its samples' exact "
+                             "log p -3.3e6 at 124 steps); use diffrax.Heun() (the default) or diffrax.Midpoint()")
+        ok = (dfx.Heun, dfx.Midpoint)
+        check_param(isinstance(solver, ok), "solver",
+                    f"the Stratonovich scheme needs a Stratonovich solver ({', '.join(c.__name__ for c in ok)}); "
+                    f"got {type(solver).__name__}")
+
+    def coefficients(self, score, process, x, t, divergence, probes, track):
+        coeffs = process.coefficients_like(t, x)
+        _, _, f, g2 = coeffs
+        g = jnp.sqrt(g2)
+        if track and self.scheme == "milstein":
+            # Ito drift of log p minus the mean of the pathwise term (1/2 g^2 Lap per probe); the term itself,
+            # 1/2 (g dW)^T H (g dW), is added in ``increment`` along the very increment that moves x
+            s, jvp = jax.linearize(lambda z: score(z, t), x)
+            lap = divergence.quadratic_traces(lambda z: batch_dot(z, jvp(z)), x, probes)  # (P, N)
+            a_l = f * event_dim(x) + 0.5 * g2 * (batch_dot(s, s) - lap)
+            return -dyn.hd_drift(coeffs, x, s), a_l, (g, s, jvp)
+        if track and self.scheme == "stratonovich":
+            s, lap = dyn.score_and_laplacian(score, x, t, divergence, probes)
+            a_l = dyn.pf_divergence(coeffs, lap, event_dim(x)) + 0.5 * g2 * batch_dot(s, s)
+        else:
+            s = score(x, t)
+            a_x = -dyn.hd_drift(coeffs, x, s)
+            if track:  # Ito: the |s|^2 and s.dW terms are formed in ``increment`` in one pass
+                return a_x, f * event_dim(x), (g, s, 0.5 * g2)
+            return a_x, None, (g, g * s)
+        a_x = -dyn.hd_drift(coeffs, x, s)
+        return a_x, a_l, (g, g * s)
+
+    @staticmethod
+    def apply_noise(noise, dw):
+        g, gs = noise
+        return g * dw, batch_dot(gs, dw)
+
+    def increment(self, vf, dt, dw, track):
+        if track and self.scheme == "milstein":
+            # MATH 4(c) + Milstein: d log p = [f D + 1/2 g^2 (|s|^2 - Lap)] dtau + g s.dW + 1/2 (g dW)^T H (g dW)
+            a_x, a_l, (g, s, jvp) = vf
+            dx = a_x * dt + g * dw
+            gdw = dx - a_x * dt  # read back from dx: one Gaussian draw per step (see the Ito branch)
+            return dx, a_l * dt + batch_dot(gdw, s + 0.5 * jvp(gdw))[None, :]
+        if not (track and self.scheme == "ito"):
+            return super().increment(vf, dt, dw, track)
+        # MATH 4(c), Ito: d log p = f D dtau + s . (1/2 g^2 s dtau + g dW): one (N,) dot product per step.
+        # (Reading g dW back from dx instead of dW stops XLA from recomputing the Gaussian draw inside the dot's
+        # fusion -- 56 erf_inv ops per step instead of 109 in the compiled HLO, D = 3072 -- but measured no
+        # faster on the shared CPU, so the direct form is kept; benchmarks/bench_tracking_cost.py.)
+        a_x, a_l, (g, s, half_g2) = vf
+        gdw = g * dw
+        return a_x * dt + gdw, a_l * dt + batch_dot(s, half_g2 * dt * s + gdw)[None, :]
+
+
+class SDE(SDESampler):
+    """User SDE, in forward-time units: dx = drift dt + G dW_bar (integrated from t_start down to t_end),
+    i.e. the Ito SDE dx = -drift d tau + G dW in reverse time, with log p tracked by MATH 4(d).
+
+    ``drift(x, t, s) -> v`` (like x) and ``diffusion(x, t, s, dw) -> G dw`` (like x, linear in dw: a
+    matrix-free G) both receive the score s at (x, t), already evaluated. Tracking costs 2K JVPs per step
+    for K Hutchinson probes z: div u from z^T H z and tr(G G^T H) = tr(G^T H G) from (G z)^T H (G z).
+    Solver: Euler-Maruyama (``diffrax.Euler()``).
+    """
+
+    drift: Callable
+    diffusion: Callable
+
+    def cost(self, track):
+        return Cost(divergence_passes=2 if track else 0)  # z^T H z and (G z)^T H (G z)
+
+    def coefficients(self, score, process, x, t, divergence, probes, track):
+        coeffs = process.coefficients_like(t, x)
+        if not track:
+            s = score(x, t)
+            v = _checked(self.drift(x, t, s), x, "drift")
+            return -v, None, (self.diffusion, x, t, s)
+        diffusion = self.diffusion
+        s, jvp = jax.linearize(lambda z: score(z, t), x)
+
+        def quad_ggh(z):  # (G z)^T H (G z): its trace estimate is tr(G^T H G) = tr(G G^T H)
+            gz = _checked(diffusion(x, t, s, z), x, "diffusion")
+            return batch_dot(gz, jvp(gz))
+
+        lap = divergence.quadratic_traces(lambda z: batch_dot(z, jvp(z)), x, probes)  # (P, N)
+        tr_ggh = divergence.quadratic_traces(quad_ggh, x, probes)  # (P, N)
+        v = _checked(self.drift(x, t, s), x, "drift")
+        u = dyn.pf_drift(coeffs, x, s)
+        div_u = dyn.pf_divergence(coeffs, lap, event_dim(x))
+        a_l = div_u - batch_dot(s, v - u) + 0.5 * tr_ggh
+        return -v, a_l, (diffusion, x, t, s)
+
+    @staticmethod
+    def apply_noise(noise, dw):
+        diffusion, x, t, s = noise
+        gdw = diffusion(x, t, s, dw)
+        return gdw, batch_dot(s, gdw)
+
+
+def _checked(v, x, name):
+    return checked_shape(v, x, name, "it must return an array like x")
+
+
+def _check_noise_fn(noise, process, dtype):
+    """noise(t) must return a scalar; negative values raise (also under jit)."""
+    out = jax.eval_shape(noise, jnp.asarray(process.t_max, dtype))
+    if getattr(out, "shape", None) != ():
+        raise ValueError(f"noise: noise(t) must return a scalar phi_tilde(t) >= 0; got shape {getattr(out, 'shape', out)}")
+
+
+class StochasticDensityGuidance(SDESampler):
+    """Stochastic density guidance (DG-SDE, MATH 5): density guidance with noise orthogonal to the score.
+
+        dx = v_S dt + phi P dW_bar,   P = I - s s^T / |s|^2,   phi = phi_tilde(t) g(t)
+        v_S = v_DG + 1/2 phi^2 tr(P H P) / |s|^2 s
+
+    so that d/dt log p_t(x_t) = b_t exactly: the log-density follows the guidance schedule along every
+    noisy path. ``exact=False`` (the published method) uses Lap for tr(PHP); ``exact=True`` subtracts
+    s^T H s / |s|^2 (one JVP more per step). With ``track_logp`` the rate of MATH 4(d) is integrated, so
+    the published form's deviation from the schedule shows up in the tracked value.
+
+    Args:
+      q: log-density quantile in (0, 1) (see ``dg.DensityGuidance``); or a custom ``rate``.
+      noise: ``phi_tilde(t) -> scalar >= 0``; see ``noise_window`` / ``noise_window_log_snr``.
+      exact: include the s^T H s / |s|^2 term.
+      rate, start_at_median, and keyword options: as ``dg.DensityGuidance``.
+    Cost per step: one score evaluation + the divergence estimator's JVPs (Lap, needed by the drift
+    even without tracking; pass ``key``) + 1 JVP for ``exact`` (or for tracking the published form).
+    """
+
+    guidance: eqx.Module
+    noise: Callable
+    exact: bool = eqx.field(static=True)
+
+    def __init__(self, q=0.5, noise: Callable | None = None, exact: bool = False, *, rate=None,
+                 start_at_median: bool = True, brownian: str = "auto", **guidance_kwargs):
+        if noise is None or not callable(noise):
+            raise ValueError("noise: pass a callable phi_tilde(t) -> scalar >= 0, e.g. dg.noise_window(0.2, 0.6, 1.0)")
+        self.guidance = DensityGuidance(q, rate=rate, start_at_median=start_at_median, **guidance_kwargs)
+        self.noise = noise
+        self.exact = bool(exact)
+        self.brownian = brownian
+
+    @property
+    def q(self):
+        return self.guidance.q
+
+    def cost(self, track):
+        return Cost(divergence_passes=1, extra_jvps=int(self.exact or track))  # Lap; s^T H s
+
+    def prepare(self, process, x_T):
+        _check_noise_fn(self.noise, process, x_T.dtype)
+        return self.guidance.prepare(process, x_T)
+
+    def coefficients(self, score, process, x, t, divergence, probes, track):
+        coeffs = process.coefficients_like(t, x)
+        _, _, f, g2 = coeffs
+        d = event_dim(x)
+        need_shs = self.exact or track
+        s, jvp = jax.linearize(lambda z: score(z, t), x)
+        lap = divergence.quadratic_traces(lambda z: batch_dot(z, jvp(z)), x, probes)  # (P, N)
+        lap_mean = jnp.mean(lap, axis=0)
+        s_sq = batch_dot(s, s)
+        inv_s_sq = 1.0 / jnp.maximum(s_sq, jnp.finfo(x.dtype).tiny)
+        shs = batch_dot(s, jvp(s)) * inv_s_sq if need_shs else 0.0  # s^T H s / |s|^2
+        phi_t = jnp.asarray(self.noise(t), x.dtype)
+        phi_t = eqx.error_if(phi_t, phi_t < 0, "noise: noise(t) returned a negative value; phi_tilde must be >= 0")
+        phi2 = phi_t**2 * g2
+        div_u = dyn.pf_divergence(coeffs, lap, d)  # (P, N)
+        v_dg = self.guidance.velocity(coeffs, x, s, t=t, div_u=jnp.mean(div_u, axis=0))
+        tr_php = lap_mean - shs if self.exact else lap_mean
+        v_s = v_dg + bcast(0.5 * phi2 * tr_php * inv_s_sq, x) * s
+        a_l = None
+        if track:
+            # MATH 4(d) with G = phi P: s.P dW = 0, tr(G G^T H) = phi^2 (Lap - s^T H s/|s|^2)
+            u = dyn.pf_drift(coeffs, x, s)
+            a_l = div_u - batch_dot(s, v_s - u) + 0.5 * phi2 * (lap - shs)
+        s_hat = s * bcast(jnp.sqrt(inv_s_sq), x)
+        return -v_s, a_l, (jnp.sqrt(phi2), s_hat)
+
+    @staticmethod
+    def apply_noise(noise, dw):
+        phi, s_hat = noise
+        pdw = dw - s_hat * bcast(batch_dot(s_hat, dw), dw)
+        return phi * pdw, jnp.zeros(dw.shape[0], dw.dtype)
+
+
+def _window_param(v, name: str):
+    """A window parameter as a leaf: a float64 0-d numpy array when concrete (exact, and traced by
+    ``equinox.filter_jit`` so that a sweep over it compiles once), or the tracer itself under jit."""
+    if is_concrete(v):
+        check_param(np.ndim(v) == 0 and math.isfinite(float(v)), name, f"must be a finite number; got {v!r}")
+        return np.asarray(float(v), np.float64)
+    return v
+
+
+class NoiseWindow(eqx.Module):
+    """phi_tilde(t) = level on t_from <= t <= t_to, 0 elsewhere (``dg.noise_window``). Its parameters are
+    pytree leaves: a sweep over them through one jit-compiled sampler (``dg.sample_sharded``) compiles once."""
+
+    level: Array
+    t_from: Array
+    t_to: Array
+
+    def __call__(self, t):
+        return jnp.where((t >= self.t_from) & (t <= self.t_to), self.level, 0.0)
+
+
+class NoiseWindowLogSNR(eqx.Module):
+    """phi_tilde(t) = level where lambda_from <= lambda_t <= lambda_to (``dg.noise_window_log_snr``); leaves
+    as ``NoiseWindow``."""
+
+    process: eqx.Module
+    level: Array
+    lambda_from: Array
+    lambda_to: Array
+
+    def __call__(self, t):
+        lam = self.process.log_snr(t)
+        return jnp.where((lam >= self.lambda_from) & (lam <= self.lambda_to), self.level, 0.0)
+
+
+def _check_window(level, lo, hi, names):
+    if is_concrete((level, lo, hi)):
+        check_param(float(level) >= 0, "level", f"must be >= 0; got {level}")
+        check_param(float(lo) < float(hi), names[0], f"must be below {names[1]}; got {lo} >= {hi}")
+        return level
+    return eqx.error_if(level, (level < 0) | (lo >= hi),
+                        f"noise window: level must be >= 0 and {names[0]} below {names[1]}")
+
+
+def noise_window(level: float, t_from: float, t_to: float) -> NoiseWindow:
+    """phi_tilde(t) = level on t_from <= t <= t_to, 0 elsewhere (a window in process time). Arguments may
+    be traced (under jit)."""
+    level, t_from, t_to = (_window_param(v, n) for v, n in ((level, "level"), (t_from, "t_from"), (t_to, "t_to")))
+    level = _check_window(level, t_from, t_to, ("t_from", "t_to"))
+    return NoiseWindow(level, t_from, t_to)
+
+
+def noise_window_log_snr(process, level: float, lambda_from: float, lambda_to: float) -> NoiseWindowLogSNR:
+    """phi_tilde(t) = level where lambda_from <= lambda_t <= lambda_to (a window in log-SNR, as in the
+    published experiments: early 0.2 on (-10, -4), late 0.3 on (-3, 9) for VP in [-10, 10]). Arguments
+    other than ``process`` may be traced."""
+    level, lo, hi = (_window_param(v, n) for v, n in
+                     ((level, "level"), (lambda_from, "lambda_from"), (lambda_to, "lambda_to")))
+    level = _check_window(level, lo, hi, ("lambda_from", "lambda_to"))
+    return NoiseWindowLogSNR(process, level, lo, hi)
+
+
+# ------------------------------------------------------------------------------------------------------
+# the solve: one diffrax term carrying (x, log p) and the shared Brownian increment
+# ------------------------------------------------------------------------------------------------------
+class _AugmentedSDETerm(dfx.AbstractTerm):
+    """vf(tau, y) = (a_x, a_L, noise); contr = (d tau, dW); prod = (a_x dtau + G dW, a_L dtau + s.G dW).
+
+    One vector-field call gives both the drift and the noise coefficients, so the score is evaluated once
+    per Euler-Maruyama step, and the log-density's noise uses the very increment that moves x."""
+
+    coeff_fn: Callable
+    increment: Callable
+    path: dfx.AbstractBrownianPath
+    track: bool = eqx.field(static=True)
+
+    def vf(self, t, y, args):
+        return self.coeff_fn(t, y, args)
+
+    def contr(self, t0, t1, **kwargs):
+        return t1 - t0, self.path.evaluate(t0, t1, **kwargs)
+
+    def prod(self, vf, control):
+        dt, dw = control
+        return self.increment(vf, dt, dw, self.track)
+
+
+def brownian_path(kind: str, key, shape, dtype, span: float, steps: int | None):
+    """The Brownian motion over [0, span] for a solve (see the module docstring for the choice)."""
+    if kind == "auto":
+        kind = "unsafe" if steps is not None else "virtual"
+    struct = jax.ShapeDtypeStruct(shape, dtype)
+    if kind == "unsafe":
+        if steps is None:
+            raise ValueError("brownian: 'unsafe' Brownian paths need constant steps (steps=...); use 'virtual' "
+                             "with rtol/atol")
+        return dfx.UnsafeBrownianPath(shape=struct, key=key)
+    tol = span / (8 * steps) if steps is not None else span * 1e-6
+    return dfx.VirtualBrownianTree(0.0, span, tol=tol, shape=struct, key=key)
+
+
+def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence, options, logp_T, t_start,
+            t_end):
+    """Integrate an SDE sampler from t_start to t_end (in tau); returns (y, nfe, num_steps),
+    y = x or (x, log p per probe (P, N))."""
+    solver, steps, rtol, atol, adjoint = options.solver, options.steps, options.rtol, options.atol, options.adjoint
+    if key is None:
+        raise ValueError("key: stochastic sampling needs a PRNG key (key=jax.random.key(...)) for the Brownian path")
+    steps, ts = grids.plan(process, t_start, t_end, steps, options.grid)
+    if ts is not None:  # the SDE is integrated in tau = t_start - t; the Brownian path gets the step count
+        steps, ts = len(ts) - 1, float(t_start) - ts
+    if steps is None and rtol is None and atol is None:
+        raise ValueError("steps: give steps=... (constant steps) for SDE sampling, or rtol/atol with an adaptive "
+                         "Stratonovich solver")
+    solver = sampler.default_solver() if solver is None else solver
+    sampler.check_solver(solver)
+    k_bm, k_probe = jax.random.split(key)
+    use_div = sampler.uses_divergence(track_logp)
+    probes = divergence.draw(k_probe, x) if use_div else None
+    span = float(t_start - t_end)
+    path = brownian_path(sampler.brownian, k_bm, x.shape, x.dtype, span, steps)
+    if adjoint is None and isinstance(path, dfx.UnsafeBrownianPath):
+        adjoint = dfx.ForwardMode()  # no reverse-mode through fresh per-step increments; use brownian="virtual"
+
+    def coeff_fn(tau, y, probes):
+        xx = y[0] if track_logp else y
+        t = jnp.asarray(t_start, xx.dtype) - tau
+        return sampler.coefficients(score, process, xx, t, divergence, probes, track_logp)
+
+    term = _AugmentedSDETerm(coeff_fn, sampler.increment, path, track_logp)
+    p = 1 if probes is None else probes.shape[0]
+    y0 = (x, jnp.broadcast_to(logp_T, (p, x.shape[0]))) if track_logp else x
+    y1, evals, stats = solve_term(term, y0, 0.0, span, args=probes, options=options, solver=solver,
+                                  adjoint=adjoint, steps=None if ts is not None else steps, grid=ts)
+    y1 = check_output(y1, f"dg.sample: the SDE solve ({type(sampler).__name__})")
+    nfe = add_nfe(0, evals, sampler.nfe_per_eval(track_logp, divergence, x[0].size))
+    return y1, nfe, stats["num_steps"]
+
+
