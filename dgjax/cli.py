@@ -97,10 +97,13 @@ def _train(args) -> int:
                            attn_resolutions=list(args.attn_res), dropout=args.dropout)
     else:
         arch_kwargs = dict(width=args.width, depth=args.depth)
+    # flow matching samples t uniformly and has its own loss: --importance defaults to uniform there
+    importance = args.importance or ("uniform" if args.objective == "flow" else "adaptive")
     cfg = TrainConfig(data=args.data, patch_size=args.patch_size, arch=args.arch, arch_kwargs=arch_kwargs,
+                      objective=args.objective,
                       steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                       grad_clip=args.grad_clip, ema_decay=args.ema_decay, weighting=args.weighting,
-                      importance=args.importance, seed=args.seed, eval_every=args.eval_every,
+                      importance=importance, seed=args.seed, eval_every=args.eval_every,
                       eval_num=args.eval_num, final_eval_num=args.final_eval_num, ckpt_every=args.ckpt_every,
                       keep=args.keep)
     command = "dgjax " + " ".join(args.argv)
@@ -139,7 +142,7 @@ def _sample(args) -> int:
 
     import dgjax as dg
 
-    from .data import save_image_grid
+    from .data import save_labelled_grid
     from .models import ModelError
 
     qs = args.q
@@ -205,8 +208,10 @@ def _sample(args) -> int:
     bar.close()
     elapsed = time.perf_counter() - start
     if rows:  # only the rows that were sampled: a failed row is reported below, never drawn as a grey row
+        labels = [f"q={q:g}  mean log p {logp.mean():.1f}" for q, logp, _, err in table if err is None]
         try:
-            save_image_grid(args.out, np.stack(rows), ds.transform, scale=args.scale)
+            save_labelled_grid(args.out, np.stack(rows), ds.transform, labels, scale=args.scale,
+                               title=f"{getattr(model, 'name', args.model)}: density guidance, one latent per column")
         except ValueError as e:
             return _fail(str(e))
     mode = f"{args.steps} Tsit5 steps" if args.steps else f"adaptive Tsit5, rtol=atol={args.rtol:g}"
@@ -388,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tr.add_argument("--data", default="digits", choices=DATASETS, help="training data set")
     tr.add_argument("--patch-size", type=POS_INT, default=16, help="patch size for --data patches")
+    tr.add_argument("--objective", default="eps", choices=["eps", "flow"],
+                    help="eps: eps-prediction denoising loss on VP (default); flow: flow matching on dg.LinearFlow "
+                         "(x_t = (1-t) x + t eps, velocity target eps - x, t ~ U[1e-3, 1-1e-3]; model predicts v)")
     tr.add_argument("--arch", default="unet", choices=["unet", "mlp"], help="network (mlp for the 2-D toys)")
     tr.add_argument("--channels", type=POS_INT, default=32, help="unet: base channel count")
     tr.add_argument("--ch-mult", type=POS_INT, nargs="+", default=[1, 2],
@@ -405,8 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ema-decay", type=FRACTION, default=0.999, help="decay of the parameter EMA")
     tr.add_argument("--weighting", default="likelihood", choices=["likelihood", "sigmoid"],
                     help="loss weighting in log-SNR: likelihood (unweighted, the ELBO) or sigmoid (perceptual)")
-    tr.add_argument("--importance", default="adaptive", choices=["adaptive", "uniform"],
-                    help="noise-level sampling: adaptive importance sampling (Kingma & Gao 2023) or uniform in log-SNR")
+    tr.add_argument("--importance", default=None, choices=["adaptive", "uniform"],
+                    help="noise-level sampling: adaptive importance sampling (Kingma & Gao 2023; default for "
+                         "--objective eps) or uniform in log-SNR (uniform in t for --objective flow, its only choice)")
     tr.add_argument("--seed", type=NONNEG_INT, default=0, help="seed: the data order and all randomness are functions of (seed, step)")
     tr.add_argument("--eval-every", type=POS_INT, default=500, help="steps between held-out bits/dim evaluations")
     tr.add_argument("--eval-num", type=POS_INT, default=32, help="test examples in each periodic evaluation")
@@ -446,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="guidance feasibility check tolerance in log-SNR units (0 disables it)")
     sm.add_argument("--seed", type=NONNEG_INT, default=0, help="PRNG seed of the latents and probes")
     sm.add_argument("--out", default="samples.png", help="output PNG")
-    sm.add_argument("--scale", type=POS_INT, default=4, help="pixel upscaling of the grid")
+    sm.add_argument("--scale", type=POS_INT, default=None,
+                    help="nearest-neighbour upscaling of each image (default: about 64 pixels a side, x8 for digits)")
     sm.add_argument("--no-progress", action="store_true", help="no progress bar")
     sm.set_defaults(func=_sample)
 

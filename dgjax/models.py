@@ -10,7 +10,8 @@ Networks predict the noise eps from ``(x_t, lambda_t)`` -- they are conditioned 
   with attention, skip connections, and a zero-initialised output convolution.
 
 ``TrainedModel`` binds a network to its (EMA) parameters, its forward process and its config; its
-``.score`` is a pure ``score(x, t)`` made by ``dg.score_from(..., parametrization="eps")``, so every
+``.score`` is a pure ``score(x, t)`` made by ``dg.score_from(..., parametrization)`` with the config's
+parametrization ("eps" on ``VP``; "v", the velocity, on ``LinearFlow`` for flow-matching models), so every
 sampler, ``dg.log_likelihood`` and ``dg.score_alignment`` work on it unchanged.
 
 Files. A model is two files side by side: ``NAME.json`` (the config: architecture, shape, process, data
@@ -19,7 +20,7 @@ are written to a temporary name and renamed, so an interrupted write never leave
 Loading checks the stored parameter tree against the architecture in the config and refuses a mismatch
 with an error naming the first differing entries.
 
-``dg.load_model(name_or_path)`` accepts a shipped name (``SHIPPED_MODELS``: ``digits``, ``patches``), a
+``dg.load_model(name_or_path)`` accepts a shipped name (``SHIPPED_MODELS``: ``digits``, ``digits-flow``, ``patches``), a
 ``.msgpack`` file (its ``.json`` beside it), a directory holding ``model.msgpack``/``model.json`` (what
 ``dgjax train`` exports), or a training run directory (its latest orbax checkpoint; EMA parameters).
 """
@@ -41,10 +42,10 @@ import numpy as np
 
 from ._io import atomic_write, leaf_shapes, write_bytes_synced
 from .parametrizations import score_from
-from .processes import VP
+from .processes import VP, LinearFlow
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
-SHIPPED_MODELS = ("digits", "patches")
+SHIPPED_MODELS = ("digits", "digits-flow", "patches")
 FORMAT = "dgjax-model-1"
 
 
@@ -263,20 +264,23 @@ def check_same_architecture(expected: dict, got: dict, where: str) -> None:
 def process_from_config(cfg: dict):
     cfg = dict(cfg or {"name": "VP"})
     name = cfg.pop("name", "VP")
-    if name != "VP":
-        raise ModelError(f"process {name!r}: dgjax trains and loads models on the VP log-SNR process only "
-                         f"(the networks are conditioned on lambda; training samples lambda directly)")
-    unknown = sorted(set(cfg) - {"lambda_min", "lambda_max"})
+    if name not in ("VP", "LinearFlow"):  # LinearFlow: flow-matching models (dgjax train --objective flow)
+        raise ModelError(f"process {name!r}: dgjax trains and loads models on the VP log-SNR process or on "
+                         f"LinearFlow (flow matching) only (the networks are conditioned on lambda)")
+    fields = {"lambda_min", "lambda_max"} if name == "VP" else {"eps"}
+    unknown = sorted(set(cfg) - fields)
     if unknown:
-        raise ModelError(f"model config: unknown process field(s) {unknown}; a VP process takes lambda_min and "
-                         f"lambda_max")
+        raise ModelError(f"model config: unknown process field(s) {unknown}; a {name} process takes "
+                         f"{' and '.join(sorted(fields))}")
     try:
-        return VP(**cfg)
+        return VP(**cfg) if name == "VP" else LinearFlow(**cfg)
     except (TypeError, ValueError) as e:
         raise ModelError(f"model config: invalid process {cfg}: {e}") from e
 
 
 def process_to_config(process) -> dict:
+    if isinstance(process, LinearFlow):
+        return {"name": "LinearFlow", "eps": process.eps}
     return {"name": "VP", "lambda_min": process.lambda_min, "lambda_max": process.lambda_max}
 
 
@@ -300,10 +304,15 @@ class TrainedModel:
     def __post_init__(self):
         object.__setattr__(self, "process", process_from_config(self.config.get("process")))
         object.__setattr__(self, "shape", tuple(self.config["shape"]))
-        object.__setattr__(self, "_score", score_from(self.apply, self.process, "eps"))
+        object.__setattr__(self, "parametrization", self.config.get("parametrization", "eps"))
+        try:
+            object.__setattr__(self, "_score", score_from(self.apply, self.process, self.parametrization))
+        except ValueError as e:
+            raise ModelError(f"model config: {e}") from e
 
     def apply(self, x, t):
-        """eps prediction at (x (N, *shape), t scalar or (N,)), in x's dtype; dropout off."""
+        """The network's prediction (``.parametrization``: eps, or the velocity v for flow models) at
+        (x (N, *shape), t scalar or (N,)), in x's dtype; dropout off."""
         lam = self.process.log_snr(jnp.asarray(t, jnp.float32))
         out = self.network.apply({"params": self.params}, x.astype(jnp.float32), lam, train=False)
         return out.astype(x.dtype)

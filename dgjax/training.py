@@ -61,10 +61,11 @@ from ._io import atomic_write, leaf_shapes, write_bytes_synced
 from .data import load_dataset
 from .models import (ArchitectureMismatch, ModelError, TrainedModel, check_same_architecture, init_params,
                      make_network, num_params, param_shapes, process_to_config, register_run_loader, save_model)
-from .processes import VP
+from .processes import VP, LinearFlow
 
 WEIGHTINGS = ("likelihood", "sigmoid")
 IMPORTANCE = ("adaptive", "uniform")
+OBJECTIVES = ("eps", "flow")
 # settings that may change when a run is resumed (they do not affect the parameters)
 _RESUME_FREE = ("eval_every", "eval_num", "ckpt_every", "keep", "final_eval_num", "eval_rtol")
 
@@ -75,6 +76,7 @@ class TrainConfig:
 
     data: str = "digits"
     patch_size: int = 16
+    objective: str = "eps"  # "eps": VP eps-prediction; "flow": flow matching on LinearFlow (flow_matching_loss_fn)
     arch: str = "unet"
     arch_kwargs: dict = field(default_factory=lambda: dict(channels=32, ch_mult=[1, 2], num_res_blocks=2,
                                                            attn_resolutions=[4], dropout=0.1))
@@ -108,6 +110,12 @@ class TrainConfig:
 
         need(self.weighting in WEIGHTINGS, "weighting", f"choose one of {WEIGHTINGS}")
         need(self.importance in IMPORTANCE, "importance", f"choose one of {IMPORTANCE}")
+        need(self.objective in OBJECTIVES, "objective", f"choose one of {OBJECTIVES}")
+        if self.objective == "flow":
+            need(self.weighting == "likelihood", "weighting", "flow matching has its own (velocity) loss; "
+                 "use weighting='likelihood' (the default) with objective='flow'")
+            need(self.importance == "uniform", "importance", "flow matching samples t uniformly; "
+                 "use importance='uniform' with objective='flow'")
         for k in ("steps", "batch_size", "num_bins", "eval_every", "eval_num", "ckpt_every", "keep", "final_eval_num"):
             need(isinstance(getattr(self, k), int) and getattr(self, k) >= 1, k, "must be an int >= 1")
         need(self.lr > 0, "lr", "must be > 0")
@@ -135,9 +143,14 @@ class TrainConfig:
 
 
 def model_config(cfg: TrainConfig, shape, name: str = "model") -> dict:
-    """The model part of a config (what ``dg.load_model`` needs)."""
+    """The model part of a config (what ``dg.load_model`` needs): objective, process and parametrization
+    (eps on VP, or the velocity "v" on LinearFlow for objective "flow")."""
+    if cfg.objective == "flow":
+        process, param = process_to_config(LinearFlow()), "v"
+    else:
+        process, param = process_to_config(VP(cfg.lambda_min, cfg.lambda_max)), "eps"
     return {"name": name, "arch": cfg.arch, "arch_kwargs": cfg.arch_kwargs, "shape": list(shape),
-            "process": process_to_config(VP(cfg.lambda_min, cfg.lambda_max)), "parametrization": "eps",
+            "objective": cfg.objective, "process": process, "parametrization": param,
             "data": cfg.data, "data_kwargs": cfg.data_kwargs}
 
 
@@ -211,6 +224,8 @@ def init_state(cfg: TrainConfig, net, shape, tx) -> dict:
 
 def make_loss_fn(cfg: TrainConfig, net, dim: int):
     """loss(params, hist, x, key) -> (mean loss, (lambda, w |eps - eps_hat|^2 / D)); dropout on."""
+    if cfg.objective == "flow":
+        return flow_matching_loss_fn(cfg, net, dim)
 
     def loss_fn(params, hist, x, key):
         k_lam, k_eps, k_drop = jax.random.split(key, 3)
@@ -225,6 +240,33 @@ def make_loss_fn(cfg: TrainConfig, net, dim: int):
         w = weight(lam, cfg)
         loss = jnp.mean(0.5 * w / p * sq)
         return loss, (lam, jax.lax.stop_gradient(w * sq))
+
+    return loss_fn
+
+
+def flow_matching_loss_fn(cfg: TrainConfig, net, dim: int):
+    """The flow-matching (conditional velocity) loss on ``dg.LinearFlow`` (MATH 2; Lipman et al. 2023,
+    Liu et al. 2023): with ``t ~ U[t_min, t_max]`` (uniform time sampling, t_min = 1 - t_max = 1e-3) and
+    ``x_t = (1 - t) x + t eps``, the velocity target is ``d x_t / dt = eps - x`` and
+
+        L = 1/2 |(eps - x) - v_hat(x_t, lambda_t)|^2 / D        (per example; mean over the batch)
+
+    The network sees the log-SNR ``lambda_t = 2 log((1 - t) / t)`` (as every dgjax network does); its output
+    is the velocity, converted to the score by ``dg.score_from(..., "v")`` (s = 2 (f x - v) / g^2).
+    Returns loss(params, hist, x, key) -> (mean loss, (lambda, |v - v_hat|^2 / D)); ``hist`` is unused.
+    """
+    process = LinearFlow()
+
+    def loss_fn(params, hist, x, key):
+        k_t, k_eps, k_drop = jax.random.split(key, 3)
+        t = jax.random.uniform(k_t, (x.shape[0],), minval=process.t_min, maxval=process.t_max)
+        eps = jax.random.normal(k_eps, x.shape)
+        tb = t.reshape((-1,) + (1,) * (x.ndim - 1))
+        z = (1.0 - tb) * x + tb * eps
+        lam = process.log_snr(t)
+        v_hat = net.apply({"params": params}, z, lam, train=True, rngs={"dropout": k_drop})
+        sq = jnp.sum(jnp.reshape((eps - x - v_hat) ** 2, (x.shape[0], -1)), axis=-1) / dim
+        return jnp.mean(0.5 * sq), (lam, jax.lax.stop_gradient(sq))
 
     return loss_fn
 
@@ -637,6 +679,13 @@ def _train(cfg: TrainConfig, run_dir, *, resume, progress, callback, name, comma
 
         bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.data}", unit="step", file=out,
                    dynamic_ncols=True, mininterval=1.0)
+    # training time across resumed segments: time.json is rewritten at every checkpoint, so a killed run's
+    # time up to its last checkpoint is counted when it resumes
+    time_path = os.path.join(run_dir, "time.json") if run_dir else None
+    prev = 0.0
+    if time_path and resume and os.path.exists(time_path):
+        with open(time_path) as fh:
+            prev = float(json.load(fh).get("train_time_s", 0.0))
     t0 = time.perf_counter()
     smooth = None
     last_eval = None
@@ -660,6 +709,7 @@ def _train(cfg: TrainConfig, run_dir, *, resume, progress, callback, name, comma
             done = k + 1
             if ckpts is not None and (done % cfg.ckpt_every == 0 or done == cfg.steps):
                 ckpts.save(state)
+                _write_json(time_path, {"train_time_s": prev + time.perf_counter() - t0, "steps": done})
             if done % cfg.eval_every == 0 and done != cfg.steps:
                 last_eval = heldout_bits_per_dim(evaluate, state["ema_params"], eval_x, eval_key)[0]
                 log({"step": done, "heldout_bpd": last_eval, "n": len(eval_x)})
@@ -684,15 +734,9 @@ def _train(cfg: TrainConfig, run_dir, *, resume, progress, callback, name, comma
             bar.close()
         if ckpts is not None:
             ckpts.close()
-    elapsed = time.perf_counter() - t0
-    # total training time across resumed segments
-    prev = 0.0
-    if run_dir and resume and os.path.exists(os.path.join(run_dir, "time.json")):
-        with open(os.path.join(run_dir, "time.json")) as fh:
-            prev = float(json.load(fh).get("train_time_s", 0.0))
-    total_time = prev + elapsed
-    if run_dir:
-        _write_json(os.path.join(run_dir, "time.json"), {"train_time_s": total_time, "steps": int(state["step"])})
+    total_time = prev + time.perf_counter() - t0
+    if time_path:
+        _write_json(time_path, {"train_time_s": total_time, "steps": int(state["step"])})
     bpd = bpd_se = None
     if final_eval:
         n_final = min(cfg.final_eval_num, len(ds.raw("test"))) if ds.finite else cfg.final_eval_num

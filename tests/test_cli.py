@@ -39,7 +39,8 @@ def test_sample_writes_a_valid_png_grid_and_a_table(tmp_path, capsys):
     assert all(float(r[1]) == float(r[1]) for r in rows)   # finite numbers, not 'infeasible'
     img = Image.open(out)
     img.verify()
-    assert Image.open(out).size == (2 * (3 * 9 + 1), 2 * (2 * 9 + 1))   # 3 columns (samples), 2 rows (q)
+    w, h = Image.open(out).size   # 3 columns (samples), 2 rows (q) of 2x-scaled 8x8 images, labels left, title above
+    assert w > 2 * (3 * 9 + 1) and 2 * (2 * 9 + 1) < h < 2 * (2 * 9 + 1) + 30
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]   # no temporary file left
 
 
@@ -88,3 +89,14 @@ def test_every_option_has_help(command, capsys):
     sub = build_parser()._subparsers._group_actions[0].choices[command]
     for action in sub._actions:
         assert action.help, f"dgjax {command} {action.option_strings} has no help text"
+
+
+def test_train_objective_option(tmp_path, capsys):
+    """--objective flow reaches TrainConfig (its settings are checked before anything is written); an unknown
+    objective is refused by the parser."""
+    out = str(tmp_path / "run")
+    assert main(["train", "--objective", "flow", "--importance", "adaptive", "--steps", "1", "--out", out,
+                 "--no-progress"]) == 2
+    assert re.search("importance", capsys.readouterr().err) and not os.path.exists(os.path.join(out, "config.json"))
+    assert main(["train", "--objective", "edm", "--out", out]) == 2
+    assert "--objective" in capsys.readouterr().err

@@ -111,6 +111,20 @@ def test_stochastic_dg(run_script):
     assert {"grid_early_published.png", "grid_late_published.png", "grid_early_exact.png"} <= names
 
 
+def test_sample_quality(run_script):
+    summary, out = run_script("sample_quality")
+    check_files(summary, out)
+    h = summary["headline"]
+    # the classifier on real held-out digits: issue 16 measured 59% with p >= 0.9 (176 of 297 here)
+    assert abs(h["real_frac_confident"] - 0.59) < 0.01 and h["real_accuracy"] > 0.95
+    for f in [h["pfode_frac_confident"], *h["dg_frac_confident"]]:
+        assert 0.0 <= f <= 1.0
+    assert h["dg_q"] == [0.6] and h["dg_mean_logp"][0] > h["pfode_mean_logp"]   # upward guidance raises log p
+    with open(out / "samples.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 8 and all(0.1 <= float(r["prob"]) <= 1.0 and 0 <= int(r["cls"]) <= 9 for r in rows)
+
+
 @pytest.mark.slow  # mode tracking on the UNet: minutes on 2 shared cores even in quick mode
 def test_denoising(run_script):
     summary, out = run_script("denoising")
@@ -130,6 +144,7 @@ def test_three_densities(run_script):
 
 @pytest.mark.parametrize("name,argv", [("logp_vs_q", ["--no-such-flag"]), ("logp_vs_q", ["--q", "1.5"]),
                                        ("stochastic_dg", ["--q", "0"]), ("high_density", ["--t-switch", "2"]),
+                                       ("sample_quality", ["--q", "1.2"]), ("sample_quality", ["--threshold", "1"]),
                                        ("denoising", ["--t", "0"])])
 def test_bad_arguments_are_rejected(run_script, name, argv, capsys):
     with pytest.raises(SystemExit) as e:

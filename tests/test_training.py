@@ -98,10 +98,15 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(cfg, str(tmp_path / "cut"), progress=False, final_eval=False, export=False, callback=kill_at_3)
     assert Checkpoints(str(tmp_path / "cut"), read_only=True).latest_step() == 2
+    with open(tmp_path / "cut" / "time.json") as fh:  # the killed segment's time up to its checkpoint
+        cut_time = json.load(fh)
+    assert cut_time["steps"] == 2 and cut_time["train_time_s"] > 0
     with pytest.raises(ValueError, match="already holds a training run; pass --resume"):
         train(cfg, str(tmp_path / "cut"), progress=False, final_eval=False)
     resumed = train(cfg, str(tmp_path / "cut"), resume=True, progress=False, final_eval=False, export=False)
     assert len(resumed.losses) == 2                       # steps 3 and 4 only
+    with open(tmp_path / "cut" / "time.json") as fh:      # training time adds up across the segments
+        assert json.load(fh)["train_time_s"] > cut_time["train_time_s"]
     assert_trees_equal(resumed.state["params"], full.state["params"])
     assert_trees_equal(resumed.state["ema_params"], full.state["ema_params"])
     assert_trees_equal(resumed.state["opt_state"], full.state["opt_state"])
