@@ -63,9 +63,9 @@ def main(argv=None):
     cases = [
         ("PF-ODE solve (dg.sample)", eqx.filter_jit(lambda x: dg.sample(score, process, x, t_end=t_end, steps=steps))),
         ("score form", alignment()),
-        ("score-free, Hutchinson(1), fixed probes", alignment(score_free=True, key=key)),
+        ("score-free, Hutchinson(1), fixed probes (Tsit5 default)", alignment(score_free=True, key=key)),
         ("score-free, Hutchinson(4), fixed probes", alignment(score_free=True, key=key, divergence=dg.Hutchinson(4))),
-        ("score-free, Hutchinson(1), redrawn per eval", alignment(score_free=True, key=key, redraw_probes=True)),
+        ("score-free, Hutchinson(1), redrawn per step", alignment(score_free=True, key=key, redraw_probes=True)),
     ]
     if not args.no_exact:
         cases.append((f"score-free, Exact (D = {args.dim})", alignment(score_free=True, divergence=dg.Exact())))

@@ -15,6 +15,10 @@ compiling run; NFE counts score evaluations per sample, a JVP counting as one mo
   alone).
 - DG-ODE / PF-ODE, tracked / untracked (PF-ODE and reverse SDE), DG-SDE / DG-ODE per step, the cost of one
   more Hutchinson probe, and the two score-alignment forms against a plain PF-ODE solve.
+- Issue 14 (bench_tracking_cost.py): N = 64, 64 constant steps on the oracle and the digits UNet: tracked /
+  untracked reverse SDE, DG-ODE / PF-ODE, a published-style tracked reverse SDE (lax.scan, vmapped) against
+  dg.ReverseSDE(); and the reverse-SDE tracking schemes (Euler-Maruyama, Stratonovich Heun, Milstein) at
+  about 1000 NFE.
 
 Models: the Gaussian-mixture oracle in D = 3072 (5 components: every row), the shipped ``digits`` UNet
 (D = 64: the baseline comparison), and a small Flax MLP (D = 3072: guidance and tracking costs).
@@ -36,8 +40,10 @@ import dgjax as dg
 
 try:
     from benchmarks._common import interleaved_best, small_flax_score
+    from benchmarks.bench_tracking_cost import accuracy_rows, cost_rows
 except ImportError:  # run as a script from benchmarks/
     from _common import interleaved_best, small_flax_score
+    from bench_tracking_cost import accuracy_rows, cost_rows
 
 P = dg.VP()
 # dgjax configurations offered against the baseline: adaptive Tsit5, and fixed-step Heun (on the trained
@@ -206,6 +212,11 @@ def main(argv=None):
     rows += sampler_ratios(o_score, x_T, f"oracle D={gm.dim}", 8 if quick else 32, repeats,
                            include_alignment=True)
     done("oracle: sampler ratios")
+    # issue 14: N = 64, 64 constant steps: tracking / guidance overhead, published-style tracked reverse SDE
+    rows += cost_rows(o_score, P.prior_sample(jax.random.key(5), (8 if quick else 64,) + shape), f"oracle D={gm.dim} N=64",
+                      8 if quick else 64, repeats)
+    rsde_accuracy = accuracy_rows(dim=32, n=16, nfe=120) if quick else accuracy_rows()
+    done("oracle: tracking cost (N = 64) and reverse-SDE schemes at 1000 NFE")
 
     if quick:  # the trained model's rows need its compile time: full runs only
         print_table(rows)
@@ -225,6 +236,9 @@ def main(argv=None):
                                              1024, {**TSIT5, **HEUN}, min(repeats, 2))
     rows += r
     done("digits: baseline vs dgjax")
+    rows += cost_rows(m_score, model.prior_sample(jax.random.key(6), 64), f"digits UNet D={model.dim} N=64", 64,
+                      min(repeats, 2))
+    done("digits: tracking cost (N = 64)")
 
     # a small Flax MLP, D = 3072 (network-like cost of the score)
     d = 192 if quick else 3072
@@ -239,7 +253,7 @@ def main(argv=None):
             print(f"  {k:<14} {nf:>6d} {t:>8.3f} {e:>10.2e}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(dict(rows=rows, details=details), fh, indent=1)
+            json.dump(dict(rows=rows, details=details, rsde_accuracy=rsde_accuracy), fh, indent=1)
     return rows
 
 

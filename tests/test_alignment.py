@@ -86,7 +86,7 @@ def test_forms_agree_hutchinson():
     assert bool(jnp.all(b.stderr > 0))
 
     kw = dict(steps=128, solver=dfx.Euler(), score_free=True, key=jax.random.key(1))
-    fixed = dg.score_alignment(score, process, x_T, T_END, **kw)
+    fixed = dg.score_alignment(score, process, x_T, T_END, redraw_probes=False, **kw)
     redrawn = dg.score_alignment(score, process, x_T, T_END, redraw_probes=True, **kw)
     # the second-order term has heavy tails on the oracle (narrow components): compare median errors
     med = lambda v: float(jnp.median(jnp.abs(v - a)))  # noqa: E731
@@ -253,3 +253,23 @@ def test_bad_inputs():
         dg.score_alignment(score, process, x_T, T_END, score_free=True, divergence="exact")
     with pytest.raises(ValueError, match="steps: give either steps"):
         dg.score_alignment(score, process, x_T, T_END, steps=4, rtol=1e-3)
+
+
+def test_default_probe_redraw_follows_the_measured_rule():
+    """Default redraw_probes (issue 14, measured in score_alignment's docstring): with constant Euler steps
+    fresh probes per step beat fixed ones (the docstring's setting: oracle, D = 64, 64 latents, one probe,
+    Euler x 192: median error against the score form 0.17% vs 0.72%, correlation 0.995 vs 0.866), so the
+    default redraws; with Tsit5 (mixed figures) the default holds the probes fixed."""
+    process = dg.VP()
+    gm = dg.random_mixture(jax.random.key(0), 5, (64,))
+    score = gm.score(process)
+    x_T = process.prior_sample(jax.random.key(1), (64, 64))
+    ref = dg.score_alignment(score, process, x_T, 0.3, steps=64)
+    run = lambda solver, steps, redraw: dg.score_alignment(  # noqa: E731
+        score, process, x_T, 0.3, steps=steps, solver=solver, score_free=True, key=jax.random.key(2),
+        redraw_probes=redraw)
+    med = lambda v: float(jnp.median(jnp.abs(v - ref) / jnp.abs(ref)))  # noqa: E731
+    euler_default, euler_fixed = run(dfx.Euler(), 192, None), run(dfx.Euler(), 192, False)
+    assert med(euler_default) < 0.5 * med(euler_fixed)
+    assert _corr(euler_default, ref) > _corr(euler_fixed, ref)
+    np.testing.assert_array_equal(run(dfx.Tsit5(), 8, None), run(dfx.Tsit5(), 8, False))
