@@ -196,14 +196,16 @@ def test_details_cosine_fraction_nfe(x64):
 
 
 def test_score_free_never_reads_score_at_t_end(x64):
-    """A score that is NaN at exactly t_end poisons the score form's read-out, not the score-free one."""
+    """A score that is NaN at exactly t_end poisons the score form (a clear error since every solve's output is
+    checked), not the score-free one."""
     process, _, score, x_T = _setup(8, 16, jnp.float64, k=3)
 
     def poisoned(x, t):
         return jnp.where(jnp.abs(jnp.asarray(t) - T_END) < 1e-12, jnp.nan, score(x, t))
 
     kw = dict(steps=12)  # Tsit5: t_end is a stage time (first-same-as-last), unused with constant steps
-    assert bool(jnp.all(jnp.isnan(dg.score_alignment(poisoned, process, x_T, T_END, **kw))))
+    with pytest.raises(ValueError, match="dg.score_alignment: the .* non-finite"):
+        dg.score_alignment(poisoned, process, x_T, T_END, **kw)
     free = dg.score_alignment(poisoned, process, x_T, T_END, score_free=True, divergence=dg.Exact(), **kw)
     ref = dg.score_alignment(score, process, x_T, T_END, score_free=True, divergence=dg.Exact(), **kw)
     np.testing.assert_allclose(free, ref, rtol=1e-5)  # same up to rounding (fused differently)
