@@ -385,9 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .data import DATASETS
 
-    tr = sub.add_parser("train", help="train a score network (eps-prediction, VP log-SNR process)",
+    tr = sub.add_parser("train", help="train a score network (eps-prediction on VP; --objective flow: flow matching)",
                         description="Train a score network with the denoising loss (eps-prediction) on the VP "
-                        "process with log-SNR in [-10, 10]; the data never leave the installed packages. Writes "
+                        "process with log-SNR in [-10, 10], or by flow matching (velocity) on LinearFlow with "
+                        "--objective flow; the data never leave the installed packages. Writes "
                         "OUT/config.json, orbax checkpoints in OUT/checkpoints, OUT/metrics.jsonl and, at the end, "
                         "the EMA model OUT/model.msgpack + OUT/model.json with its held-out bits/dim.",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
