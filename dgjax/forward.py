@@ -84,11 +84,12 @@ def forward_sde_logp(score: Callable, process, x, *, key, steps: int, divergence
         g = jnp.sqrt(g2)
         return bcast(f, xx) * xx, forward_rates(coeffs, s, lap, dim), (g, s)
 
-    def apply_noise(noise, dw):
-        g, s = noise
-        return g * dw, g * batch_dot(s, dw)
+    def increment(vf, dt, dw, track):  # (dx, d r) of one Euler-Maruyama step; r's noise uses x's own dW
+        a_x, a_l, (g, s) = vf
+        gdw = g * dw
+        return a_x * dt + gdw, a_l * dt + batch_dot(s, gdw)[None, :]
 
-    term = _AugmentedSDETerm(coeff_fn, apply_noise, path, True)
+    term = _AugmentedSDETerm(coeff_fn, increment, path, True)
     y0 = (x, jnp.zeros((p, x.shape[0]), x.dtype))
     adjoint = dfx.ForwardMode() if isinstance(path, dfx.UnsafeBrownianPath) else None
     (x_T, change), evals, _ = solve_term(term, y0, t_start, t_end, args=probes, solver=dfx.Euler(), steps=steps,
