@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "quantile: q > 0.5 raises log p (smoother, less detail), q < 0.5 lowers it (more detail).",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sm.add_argument("--model", default="digits",
-                    help="a shipped model (digits, patches), a galaxy model (galaxies-hsc32, galaxies-hsc64, "
+                    help="a shipped model (digits, digits-flow, patches), a galaxy model (galaxies-hsc32, galaxies-hsc64, "
                     "galaxies-ztf32, galaxies-ztf64; needs dgjax[galaxies]; images shown with an asinh stretch "
                     "of the flux x = exp(0.1 y) - 1: asinh(x / 0.05) / asinh(20), black at flux 0, white at flux 1), "
                     "a NAME.msgpack file, or a training run directory")
