@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from . import dynamics as dyn
-from ._checks import batch_dot, bcast, check_batch, check_finite, check_param, check_score_fn, check_time, event_dim
+from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, check_output, check_score_fn, check_time,
+                      event_dim)
 from .divergence import DivergenceEstimator, Hutchinson
 from .solve import solve_term
 from .sampling.sde import _AugmentedSDETerm, brownian_path
@@ -43,8 +44,7 @@ class ForwardTrack(eqx.Module):
 
 def forward_rates(coeffs, s, lap, dim: int):
     """dt-drift of log p along the forward SDE, -f D + g^2 Lap + 1/2 g^2 |s|^2 (MATH 4(e)); lap (P, N)."""
-    _, _, f, g2 = coeffs
-    return -f * dim + g2 * lap + 0.5 * g2 * batch_dot(s, s)[None, :]
+    return -coeffs.f * dim + coeffs.g2 * lap + 0.5 * coeffs.g2 * batch_dot(s, s)[None, :]
 
 
 def forward_sde_logp(score: Callable, process, x, *, key, steps: int, divergence: DivergenceEstimator | None = None,
@@ -56,8 +56,7 @@ def forward_sde_logp(score: Callable, process, x, *, key, steps: int, divergence
     ``dg.Hutchinson()`` (default) or ``dg.Exact()``; brownian ``"unsafe"`` (default) or ``"virtual"``.
     Returns ``ForwardTrack``. NFE per sample: steps * (1 + the estimator's JVPs).
     """
-    check_param(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, "steps",
-                f"the forward SDE uses constant Euler-Maruyama steps: give an integer >= 1; got {steps!r}")
+    steps = check_int(steps, "steps")  # constant Euler-Maruyama steps
     if key is None:
         raise ValueError("key: the forward SDE needs a PRNG key (key=jax.random.key(...)) for its Brownian path")
     divergence = Hutchinson() if divergence is None else divergence
@@ -78,11 +77,9 @@ def forward_sde_logp(score: Callable, process, x, *, key, steps: int, divergence
 
     def coeff_fn(t, y, probes):
         xx = y[0]
-        coeffs = process.coefficients(jnp.asarray(t, xx.dtype))
+        coeffs = process.coefficients_like(t, xx)
         s, lap = dyn.score_and_laplacian(score, xx, t, divergence, probes)
-        _, _, f, g2 = coeffs
-        g = jnp.sqrt(g2)
-        return bcast(f, xx) * xx, forward_rates(coeffs, s, lap, dim), (g, s)
+        return bcast(coeffs.f, xx) * xx, forward_rates(coeffs, s, lap, dim), (jnp.sqrt(coeffs.g2), s)
 
     def increment(vf, dt, dw, track):  # (dx, d r) of one Euler-Maruyama step; r's noise uses x's own dW
         a_x, a_l, (g, s) = vf
@@ -94,6 +91,7 @@ def forward_sde_logp(score: Callable, process, x, *, key, steps: int, divergence
     adjoint = dfx.ForwardMode() if isinstance(path, dfx.UnsafeBrownianPath) else None
     (x_T, change), evals, _ = solve_term(term, y0, t_start, t_end, args=probes, solver=dfx.Euler(), steps=steps,
                                          adjoint=adjoint)
+    x_T, change = check_output((x_T, change), "dg.forward_sde_logp: the forward-SDE solve")
     mean, se = dyn.mean_and_stderr(change)
     nfe = (1 + divergence.num_jvps(dim)) * evals
     return ForwardTrack(x_T, mean, se, nfe)
