@@ -78,6 +78,22 @@ class Process(eqx.Module):
         t = jnp.asarray(t, dtype=jnp.result_type(t, float))
         return 2.0 * (self.log_alpha(t) - self.log_sigma(t))
 
+    def time_of_log_snr(self, lam) -> Array:
+        """t with lambda_t = lam, the inverse of ``log_snr`` (decreasing in t), for lam of any shape: bisection
+        on [t_min, t_max] (optimistix), to 1e-14 in float64 and 1e-6 in float32; traceable."""
+        import optimistix as optx
+
+        lam = jnp.asarray(lam, dtype=jnp.result_type(lam, float))
+        tol = 1e-14 if lam.dtype == jnp.float64 else 1e-6
+        lo, hi = jnp.asarray(self.t_min, lam.dtype), jnp.asarray(self.t_max, lam.dtype)
+
+        def one(l):
+            return optx.root_find(lambda tt, ll: self.log_snr(tt) - ll, optx.Bisection(rtol=tol, atol=tol),
+                                  0.5 * (lo + hi), args=l, options={"lower": lo, "upper": hi}, max_steps=256,
+                                  throw=False).value
+
+        return jax.vmap(one)(lam.reshape(-1)).reshape(lam.shape)
+
     def f(self, t) -> Array:
         """Drift coefficient f(t) = d/dt log alpha_t of the forward SDE dx = f x dt + g dW."""
         return self._log_coeffs_and_rates(t)[2]
