@@ -24,6 +24,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from ._checks import check_int
+
 GRIDS = ("t", "log_snr", "edm")
 EDM_RHO = 7.0
 
@@ -120,9 +122,7 @@ def step_times(process, t0: float, t1: float, steps: int | None = None, grid: An
         raise ValueError(f"grid: the solve has zero length (t0 = t1 = {t0})")
     lo, hi = min(t0, t1), max(t0, t1)
     if isinstance(g, str):
-        if not (isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and steps >= 1):
-            raise ValueError(f"steps: must be an integer >= 1 with grid={g!r}; got {steps!r}")
-        ts = _ascending(process, lo, hi, int(steps), g)
+        ts = _ascending(process, lo, hi, check_int(steps, "steps"), g)
     else:
         ts = g
         if not np.all(np.isfinite(ts)):
