@@ -183,9 +183,7 @@ def check_output(y, stage: str):
     msg = (f"{stage} produced non-finite values (NaN or inf). Possible causes: a score that returns NaN/inf "
            f"(check the model's parameters and inputs), inputs far outside the data range, or too few solver "
            f"steps for a stiff path (use more steps or the adaptive solver)")
-    leaves = [leaf for leaf in jax.tree_util.tree_leaves(y) if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact)]
-    bad = ~all_finite([jnp.asarray(leaf) for leaf in leaves])
-    return check_value(y, bad, msg)
+    return check_value(y, ~all_finite(jax.tree_util.tree_map(jnp.asarray, y)), msg)
 
 
 def check_int(v, name: str, minimum: int = 1) -> int:
