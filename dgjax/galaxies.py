@@ -53,6 +53,11 @@ class AsinhDisplay:
         v = np.arcsinh(np.clip(flux, 0.0, None) / self.softening) / np.arcsinh(self.white / self.softening)
         return np.round(np.clip(v, 0.0, 1.0) * 255).astype(np.uint8)
 
+    def clipped(self, y):
+        """Pixels the stretch saturates: flux below 0 (black) or above ``white`` (white); same shape as y."""
+        flux = np.expm1(0.1 * np.asarray(y, np.float64))
+        return (flux < 0.0) | (flux > self.white)
+
 
 @dataclass(frozen=True)
 class _GalaxyData:

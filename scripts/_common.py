@@ -239,6 +239,18 @@ def png_sizes(model, x) -> np.ndarray:
     return np.asarray(sizes)
 
 
+def clip_fraction(model, x) -> float:
+    """Fraction of pixel values the 8-bit rendering (``png_sizes``, grids) saturates: outside [-r, r] for
+    models with a data range r (digits, patches), else the display's own ``clipped`` mask (galaxies: flux
+    below 0 or above white in the asinh stretch); NaN when neither is known."""
+    x = np.asarray(x)
+    r = getattr(model, "data_range", None)
+    if r is not None:
+        return float(np.mean(np.abs(x) > r))
+    clipped = getattr(model.dataset.transform, "clipped", None)
+    return float(np.mean(clipped(x))) if clipped is not None else float("nan")
+
+
 def bits_per_dim(model, logp) -> np.ndarray:
     import dgjax as dg
 

@@ -105,3 +105,56 @@ def test_cli_on_a_galaxy_model(tmp_path, capsys):
     assert main(["align", "--model", "galaxies-hsc32", "--num", "2", "--batch-size", "2", "--steps", "8",
                  "--t-end", "1.0", "--no-progress"]) == 0
     assert "aligned fraction" in capsys.readouterr().out
+
+
+def test_asinh_display_and_clip_fraction():
+    """The 8-bit rendering of galaxy images (grids, PNG sizes in scripts/detail_png.py): flux x = e^{0.1 y} - 1,
+    asinh(x / 0.05) / asinh(20) -> 0..255; pixels outside flux [0, 1] saturate and are counted as clipped."""
+    import sys
+    from pathlib import Path
+
+    from dgjax.galaxies import AsinhDisplay
+
+    flux = np.array([-0.2, 0.0, 0.05, 0.5, 0.99, 3.0])
+    y = 10.0 * np.log1p(flux)[None, :, None, None]  # (1, 6, 1, 1) in the network space
+    ref = np.round(np.clip(np.arcsinh(np.clip(flux, 0, None) / 0.05) / np.arcsinh(20.0), 0, 1) * 255)
+    np.testing.assert_array_equal(AsinhDisplay().to_uint8(y).ravel(), ref.astype(np.uint8))
+    assert ref[2] == 61 and ref[5] == 255  # asinh(1) / asinh(20) = 0.239 of white at the softening flux
+    np.testing.assert_array_equal(AsinhDisplay().clipped(y).ravel(), [True, False, False, False, False, True])
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import _common
+
+    class Stub:  # a galaxy model as the scripts see it: no data range, the asinh display
+        data_range = None
+        dataset = type("D", (), {"transform": AsinhDisplay()})()
+
+    assert _common.clip_fraction(Stub(), y) == 2 / 6
+    Stub.data_range = 1.0  # digits / patches: pixels beyond [-1, 1]
+    assert _common.clip_fraction(Stub(), np.array([-1.5, 0.0, 0.9, 2.0])) == 0.5
+
+
+def test_display_stretch_and_clip_fraction():
+    """The asinh display of the flux (grids, PNG sizes) and the clipped-pixel fraction the detail script
+    reports: flux < 0 renders black, flux > 1 white; no galaxygrad needed."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from dgjax.galaxies import AsinhDisplay
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    try:
+        import _common as C
+    finally:
+        sys.path.pop(0)
+    flux = np.array([-0.5, 0.0, 0.05, 1.0, 2.0])
+    y = 10.0 * np.log1p(flux)  # y = log(x + 1) / 0.1
+    disp = AsinhDisplay()
+    expect = np.round(np.clip(np.arcsinh(np.clip(flux, 0, None) / 0.05) / np.arcsinh(20.0), 0, 1) * 255)
+    np.testing.assert_array_equal(disp.to_uint8(y), expect)
+    assert list(disp.to_uint8(y)[[0, 1, 3, 4]]) == [0, 0, 255, 255]
+    np.testing.assert_array_equal(disp.clipped(y), [True, False, False, False, True])
+    galaxy = SimpleNamespace(data_range=None, dataset=SimpleNamespace(transform=disp))
+    assert C.clip_fraction(galaxy, y.reshape(1, 5, 1, 1)) == pytest.approx(0.4)
+    digits = SimpleNamespace(data_range=1.0, dataset=SimpleNamespace(transform=None))
+    assert C.clip_fraction(digits, np.array([-1.5, 0.0, 1.0])) == pytest.approx(1 / 3)

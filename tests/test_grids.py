@@ -106,6 +106,14 @@ def test_grid_bad_input():
         dg.sample(gm.score(p), p, x, grid=np.array([1.5, 0.5, 0.0]))
     with pytest.raises(ValueError, match="run from"):
         dg.sample(gm.score(p), p, x, grid=np.array([0.9, 0.5, 0.0]))
+    with pytest.raises(ValueError, match="NaN"):
+        dg.sample(gm.score(p), p, x, grid=np.array([1.0, np.nan, 0.0]))
+    with pytest.raises(ValueError, match="1-D array"):
+        dg.sample(gm.score(p), p, x, grid=np.array([[1.0, 0.0]]))
+    with pytest.raises(ValueError, match="not both"):
+        dg.sample(gm.score(p), p, x, steps=4, grid="t", rtol=1e-3)
+    with pytest.raises(ValueError, match="needs steps"):
+        dg.score_alignment(gm.score(p), p, x, 0.5, grid="edm")
     with pytest.raises(ValueError, match="needs steps"):
         dg.sample(gm.score(p), p, x, grid="edm")
     with pytest.raises(ValueError, match="unknown grid"):
