@@ -132,29 +132,3 @@ def test_asinh_display_and_clip_fraction():
     Stub.data_range = 1.0  # digits / patches: pixels beyond [-1, 1]
     assert _common.clip_fraction(Stub(), np.array([-1.5, 0.0, 0.9, 2.0])) == 0.5
 
-
-def test_display_stretch_and_clip_fraction():
-    """The asinh display of the flux (grids, PNG sizes) and the clipped-pixel fraction the detail script
-    reports: flux < 0 renders black, flux > 1 white; no galaxygrad needed."""
-    import sys
-    from pathlib import Path
-    from types import SimpleNamespace
-
-    from dgjax.galaxies import AsinhDisplay
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    try:
-        import _common as C
-    finally:
-        sys.path.pop(0)
-    flux = np.array([-0.5, 0.0, 0.05, 1.0, 2.0])
-    y = 10.0 * np.log1p(flux)  # y = log(x + 1) / 0.1
-    disp = AsinhDisplay()
-    expect = np.round(np.clip(np.arcsinh(np.clip(flux, 0, None) / 0.05) / np.arcsinh(20.0), 0, 1) * 255)
-    np.testing.assert_array_equal(disp.to_uint8(y), expect)
-    assert list(disp.to_uint8(y)[[0, 1, 3, 4]]) == [0, 0, 255, 255]
-    np.testing.assert_array_equal(disp.clipped(y), [True, False, False, False, True])
-    galaxy = SimpleNamespace(data_range=None, dataset=SimpleNamespace(transform=disp))
-    assert C.clip_fraction(galaxy, y.reshape(1, 5, 1, 1)) == pytest.approx(0.4)
-    digits = SimpleNamespace(data_range=1.0, dataset=SimpleNamespace(transform=None))
-    assert C.clip_fraction(digits, np.array([-1.5, 0.0, 1.0])) == pytest.approx(1 / 3)
