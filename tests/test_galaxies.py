@@ -132,3 +132,20 @@ def test_asinh_display_and_clip_fraction():
     Stub.data_range = 1.0  # digits / patches: pixels beyond [-1, 1]
     assert _common.clip_fraction(Stub(), np.array([-1.5, 0.0, 0.9, 2.0])) == 0.5
 
+
+
+def test_high_density_default_switch_times_follow_the_log_snr():
+    """scripts/high_density.py's default switch times: the same fractions of the log-SNR range on every process,
+    so t = 0.1 ... 0.9 on VP (the historical defaults) and, on galaxygrad's process, the closed-form
+    lambda_t = -log(e^t - 1) at those fractions of [lambda(1e-3), lambda(10)]."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import high_density
+
+    assert high_density.default_switch_times(dg.VP()) == [0.1, 0.3, 0.5, 0.7, 0.9]
+    ts = np.array(high_density.default_switch_times(dg.VPSDE(1.0, 1.0, 10.0)))
+    lam = lambda t: -np.log(np.expm1(t))  # noqa: E731
+    u = (lam(ts) - lam(1e-3)) / (lam(10.0) - lam(1e-3))
+    np.testing.assert_allclose(u, [0.1, 0.3, 0.5, 0.7, 0.9], atol=2e-3)  # 3 significant digits in t
