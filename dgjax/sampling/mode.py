@@ -108,6 +108,7 @@ def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_step
             solver = (lx.GMRES(rtol=0.0, atol=atol, max_steps=2, restart=cg_steps) if linear_solver == "gmres"
                       else lx.BiCGStab(rtol=0.0, atol=atol, max_steps=cg_steps))
         zi = scale * lx.linear_solve(op, bi / scale, solver, throw=False).value
+        zi = jnp.where(c > 0, zi, bi)  # c = 0 at s = t: the operator is I (BiCGStab breaks down on it, 0/0)
         res = mv(zi) - bi
         rel = jnp.sqrt(jnp.sum(res * res)) / jnp.maximum(jnp.sqrt(jnp.sum(bi * bi)), jnp.finfo(xi.dtype).tiny)
         # positive curvature along the solution (necessary for I - cH > 0; catches most crossings)
