@@ -78,7 +78,8 @@ def test_linear_solvers_agree_on_a_symmetric_jacobian(x64):
     @jax.jit  # one compiled program for the four solves
     def run():
         kw = dict(t_end=s, divergence=dg.Exact(), rtol=1e-10, atol=1e-10)
-        return {k: dg.denoise(score, PROC, x_t, t, method="mode", sampler_kwargs=v, **kw).x for k, v in variants.items()}
+        return {k: dg.denoise(score, PROC, x_t, t, method="mode", sampler_kwargs=v, **kw).x
+                for k, v in variants.items()}
 
     out = run()
     y, top = newton_mode(mix, x_t, t, s, out["cg"])
