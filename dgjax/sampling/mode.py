@@ -100,7 +100,7 @@ def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_step
         if linear_solver == "cg":  # I - cH symmetric positive definite while the mode exists
             op = lx.FunctionLinearOperator(mv, jax.eval_shape(lambda: xi), tags=lx.positive_semidefinite_tag)
             solver = lx.CG(rtol=0.0, atol=atol, max_steps=cg_steps)
-        else:  # non-symmetric J: Krylov solvers that do not assume symmetry, same HVP budget as CG
+        else:  # non-symmetric J: Krylov solvers that do not assume symmetry (HVPs: solver_hvps)
             op = lx.FunctionLinearOperator(mv, jax.eval_shape(lambda: xi))
             # GMRES: one Krylov cycle of cg_steps vectors (lineax's first "step" only forms the residual, so
             # max_steps=2 is one real cycle; max_steps=1 would return the zero initial guess). BiCGStab: up to
