@@ -96,7 +96,8 @@ def denoise(score: Callable, process, x_t, t, *, method: str = "mean", t_end=Non
         log p_t(x_t) measured by PF-ODE encoding from t to t_max (same solver settings).
       divergence, solver, steps, rtol, atol: as ``dg.sample``; ``grid`` (step grids) is not supported yet.
       logp_t: (N,) log p_t(x_t) to start the tracking from (default: measured as above).
-      sampler_kwargs: options of ``dg.ModeTracking`` (cg_steps, cg_tol, check) for ``"mode"``.
+      sampler_kwargs: options of ``dg.ModeTracking`` (cg_steps, cg_tol, check, symmetrize, linear_solver) for
+        ``"mode"``.
 
     Returns: ``dg.Sample`` (for ``"mean"``: nfe 1, num_steps 0, logp None).
     """

@@ -5,7 +5,7 @@ mode-tracking ODE, MATH 9). Each result's log p is re-encoded with ``dg.log_like
 independent measure). Also reported: the HD-ODE's distance from the mode (the approximation's error).
 
 Where the mode bifurcates or vanishes along the path (``dg.ModeTracking`` stops with an error instead of
-stepping through it), the sample is re-run alone and, if it fails again, reported as vanished (NaN).
+stepping through it), each sample is re-run alone and those that stop again are reported as vanished (NaN).
 
 Headline: mean log p per method and t, and mean |HD - mode| / |mode|. The paper: the mode and its HD
 approximation are smooth, cartoon-like and of much higher density than the mean's or a sample's.
@@ -29,7 +29,7 @@ METHODS = ("mean", "sample", "hd", "mode")
 
 
 @lru_cache(maxsize=None)
-def _program(model_name: str, method: str, t: float, steps: int, sde_steps: int):
+def _program(model_name: str, method: str, t: float, steps: int, sde_steps: int, mode_solver: str = "gmres"):
     import jax
 
     import dgjax as dg
@@ -45,25 +45,40 @@ def _program(model_name: str, method: str, t: float, steps: int, sde_steps: int)
             kw.update(steps=steps)  # one phase from t: no phase-split sliver (see C.fixed)
         if method == "mode":
             # Hutchinson grad Lap (1 probe) and the free curvature check: the dense check's D extra HVPs per
-            # evaluation would dominate the cost on a network
-            kw.update(sampler_kwargs=dict(cg_tol=1e-3, check="curvature", symmetrize=True))
+            # evaluation would dominate the cost on a network. The UNet's Jacobian J is not symmetric: GMRES
+            # solves with J itself (the mode equation's own linearisation), "cg-sym" with (J + J^T)/2 by CG
+            solve = (dict(linear_solver="gmres") if mode_solver == "gmres"
+                     else dict(linear_solver="cg", symmetrize=True))
+            kw.update(sampler_kwargs=dict(cg_tol=1e-3, check="curvature", **solve))
         return dg.denoise(model.score, model.process, x_t, t, method=method, **kw).x
 
     return run
 
 
-def _denoise(model_name, method, t, x_t, key, steps, sde_steps):
-    """Run one method on the batch; a mode-tracking batch that stops (bifurcation, CG) is reported as vanished."""
+def _stopped(e: Exception) -> bool:
+    return "bifurcates" in str(e) or "conjugate gradients" in str(e)
+
+
+def _denoise(model_name, method, t, x_t, key, steps, sde_steps, mode_solver="gmres"):
+    """Run one method on the batch. Mode tracking stops the whole batch where one sample's mode bifurcates
+    or vanishes (or the solve fails): then each sample is re-run alone and those that stop again are NaN."""
     import jax
     import jax.numpy as jnp
 
-    run = _program(model_name, method, t, steps, sde_steps)
+    run = _program(model_name, method, t, steps, sde_steps, mode_solver)
     try:
         return np.asarray(run(jnp.asarray(x_t), key)), 0
     except Exception as e:  # noqa: BLE001 -- mode tracking stops at a bifurcation (equinox runtime error)
-        if method != "mode" or "bifurcates" not in str(e) and "conjugate gradients" not in str(e):
+        if method != "mode" or not _stopped(e):
             raise
-    return np.full(x_t.shape, np.nan, np.float32), x_t.shape[0]
+    out = np.full(x_t.shape, np.nan, np.float32)
+    for i, k in enumerate(jax.random.split(key, x_t.shape[0])):
+        try:
+            out[i] = np.asarray(run(jnp.asarray(x_t[i:i + 1]), k))[0]
+        except Exception as e:  # noqa: BLE001
+            if not _stopped(e):
+                raise
+    return out, int(np.isnan(out).reshape(len(out), -1).any(1).sum())
 
 
 
@@ -76,6 +91,9 @@ def main(argv=None) -> dict:
     p = C.make_parser(NAME, __doc__)
     p.add_argument("--t", type=float, nargs="+", default=None, help="noise times (default 0.3 0.5 0.7; 0.5 quick)")
     p.add_argument("--sde-steps", type=int, default=None, help="Euler-Maruyama steps of the posterior sample")
+    p.add_argument("--mode-solver", choices=("gmres", "cg-sym"), default="gmres",
+                   help="mode tracking's linear solve: GMRES with the score's Jacobian J (default) or CG with "
+                        "its symmetric part (J + J^T)/2")
     args = p.parse_args(argv)
     model = C.load_model(args.model)
     lo, hi = model.process.t_min, model.process.t_max
@@ -85,6 +103,7 @@ def main(argv=None) -> dict:
                      quick=dict(t=[0.5], num=4, steps=6, sde_steps=20), dim=model.dim)
     cfg["t"] = sorted(args.t) if args.t else cfg["t"]
     cfg["sde_steps"] = args.sde_steps or cfg["sde_steps"]
+    cfg["mode_solver"] = args.mode_solver
     run = C.Run(NAME, args, argv, cfg)
     n = cfg["num"]
     ekw = dict(steps=cfg["encode_steps"], probes=cfg["encode_probes"], batch=n)
@@ -96,7 +115,7 @@ def main(argv=None) -> dict:
         res = {}
         for j, m in enumerate(METHODS):
             res[m], lost = _denoise(args.model, m, float(t), x_t, C.rng_key(args.seed, k, 1 + j), cfg["steps"],
-                                    cfg["sde_steps"])
+                                    cfg["sde_steps"], args.mode_solver)
             ok = ~np.isnan(res[m]).reshape(n, -1).any(1)
             lp = np.full(n, np.nan)
             if ok.any():

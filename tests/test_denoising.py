@@ -36,8 +36,12 @@ def newton_mode(mix, x_t, t, s, y0, iters=40):
     return y, top
 
 
-@pytest.mark.parametrize("d", [2, pytest.param(8, marks=pytest.mark.slow)])
-def test_mode_tracking_follows_newton_mode(d, x64):
+@pytest.mark.parametrize("d, solve", [(2, {}), pytest.param(8, {}, marks=pytest.mark.slow),
+                                      pytest.param(2, dict(linear_solver="gmres"), marks=pytest.mark.slow),
+                                      pytest.param(2, dict(symmetrize=True), marks=pytest.mark.slow)])
+def test_mode_tracking_follows_newton_mode(d, solve, x64):
+    """Also with GMRES and with the symmetrized CG (the learned-score options): on the exact score, whose
+    Jacobian is symmetric, they follow the same mode."""
     mix = _mixture(d)
     score = mix.score(PROC)
     t = 0.55
@@ -47,7 +51,7 @@ def test_mode_tracking_follows_newton_mode(d, x64):
     @jax.jit  # one compilation for every t_end
     def both(s):
         kw = dict(t_end=s, divergence=dg.Exact(), rtol=1e-10, atol=1e-10)
-        return (dg.denoise(score, PROC, x_t, t, method="mode", **kw).x,
+        return (dg.denoise(score, PROC, x_t, t, method="mode", sampler_kwargs=solve, **kw).x,
                 dg.denoise(score, PROC, x_t, t, method="hd", **kw).x)
 
     for s in (0.3, PROC.t_min):  # partway and at the end
@@ -55,9 +59,41 @@ def test_mode_tracking_follows_newton_mode(d, x64):
         y, top = newton_mode(mix, x_t, t, s, mode)
         assert bool(jnp.all(top < 0)), "Newton's point must be a mode (negative-definite Hessian)"
         np.testing.assert_allclose(mode, y, atol=1e-6)
+        print(f"D={d} {solve}: s={s}, max |mode - Newton| = {float(jnp.max(jnp.abs(mode - y))):.2g}")
         worst_hd = max(worst_hd, float(jnp.max(jnp.linalg.norm(hd - y, axis=-1))))
     print(f"D={d}: HD-ODE distance from the mode (max over samples and s) = {worst_hd:.3g}")
     assert worst_hd > 1e-3  # the HD-ODE is only an approximation on mixtures
+
+
+def test_linear_solvers_agree_on_a_symmetric_jacobian(x64):
+    """The exact score's Jacobian is symmetric: symmetrizing it, or solving with GMRES / BiCGStab instead of CG,
+    must not change the mode (each within 1e-6 of Newton's mode, and of each other)."""
+    mix = _mixture(2)
+    score = mix.score(PROC)
+    t, s = 0.55, 0.3
+    x_t = dg.add_noise(PROC, mix.sample(jax.random.key(0), 3), t, jax.random.key(1))
+    variants = {"cg": {}, "cg-sym": dict(symmetrize=True), "gmres": dict(linear_solver="gmres"),
+                "bicgstab": dict(linear_solver="bicgstab", cg_steps=4)}
+
+    @jax.jit  # one compiled program for the four solves
+    def run():
+        kw = dict(t_end=s, divergence=dg.Exact(), rtol=1e-10, atol=1e-10)
+        return {k: dg.denoise(score, PROC, x_t, t, method="mode", sampler_kwargs=v, **kw).x
+                for k, v in variants.items()}
+
+    out = run()
+    y, top = newton_mode(mix, x_t, t, s, out["cg"])
+    assert bool(jnp.all(top < 0))
+    for k, m in out.items():
+        np.testing.assert_allclose(m, y, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(m, out["cg"], atol=1e-8, err_msg=k)
+
+
+def test_bad_mode_tracking_options():
+    with pytest.raises(ValueError, match="linear_solver"):
+        dg.ModeTracking(linear_solver="lu")
+    with pytest.raises(ValueError, match="cg_steps"):
+        dg.ModeTracking(cg_steps=0)
 
 
 @pytest.mark.slow
@@ -153,3 +189,46 @@ def test_t_outside_range():
         dg.denoise(mix.score(PROC), PROC, jnp.zeros((2, 2)), 1.5)
     with pytest.raises(ValueError, match="t must lie in"):
         dg.add_noise(PROC, jnp.zeros((2, 2)), -0.1, jax.random.key(0))
+
+
+def _nonsymmetric_field(d):
+    """A smooth vector field whose Jacobian is not symmetric (like a learned score): not a gradient."""
+    k1, k2 = jax.random.split(jax.random.key(7))
+    a = -jnp.eye(d) + 0.3 * jax.random.normal(k1, (d, d), jnp.float64) / jnp.sqrt(d)
+    w = 0.5 * jax.random.normal(k2, (d, d), jnp.float64) / jnp.sqrt(d)
+    return lambda z: z @ a.T + 0.2 * jnp.tanh(z @ w.T) ** 2
+
+
+@pytest.mark.parametrize("solver, sym", [pytest.param("cg", False, marks=pytest.mark.slow), ("cg", True),
+                                         ("gmres", False), pytest.param("gmres", True, marks=pytest.mark.slow),
+                                         pytest.param("bicgstab", False, marks=pytest.mark.slow)])
+def test_mode_correction_solvers_match_dense_solve(solver, sym, x64):
+    """z = (I - cH)^{-1} grad Lap against a dense solve (jacfwd + numpy), D = 8: on the oracle (H symmetric)
+    every solver and symmetrize give the same z; on a non-symmetric field GMRES/BiCGStab solve with J and
+    symmetrize with (J + J^T)/2 (CG on the non-symmetric J is not expected to converge: not tested there)."""
+    from dgjax.sampling.mode import mode_correction
+
+    d, c = 8, 0.05
+    mix = _mixture(d)
+    x = mix.sample(jax.random.key(4), 2)
+    fields = {"oracle": lambda z: mix.score(PROC)(z, 0.2)}
+    if solver != "cg" or sym:
+        fields["nonsymmetric"] = _nonsymmetric_field(d)
+    for name, field in fields.items():
+        lap = lambda z: jax.vmap(lambda zi: jnp.trace(jax.jacfwd(lambda u: field(u[None])[0])(zi)))(z)  # noqa: E731
+        z = jax.jit(lambda xx: mode_correction(field, lap, xx, c, cg_steps=d, cg_tol=1e-9, check="dense",
+                                               symmetrize=sym, linear_solver=solver))(x)
+        for i in range(x.shape[0]):  # the independent computation: dense Jacobian, dense solve
+            jac = np.asarray(jax.jacfwd(lambda u: field(u[None])[0])(x[i]))
+            h = 0.5 * (jac + jac.T) if sym else jac
+            b = np.asarray(jax.grad(lambda u: lap(u[None])[0])(x[i]))
+            np.testing.assert_allclose(z[i], np.linalg.solve(np.eye(d) - c * h, b), rtol=1e-7, atol=1e-9,
+                                       err_msg=f"{name}, {solver}, symmetrize={sym}")
+        if name == "nonsymmetric" and not sym:  # the symmetric part's solve differs: the test can tell them apart
+            js = 0.5 * (jac + jac.T)
+            assert np.linalg.norm(np.linalg.solve(np.eye(d) - c * js, b) - np.asarray(z[-1])) > 1e-4
+
+
+def test_linear_solver_is_checked():
+    with pytest.raises(ValueError, match="linear_solver"):
+        dg.ModeTracking(linear_solver="lu")

@@ -64,14 +64,17 @@ def denoising_coefficients(process, t, s):
 
 
 def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_steps: int, cg_tol: float,
-                    check: str, symmetrize: bool = False):
+                    check: str, symmetrize: bool = False, linear_solver: str = "cg"):
     """z = (I - c H)^{-1} grad Lap(x) per sample (MATH 9), with the checks described in ``ModeTracking``.
 
     score_fn(z (N, *shape)) -> like z; laplacian_fn(z) -> (N,) (per sample, so the gradient of the sum is
     the per-sample gradient). c scalar >= 0. Returns z like x.
+    H is the score's Jacobian J (``symmetrize=False``) or its symmetric part (J + J^T)/2; the solve is
+    lineax ``CG`` (``linear_solver="cg"``, needs I - c H symmetric positive definite), ``GMRES`` (one Krylov
+    cycle of ``cg_steps`` vectors, no restart) or ``BiCGStab`` (at most ``cg_steps`` iterations of 2 HVPs).
     Cost in score-evaluation units: the Laplacian estimate and its gradient (see ``ModeTracking.cost``),
-    at most ``cg_steps`` HVPs (CG stops once converged), one HVP for the residual check, D HVPs for
-    ``check="dense"``.
+    the solver's HVPs (``solver_hvps``; each two with ``symmetrize``), one HVP for the residual check, D HVPs
+    for ``check="dense"``.
     """
     grad_lap = jax.grad(lambda z: jnp.sum(laplacian_fn(z)))(x)
     c = jnp.asarray(c, x.dtype)
@@ -87,11 +90,25 @@ def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_step
         def mv(w):
             return w - c * hvp(w)
 
-        op = lx.FunctionLinearOperator(mv, jax.eval_shape(lambda: xi), tags=lx.positive_semidefinite_tag)
-        # stop once every entry of the residual is below 0.1 cg_tol |b| / sqrt(D) (so |r| <= 0.1 cg_tol |b|),
-        # at most cg_steps iterations; iterating past convergence would break CG down (0/0). Checked below.
-        atol = 0.1 * cg_tol * jnp.sqrt(jnp.sum(bi * bi) / d) + jnp.finfo(xi.dtype).tiny
-        zi = lx.linear_solve(op, bi, lx.CG(rtol=0.0, atol=atol, max_steps=cg_steps), throw=False).value
+        # solve for b / |b| (linear: z scales back): lineax's GMRES tests breakdown in absolute terms and returned
+        # z = 0 for a tiny grad Lap (a point deep inside one Gaussian component of the oracle)
+        bnorm = jnp.sqrt(jnp.sum(bi * bi))
+        scale = jnp.where(bnorm > 0, bnorm, 1.0)
+        # stop once every entry of the residual is below 0.1 cg_tol / sqrt(D) (so |r| <= 0.1 cg_tol |b|), at
+        # most cg_steps iterations; iterating past convergence would break CG down (0/0). Checked below.
+        atol = 0.1 * cg_tol / jnp.sqrt(jnp.asarray(d, xi.dtype))
+        if linear_solver == "cg":  # I - cH symmetric positive definite while the mode exists
+            op = lx.FunctionLinearOperator(mv, jax.eval_shape(lambda: xi), tags=lx.positive_semidefinite_tag)
+            solver = lx.CG(rtol=0.0, atol=atol, max_steps=cg_steps)
+        else:  # non-symmetric J: Krylov solvers that do not assume symmetry (HVPs: solver_hvps)
+            op = lx.FunctionLinearOperator(mv, jax.eval_shape(lambda: xi))
+            # GMRES: one Krylov cycle of cg_steps vectors (lineax's first "step" only forms the residual, so
+            # max_steps=2 is one real cycle; max_steps=1 would return the zero initial guess). BiCGStab: up to
+            # cg_steps iterations of 2 HVPs (cg_steps // 2 left it 1e-7 short of the D = 8 oracle's exact z)
+            solver = (lx.GMRES(rtol=0.0, atol=atol, max_steps=2, restart=cg_steps) if linear_solver == "gmres"
+                      else lx.BiCGStab(rtol=0.0, atol=atol, max_steps=cg_steps))
+        zi = scale * lx.linear_solve(op, bi / scale, solver, throw=False).value
+        zi = jnp.where(c > 0, zi, bi)  # c = 0 at s = t: the operator is I (BiCGStab breaks down on it, 0/0)
         res = mv(zi) - bi
         rel = jnp.sqrt(jnp.sum(res * res)) / jnp.maximum(jnp.sqrt(jnp.sum(bi * bi)), jnp.finfo(xi.dtype).tiny)
         # positive curvature along the solution (necessary for I - cH > 0; catches most crossings)
@@ -99,6 +116,7 @@ def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_step
         if check == "dense":  # exact: largest eigenvalue of c H below 1, from the full Hessian (D HVPs)
             basis = jnp.reshape(jnp.eye(d, dtype=xi.dtype), (d,) + shape)
             hess = jnp.reshape(jax.lax.map(hvp, basis), (d, d))  # row j = H e_j (H symmetric)
+            # the symmetric part: w^T (I - cJ) w > 0 for all w <=> c * its top eigenvalue < 1 (J non-symmetric too)
             lam = jnp.linalg.eigvalsh(0.5 * (hess + hess.T))[-1]
             bad = bad | (c * lam >= 1.0)
         return zi, rel, bad
@@ -107,6 +125,13 @@ def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_step
     z = eqx.error_if(z, jnp.any(bad_pd), _BIFURCATION_MSG)
     bad_cg = ~(rel <= cg_tol)  # NaN (CG breakdown on an indefinite operator) counts as failure
     return eqx.error_if(z, jnp.any(bad_cg & ~bad_pd), _CG_MSG)
+
+
+def solver_hvps(linear_solver: str, steps: int) -> int:
+    """HVPs of one solve at its bound (counted with lineax 0.0.x, no early stop): CG ``steps`` (the
+    project's long-standing count; lineax also forms one initial residual), GMRES ``steps + 2`` (the residual
+    pass and the cycle's), BiCGStab ``2 steps + 1``."""
+    return {"cg": steps, "gmres": steps + 2, "bicgstab": 2 * steps + 1}[linear_solver]
 
 
 def mode_drift(coeffs, x, s, z, c):
@@ -132,8 +157,16 @@ class ModeTracking(ODESampler):
         below cg_tol); default min(D, 64). In exact arithmetic D iterations solve exactly.
       cg_tol: largest accepted relative residual |(I - cH) z - grad Lap| / |grad Lap|; above it a clear
         error is raised (never a silent inaccurate step). Default 1e-8 (float64) or 1e-4 (float32).
-      symmetrize: use the symmetric part (J + J^T)/2 of the score's Jacobian J as H (for a learned score,
-        whose Jacobian is not exactly symmetric and on which CG then fails; one more VJP per CG iteration).
+      symmetrize: use the symmetric part (J + J^T)/2 of the score's Jacobian J as H (one more VJP per HVP).
+        For a learned score, whose Jacobian J is not symmetric, so that CG on I - cJ fails.
+      linear_solver: ``"cg"`` (lineax CG: needs I - cH symmetric positive definite, i.e. the exact score or
+        ``symmetrize=True``), ``"gmres"`` or ``"bicgstab"`` (lineax GMRES / BiCGStab, no symmetry assumed:
+        they solve with the learned score's own J). The mode's equation s(y) = (y - x_t / a) / c differentiates
+        (implicit function theorem) to I - cJ with the full J: ``"gmres"`` keeps that operator, ``symmetrize``
+        changes it by O(c |J - J^T|) (the Fokker-Planck part of the drift is exact only for an exact score,
+        either way). The negative-definiteness check is on the symmetric part (sufficient). When J is symmetric all
+        choices give the same z (tested). ``cg_steps`` bounds each solver's Krylov dimension (GMRES: one cycle of
+        cg_steps vectors; BiCGStab: cg_steps iterations of 2 HVPs).
       check: how loss of negative definiteness of H_q is detected. ``"dense"``: the largest eigenvalue of
         c H from the full Hessian (D extra HVPs; exact; default for D <= 64). ``"curvature"``: the sign of
         z^T (I - cH) z and CG's convergence (free; a crossing with grad Lap orthogonal to the vanishing
@@ -141,7 +174,8 @@ class ModeTracking(ODESampler):
 
     Cost per vector-field evaluation, in score-evaluation units (a JVP or VJP of the score counts one):
     1 (score) + 2P (Laplacian estimate, P JVPs, and its gradient, P VJPs; P = D for Exact, K for
-    Hutchinson) + cg_steps + 1 (CG HVPs and the residual check) [+ D for check="dense"]; plus the tracking's
+    Hutchinson) + cg_steps + 1 (CG HVPs and the residual check; see ``solver_hvps`` for GMRES/BiCGStab; x2
+    with symmetrize) [+ D for check="dense"]; plus the tracking's
     own divergence when ``track_logp``; declared by ``cost`` (two divergence passes, three when tracking, and
     the D-dependent HVPs). ``Sample.nfe`` counts this with the CG iterations at their bound cg_steps (an
     upper bound of the NFE; exact when CG needs all of them).
@@ -151,6 +185,7 @@ class ModeTracking(ODESampler):
     symmetrize: bool = eqx.field(static=True, default=False)
     cg_tol: float | None = eqx.field(static=True, default=None)
     check: str = eqx.field(static=True, default="auto")
+    linear_solver: str = eqx.field(static=True, default="cg")
 
     def __check_init__(self):
         check_param(self.cg_steps is None or (isinstance(self.cg_steps, int) and self.cg_steps >= 1), "cg_steps",
@@ -158,6 +193,8 @@ class ModeTracking(ODESampler):
         check_param(self.cg_tol is None or self.cg_tol > 0, "cg_tol", f"must be positive or None; got {self.cg_tol!r}")
         check_param(self.check in ("auto", "dense", "curvature"), "check",
                     f"must be 'auto', 'dense' or 'curvature'; got {self.check!r}")
+        check_param(self.linear_solver in ("cg", "gmres", "bicgstab"), "linear_solver",
+                    f"must be 'cg', 'gmres' or 'bicgstab'; got {self.linear_solver!r}")
 
     def _steps(self, dim):
         return min(dim, 64) if self.cg_steps is None else self.cg_steps
@@ -171,7 +208,8 @@ class ModeTracking(ODESampler):
         k = 2 if self.symmetrize else 1
 
         def hvps(dim: int) -> int:
-            return k * (self._steps(dim) + 1) + (k * dim if self._check(dim) == "dense" else 0)
+            solve = solver_hvps(self.linear_solver, self._steps(dim))
+            return k * (solve + 1) + (k * dim if self._check(dim) == "dense" else 0)
 
         return Cost(divergence_passes=2 + int(track), extra_jvps=hvps)
 
@@ -194,7 +232,8 @@ class ModeTracking(ODESampler):
             _, _, c = denoising_coefficients(process, jnp.asarray(t_data, x.dtype), jnp.asarray(t, x.dtype))
             tol = self.cg_tol if self.cg_tol is not None else (1e-8 if x.dtype == jnp.float64 else 1e-4)
             z = mode_correction(score_fn, laplacian_fn, x, c, cg_steps=self._steps(dim), cg_tol=tol,
-                                check=self._check(dim), symmetrize=self.symmetrize)
+                                check=self._check(dim), symmetrize=self.symmetrize,
+                                linear_solver=self.linear_solver)
             return mode_drift(coeffs, x, s, z, c)
 
         return [(t_start, t_end, velocity)]
