@@ -18,7 +18,8 @@ compiling run; NFE counts score evaluations per sample, a JVP counting as one mo
 - Issue 14 (bench_tracking_cost.py): N = 64, 64 constant steps on the oracle and the digits UNet: tracked /
   untracked reverse SDE, DG-ODE / PF-ODE, a published-style tracked reverse SDE (lax.scan, vmapped) against
   dg.ReverseSDE(); and the reverse-SDE tracking schemes (Euler-Maruyama, Stratonovich Heun, Milstein) at
-  about 1000 NFE.
+  about 1000 NFE; score-free alignment with its defaults (constant steps: the probe redrawn per step) against the
+  score form, corr over the batch (D = 64).
 
 Models: the Gaussian-mixture oracle in D = 3072 (5 components: every row), the shipped ``digits`` UNet
 (D = 64: the baseline comparison), and a small Flax MLP (D = 3072: guidance and tracking costs).
@@ -161,6 +162,22 @@ def sampler_ratios(score, x_T, label, steps, repeats, include_sde=True, include_
     return rows
 
 
+def alignment_corr(quick: bool):
+    """Score-free alignment with its defaults (constant Tsit5 steps: one Hutchinson probe redrawn per step)
+    against the score form: Pearson correlation over the batch (oracle, 8 components, D = 64, N = 256, 64 steps,
+    t_max -> 0.3; bench_alignment.py has the other settings)."""
+    dim, n, steps = (16, 32, 16) if quick else (64, 256, 64)
+    gm = dg.random_mixture(jax.random.key(0), 8, (dim,))
+    score = gm.score(P)
+    x_T = P.prior_sample(jax.random.key(1), (n, dim))
+    ref = dg.score_alignment(score, P, x_T, 0.3, steps=steps)
+    free = dg.score_alignment(score, P, x_T, 0.3, steps=steps, score_free=True, key=jax.random.key(2))
+    corr = float(jnp.corrcoef(ref, free)[0, 1])
+    print(f"\nscore-free alignment (defaults, {steps} constant Tsit5 steps) vs the score form, oracle D={dim}, "
+          f"N={n}: corr {corr:.4f}")
+    return dict(dim=dim, n=n, steps=steps, corr=corr)
+
+
 def print_table(rows):
     print(f"\n{'comparison (A -> B)':<44} {'setting':<22} {'NFE A':>6} {'NFE B':>6} {'NFE B/A':>8} "
           f"{'wall A s':>9} {'wall B s':>9} {'wall B/A':>9} {'err/dim A':>10} {'err/dim B':>10}")
@@ -217,9 +234,12 @@ def main(argv=None):
                       8 if quick else 64, repeats)
     rsde_accuracy = accuracy_rows(dim=32, n=16, nfe=120) if quick else accuracy_rows()
     done("oracle: tracking cost (N = 64) and reverse-SDE schemes at 1000 NFE")
+    align = alignment_corr(quick)
+    done("oracle: score-free alignment vs score form")
 
     if quick:  # the trained model's rows need its compile time: full runs only
         print_table(rows)
+        alignment_corr(quick)
         return rows
 
     # the shipped digits model, D = 64
@@ -247,13 +267,14 @@ def main(argv=None):
     done("Flax MLP: sampler ratios")
 
     print_table(rows)
+    print(f"\nscore-free alignment (defaults) vs score form, oracle D={align['dim']}: corr {align['corr']:.4f}")
     for label, det in details.items():
         print(f"\n[{label}] every configuration: NFE, wall s, mean |err|/dim")
         for k, (nf, t, e) in det.items():
             print(f"  {k:<14} {nf:>6d} {t:>8.3f} {e:>10.2e}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(dict(rows=rows, details=details, rsde_accuracy=rsde_accuracy), fh, indent=1)
+            json.dump(dict(rows=rows, details=details, rsde_accuracy=rsde_accuracy, alignment=align), fh, indent=1)
     return rows
 
 
