@@ -180,7 +180,7 @@ class ReverseSDE(SDESampler):
         # MATH 4(c), Ito: d log p = f D dtau + s . (1/2 g^2 s dtau + g dW): one (N,) dot product per step.
         # The barrier materialises dW once: without it XLA fuses the Gaussian draw (threefry bits -> erf_inv)
         # into both consumers, x's update and the dot, and computes it twice (109 erf_inv ops instead of 56 in
-        # the compiled HLO, D = 3072): tracked / untracked wall 1.32 -> 1.03 (benchmarks/bench_tracking_cost.py).
+        # the compiled HLO, D = 3072); the wall ratios are in benchmarks/bench_tracking_cost.py and run_all.py.
         a_x, a_l, (g, s, half_g2) = vf
         gdw = g * jax.lax.optimization_barrier(dw)
         return a_x * dt + gdw, a_l * dt + batch_dot(s, half_g2 * dt * s + gdw)[None, :]
