@@ -15,7 +15,7 @@ compiling run; NFE counts score evaluations per sample, a JVP counting as one mo
   alone).
 - DG-ODE / PF-ODE, tracked / untracked (PF-ODE and reverse SDE), DG-SDE / DG-ODE per step, the cost of one
   more Hutchinson probe, and the two score-alignment forms against a plain PF-ODE solve.
-- Score-free alignment with its defaults (constant steps: a probe redrawn per step) against the score form,
+- Score-free alignment with its defaults (constant Tsit5 steps: probes held fixed) against the score form,
   oracle D = 64: wall, NFE and the correlation of the two values over the batch.
 - Issue 14 (bench_tracking_cost.py): N = 64, 64 constant steps on the oracle and the digits UNet: tracked /
   untracked reverse SDE, DG-ODE / PF-ODE, a published-style tracked reverse SDE (lax.scan, vmapped) against
@@ -165,8 +165,8 @@ def sampler_ratios(score, x_T, label, steps, repeats, include_sde=True, include_
 
 
 def alignment_corr(repeats, dim=64, n=256, steps=64, t_end=0.3):
-    """Score-free alignment with its defaults at constant steps (probes redrawn per step) against the score
-    form (bench_alignment.py's setting: oracle K = 8, D = 64): wall, NFE and the correlation over the batch."""
+    """Score-free alignment with its defaults at constant Tsit5 steps (probes held fixed: the default redraws
+    them only for Euler/Heun) against the score form (bench_alignment.py's setting: oracle K = 8, D = 64): wall, NFE and the correlation over the batch."""
     gm = dg.random_mixture(jax.random.key(0), 8, (dim,))
     score = gm.score(P)
     x_T = P.prior_sample(jax.random.key(1), (n, dim))
@@ -177,7 +177,7 @@ def alignment_corr(repeats, dim=64, n=256, steps=64, t_end=0.3):
                                                             return_details=True)), (x_T, key))}
     outs, best = interleaved_best(fns, repeats)
     corr = float(jnp.corrcoef(outs["score"].value, outs["free"].value)[0, 1])
-    row = _row("score alignment -> score-free (defaults)", f"oracle D={dim}", outs["score"].nfe, outs["free"].nfe,
+    row = _row("score alignment -> score-free (defaults)", f"oracle D={dim}", int(outs["score"].nfe), int(outs["free"].nfe),
                best["score"], best["free"])
     row["corr_with_score_form"] = corr
     return [row]
@@ -197,7 +197,8 @@ def print_table(rows):
                   f"untracked PF-ODE solve")
     for r in rows:
         if "corr_with_score_form" in r:
-            print(f"score-free alignment with its defaults ({r['setting']}, constant steps, probes redrawn per step): "
+            print(f"score-free alignment with its defaults ({r['setting']}, constant Tsit5 steps: probes held fixed, "
+                  f"redrawn per step only for Euler/Heun): "
                   f"corr {r['corr_with_score_form']:.4f} with the score form")
     for r in rows:
         if r["comparison"].startswith("published baseline"):
