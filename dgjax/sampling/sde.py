@@ -92,8 +92,6 @@ class SDESampler(AbstractSampler):
     def increment(self, vf, dt, dw, track: bool):
         """(dx, dlogp) of one step from the vector field's output ``vf`` and the control (dt, dW)."""
         a_x, a_l, noise = vf
-        if track:  # dW feeds x's update and the log p dot: draw it once (see ReverseSDE.increment)
-            dw = jax.lax.optimization_barrier(dw)
         gdw, sgdw = self.apply_noise(noise, dw)
         dx = a_x * dt + gdw
         if not track:
@@ -178,12 +176,12 @@ class ReverseSDE(SDESampler):
         if not (track and self.scheme == "ito"):
             return super().increment(vf, dt, dw, track)
         # MATH 4(c), Ito: d log p = f D dtau + s . (1/2 g^2 s dtau + g dW): one (N,) dot product per step.
-        # The barrier materialises dW once: without it XLA fuses the Gaussian draw (threefry bits -> erf_inv)
-        # into both consumers, x's update and the dot, and computes it twice (109 erf_inv ops instead of 56 in
-        # the compiled HLO, D = 3072); the wall ratios are in benchmarks/bench_tracking_cost.py and run_all.py.
+        # g dW is read back from dx: XLA (CPU) otherwise fuses the Gaussian draw (threefry bits -> erf_inv) into
+        # both consumers, x's update and the dot, and computes it twice (109 erf_inv ops instead of 56 in the
+        # compiled HLO, D = 3072); jax.lax.optimization_barrier does not stop this, XLA expands it away first.
         a_x, a_l, (g, s, half_g2) = vf
-        gdw = g * jax.lax.optimization_barrier(dw)
-        return a_x * dt + gdw, a_l * dt + batch_dot(s, half_g2 * dt * s + gdw)[None, :]
+        dx = a_x * dt + g * dw
+        return dx, a_l * dt + batch_dot(s, half_g2 * dt * s + (dx - a_x * dt))[None, :]
 
 
 class SDE(SDESampler):
@@ -314,7 +312,6 @@ class StochasticDensityGuidance(SDESampler):
     @staticmethod
     def apply_noise(noise, dw):
         phi, s_hat = noise
-        dw = jax.lax.optimization_barrier(dw)  # used twice: draw it once (see ReverseSDE.increment)
         pdw = dw - s_hat * bcast(batch_dot(s_hat, dw), dw)
         return phi * pdw, jnp.zeros(dw.shape[0], dw.dtype)
 
