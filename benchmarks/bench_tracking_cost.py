@@ -1,7 +1,7 @@
 """What log-density tracking and density guidance add per step, and the reverse-SDE tracking schemes (issue 14).
 
 1. Oracle D = 3072 and the shipped digits UNet, N = 64, 64 constant steps: tracked / untracked reverse SDE
-   and DG-ODE / PF-ODE (Tsit5), wall (best of interleaved rounds) and NFE; plus a deterministic count from
+   and DG-ODE / PF-ODE (Tsit5; tracked / untracked PF-ODE is in run_all.py), wall (best of interleaved rounds) and NFE; plus a deterministic count from
    the compiled HLO: elementwise ops on (N, D) arrays and erf_inv ops (the Gaussian draw) in the program.
 2. A published-style tracked reverse SDE (Euler-Maruyama in ``lax.scan``, ``vmap``-ed per sample, the
    style of run_all.py's baseline) against ``dg.ReverseSDE()`` tracked at equal steps.
@@ -76,8 +76,7 @@ def cost_rows(score, x_T, label, steps, repeats):
         return jax.jit(lambda x, k: dg.sample(score, P, x, sampler=sampler, key=k, track_logp=track, **kw))
 
     fns = {"rsde": run(dg.ReverseSDE(), steps=steps), "rsde_track": run(dg.ReverseSDE(), True, steps=steps),
-           "pf": run(solver=dfx.Tsit5(), steps=steps), "dg": run(dg.DensityGuidance(0.6), solver=dfx.Tsit5(), steps=steps),
-           "pf_track": run(None, True, solver=dfx.Tsit5(), steps=steps)}
+           "pf": run(solver=dfx.Tsit5(), steps=steps), "dg": run(dg.DensityGuidance(0.6), solver=dfx.Tsit5(), steps=steps)}
     lp_T = P.prior_log_prob(x_T)
     fns["published_rsde_track"] = jax.jit(lambda x, k: published_tracked_rsde(score, P, x, k, steps, lp_T))
     outs, best = interleaved_best({k: (f, (x_T, key)) for k, f in fns.items()}, repeats)
@@ -86,7 +85,6 @@ def cost_rows(score, x_T, label, steps, repeats):
     rows = []
     for name, a, b in (("reverse SDE untracked -> tracked", "rsde", "rsde_track"),
                        ("PF-ODE -> DG-ODE (q=0.6)", "pf", "dg"),
-                       ("PF-ODE untracked -> tracked", "pf", "pf_track"),
                        ("published-style tracked RSDE -> dgjax", "published_rsde_track", "rsde_track")):
         rows.append(dict(comparison=name, setting=label, nfe_a=nfe[a], nfe_b=nfe[b], nfe_ratio=nfe[b] / nfe[a],
                          wall_a=best[a], wall_b=best[b], wall_ratio=best[b] / best[a], err_a=None, err_b=None))

@@ -176,12 +176,12 @@ class ReverseSDE(SDESampler):
         if not (track and self.scheme == "ito"):
             return super().increment(vf, dt, dw, track)
         # MATH 4(c), Ito: d log p = f D dtau + s . (1/2 g^2 s dtau + g dW): one (N,) dot product per step.
-        # (Reading g dW back from dx instead of dW stops XLA from recomputing the Gaussian draw inside the dot's
-        # fusion -- 56 erf_inv ops per step instead of 109 in the compiled HLO, D = 3072 -- but measured no
-        # faster on the shared CPU, so the direct form is kept; benchmarks/bench_tracking_cost.py.)
+        # g dW is read back from dx: XLA (CPU) otherwise fuses the Gaussian draw (threefry bits -> erf_inv) into
+        # both consumers, x's update and the dot, and computes it twice (109 erf_inv ops instead of 56 in the
+        # compiled HLO, D = 3072); jax.lax.optimization_barrier does not stop this, XLA expands it away first.
         a_x, a_l, (g, s, half_g2) = vf
-        gdw = g * dw
-        return a_x * dt + gdw, a_l * dt + batch_dot(s, half_g2 * dt * s + gdw)[None, :]
+        dx = a_x * dt + g * dw
+        return dx, a_l * dt + batch_dot(s, half_g2 * dt * s + (dx - a_x * dt))[None, :]
 
 
 class SDE(SDESampler):
