@@ -26,10 +26,11 @@ Noise-level sampling (``importance``):
   Dividing by p(lambda) keeps the estimate unbiased while lowering its variance.
 * ``"uniform"``: p(lambda) = 1 / (lambda_max - lambda_min).
 
-Optimisation: Adam with linear warm-up and cosine decay to ``lr_final_frac * lr`` (``learning_rate``),
-global-norm gradient clipping, an EMA of the parameters (decay ``min(ema_decay, (1 + step) / (10 + step))``; the EMA parameters
-are the ones exported and evaluated). One jit-compiled step does the loss, the update, the EMA and the
-histogram.
+Optimisation (optax): Adam with linear warm-up and cosine decay to ``lr_final_frac * lr``
+(``optax.warmup_cosine_decay_schedule``; the rate is injected per step with ``optax.inject_hyperparams``),
+global-norm gradient clipping, an EMA of the parameters (``optax.incremental_update`` with decay
+``min(ema_decay, (1 + step) / (10 + step))``; the EMA parameters are the ones exported and evaluated). One
+jit-compiled step does the loss, the update, the EMA and the histogram.
 
 Determinism and resume. The batch at step k is ``dataset.train_batch(seed, k, batch_size)`` and the
 step's randomness is ``fold_in(key(seed), k)``: both are pure functions of (seed, step). A checkpoint holds
@@ -48,5 +49,5 @@ from .checkpoints import (Checkpoints, _check_resume_config, _from_saveable, _re
 from .config import IMPORTANCE, OBJECTIVES, WEIGHTINGS, TrainConfig, model_config
 from .loop import TrainingInterrupted, TrainResult, train
 from .loss import flow_matching_loss_fn, lambda_density, make_loss_fn, sample_lambda, update_histogram, weight
-from .step import (heldout_bits_per_dim, init_state, learning_rate, make_evaluator, make_optimizer,
+from .step import (heldout_bits_per_dim, init_state, learning_rate, lr_schedule, make_evaluator, make_optimizer,
                    make_train_step)

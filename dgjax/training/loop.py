@@ -12,12 +12,13 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..data import load_dataset
 from ..models import TrainedModel, make_network, num_params, save_model
 from .checkpoints import Checkpoints, _check_resume_config, _read_run_config, _write_json
 from .config import TrainConfig, model_config
-from .step import heldout_bits_per_dim, init_state, learning_rate, make_evaluator, make_optimizer, make_train_step
+from .step import heldout_bits_per_dim, init_state, lr_schedule, make_evaluator, make_optimizer, make_train_step
 
 
 @dataclass
@@ -170,7 +171,8 @@ def _train(cfg: TrainConfig, run_dir, *, resume, progress, callback, name, comma
         except Exception:
             ckpts.close()
             raise
-    step_fn = make_train_step(cfg, net, tx, ds.dim)
+    step_fn = make_train_step(cfg, net, ds.dim)
+    lrs = np.asarray(jax.vmap(lr_schedule(cfg))(jnp.arange(cfg.steps)), np.float32)  # one call, every step
     evaluate = make_evaluator(net, mcfg, ds.offset_bits, cfg.eval_rtol)
     eval_x = ds.split("test", min(cfg.eval_num, len(ds.raw("test")) if ds.finite else cfg.eval_num))
     eval_key = jax.random.key(12345)
@@ -203,8 +205,7 @@ def _train(cfg: TrainConfig, run_dir, *, resume, progress, callback, name, comma
     try:
         for k in range(start, cfg.steps):
             x = jnp.asarray(ds.train_batch(cfg.seed, k, cfg.batch_size))
-            state, metrics = step_fn(state, x, jax.random.fold_in(base_key, k),
-                                     jnp.asarray(learning_rate(cfg, k), jnp.float32))
+            state, metrics = step_fn(state, x, jax.random.fold_in(base_key, k), lrs[k])
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training diverged at step {k + 1}: loss {loss}; lower --lr or "

@@ -94,6 +94,3 @@ def flow_matching_loss_fn(cfg: TrainConfig, net, dim: int):
         return jnp.mean(0.5 * sq), (lam, jax.lax.stop_gradient(sq))
 
     return loss_fn
-
-
-_STEP_CACHE: dict = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -17,25 +18,36 @@ from .config import _RESUME_FREE, TrainConfig
 from .loss import make_loss_fn, update_histogram
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """The learning rate at ``step`` (0-based): linear warm-up to ``lr``, then cosine decay to
-    ``lr_final_frac * lr`` at ``steps``. Plain Python (a pure function of the step), passed to the compiled
-    step as an argument, so runs that differ only in steps or learning rate share one compilation."""
+def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """The learning-rate schedule (0-based step -> lr): ``optax.warmup_cosine_decay_schedule``, a linear
+    warm-up from 0 to ``lr`` over ``max(warmup, 1)`` steps, then a cosine decay to ``lr_final_frac * lr`` at
+    ``steps`` (the decay spans at least one step, so a run no longer than its warm-up is valid)."""
     warm = max(cfg.warmup, 1)
-    if step < warm:
-        return cfg.lr * step / warm
-    frac = min((step - warm) / max(cfg.steps - warm, 1), 1.0)
-    return cfg.lr * (cfg.lr_final_frac + (1 - cfg.lr_final_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warm, warm + max(cfg.steps - warm, 1),
+                                              cfg.lr * cfg.lr_final_frac)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate at ``step`` (0-based): ``lr_schedule(cfg)(step)``."""
+    return float(lr_schedule(cfg)(step))
+
+
+def _clipped_adam(learning_rate, grad_clip):
+    return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(learning_rate))
 
 
 def make_optimizer(cfg: TrainConfig):
-    """Global-norm clipping, then Adam's scaling; the step multiplies by -learning_rate(cfg, step)."""
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.scale_by_adam())
+    """Global-norm clipping, then Adam with its learning rate a hyperparameter in the optimiser state
+    (``optax.inject_hyperparams``): the compiled step sets it from ``lr_schedule`` at every step, so runs that
+    differ only in steps or learning rate share one compilation."""
+    return optax.inject_hyperparams(_clipped_adam, static_args="grad_clip")(learning_rate=cfg.lr,
+                                                                            grad_clip=cfg.grad_clip)
 
 
 def init_state(cfg: TrainConfig, net, shape, tx) -> dict:
-    """The state at step 0. (JAX arrays are immutable, so the EMA starts as the very same arrays; Adam's
-    zero moments are made in numpy from the abstract state, which compiles nothing.)"""
+    """The state at step 0. (JAX arrays are immutable, so the EMA starts as the very same arrays; the
+    optimiser state -- Adam's zero moments, the step count, the injected learning rate, set at every step --
+    is made in numpy from the abstract state, which compiles nothing.)"""
     params = init_params(net, shape, jax.random.fold_in(jax.random.key(cfg.seed), -1 & 0x7FFFFFFF))
     opt_state = jax.tree_util.tree_map(lambda a: jnp.asarray(np.zeros(a.shape, a.dtype)),
                                        jax.eval_shape(tx.init, params))
@@ -43,41 +55,35 @@ def init_state(cfg: TrainConfig, net, shape, tx) -> dict:
             "hist": jnp.asarray(np.ones((cfg.num_bins,), np.float32))}
 
 
-
-
-_STEP_CACHE: dict = {}
-
-
-def _settings_key(cfg: TrainConfig) -> str:
+def _compiled_settings(cfg: TrainConfig) -> str:
+    """The settings the compiled step depends on, as a hashable key (JSON)."""
     skip = _RESUME_FREE + ("steps", "lr", "warmup", "lr_final_frac", "seed")  # not part of the compiled step
     return json.dumps({k: v for k, v in cfg.to_dict().items() if k not in skip}, sort_keys=True)
 
 
-def make_train_step(cfg: TrainConfig, net, tx, dim: int):
-    """The jit-compiled step(state, x, key, lr) -> (state, metrics); reused within a process for runs whose
-    compiled settings agree (so repeated, resumed or longer runs compile once)."""
-    key = (_settings_key(cfg), dim)
-    if key not in _STEP_CACHE:
-        _STEP_CACHE[key] = _make_train_step(cfg, net, tx, dim)
-    return _STEP_CACHE[key]
+@functools.partial(jax.jit, static_argnames=("settings", "net", "dim"))
+def _train_step(state, x, key, lr, *, settings: str, net, dim: int):
+    cfg = TrainConfig.from_dict(json.loads(settings))  # the other settings keep defaults: the step uses none
+    loss_fn, tx = make_loss_fn(cfg, net, dim), make_optimizer(cfg)
+    (loss, (lam, values)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["hist"], x, key)
+    opt_state = state["opt_state"]
+    opt_state = opt_state._replace(hyperparams=dict(opt_state.hyperparams, learning_rate=lr))
+    updates, opt_state = tx.update(grads, opt_state, state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    # EMA of the parameters with the warm-up decay min(ema_decay, (1 + k) / (10 + k)) at step k
+    k = state["step"].astype(jnp.float32)
+    decay = jnp.minimum(cfg.ema_decay, (1.0 + k) / (10.0 + k))
+    ema = optax.incremental_update(params, state["ema_params"], 1.0 - decay)
+    hist = update_histogram(state["hist"], lam, values, cfg) if cfg.importance == "adaptive" else state["hist"]
+    new = {"step": state["step"] + 1, "params": params, "ema_params": ema, "opt_state": opt_state, "hist": hist}
+    return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
 
-def _make_train_step(cfg: TrainConfig, net, tx, dim: int):
-    loss_fn = make_loss_fn(cfg, net, dim)
-
-    @jax.jit
-    def step(state, x, key, lr):
-        (loss, (lam, values)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["hist"], x, key)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], jax.tree_util.tree_map(lambda u: -lr * u, updates))
-        k = state["step"].astype(jnp.float32)
-        decay = jnp.minimum(cfg.ema_decay, (1.0 + k) / (10.0 + k))
-        ema = jax.tree_util.tree_map(lambda e, q: decay * e + (1.0 - decay) * q, state["ema_params"], params)
-        hist = update_histogram(state["hist"], lam, values, cfg) if cfg.importance == "adaptive" else state["hist"]
-        new = {"step": state["step"] + 1, "params": params, "ema_params": ema, "opt_state": opt_state, "hist": hist}
-        return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
-
-    return step
+def make_train_step(cfg: TrainConfig, net, dim: int):
+    """The jit-compiled step(state, x, key, lr) -> (state, metrics), ``lr`` the step's learning rate
+    (``lr_schedule``). The compiled settings are a static argument of one module-level ``jax.jit``, so runs
+    whose compiled settings agree (repeated, resumed or longer runs) share jax's compilation cache."""
+    return functools.partial(_train_step, settings=_compiled_settings(cfg), net=net, dim=dim)
 
 
 # ------------------------------------------------------------------------------------------------------
