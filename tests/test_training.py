@@ -133,6 +133,33 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
         train(config(lr=1e-2), str(tmp_path / "run"), resume=True, progress=False, final_eval=False)
 
 
+def test_checkpoint_of_another_optimiser_layout_is_refused_by_resume_but_loads_as_a_model(tmp_path):
+    """A checkpoint whose optimiser state has another layout (written by the hand-applied learning rate of
+    an older dgjax: clip + scale_by_adam, no injected hyperparameters) is refused by name on resume, and
+    dg.load_model still reads its parameters (from the checkpoint's own metadata)."""
+    import optax
+
+    cfg = TrainConfig(data="moons", arch="mlp", arch_kwargs=dict(width=16, depth=1), steps=2, ckpt_every=1)
+    ds = load_dataset("moons")
+    net = make_network("mlp", ds.shape, cfg.arch_kwargs)
+    old_tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.scale_by_adam())
+    old = init_state(cfg, net, ds.shape, old_tx)
+    old["step"] = jnp.asarray(1, jnp.int32)
+    run = tmp_path / "run"
+    run.mkdir()
+    from dgjax.training import _write_json, model_config
+
+    _write_json(str(run / "config.json"), {"train": cfg.to_dict(), "model": model_config(cfg, ds.shape)})
+    ckpts = Checkpoints(str(run))
+    ckpts.save(old)
+    with pytest.raises(ModelError, match="optimiser state of another layout"):
+        ckpts.restore(init_state(cfg, net, ds.shape, make_optimizer(cfg)))
+    ckpts.close()
+    with pytest.raises(ModelError, match="another version of dgjax"):
+        train(cfg, str(run), resume=True, progress=False, final_eval=False)
+    assert_trees_equal(load_model(str(run)).params, old["ema_params"])
+
+
 def test_corrupt_or_half_written_checkpoints(tmp_path):
     cfg = config()
     run = tmp_path / "run"

@@ -102,7 +102,8 @@ class Checkpoints:
         os.makedirs(os.path.dirname(self._checksum_path(step)), exist_ok=True)
         atomic_write(self._checksum_path(step), write_bytes_synced((state_checksum(state) + "\n").encode()))
 
-    def stored_param_shapes(self, step: int) -> dict:
+    def stored_param_shapes(self, step: int, entry: str = "params") -> dict:
+        """{path: shape} of the stored ``entry`` ("params", "ema_params", "opt_state", ...) of checkpoint ``step``."""
         where = f"checkpoint {os.path.join(self.directory, str(step))!r}"
         try:
             meta = self.manager.item_metadata(step)
@@ -113,7 +114,7 @@ class Checkpoints:
         tree = getattr(meta, "tree", meta)
         if not isinstance(tree, dict) or "params" not in tree:
             raise ModelError(f"{where} is corrupt or not a dgjax training checkpoint (no 'params' entry)")
-        return leaf_shapes(tree["params"])
+        return leaf_shapes(tree.get(entry, {}))
 
     def _restore_saved(self, step: int | None, expected_params: dict, target) -> tuple:
         """The saved tree of checkpoint ``step`` (latest if None), checked: parameter shapes against
@@ -155,6 +156,15 @@ class Checkpoints:
         target = jax.tree_util.tree_map(
             lambda v: jax.ShapeDtypeStruct(np.shape(v), v.dtype if hasattr(v, "dtype") else jnp.asarray(v).dtype),
             _to_saveable(template))
+        step = self.latest_step() if step is None else step
+        if step is not None:  # another optimiser layout (an older dgjax): say so, rather than "corrupt"
+            stored, want = self.stored_param_shapes(step, "opt_state"), leaf_shapes(target["opt_state"])
+            if stored and stored != want:
+                raise ModelError(
+                    f"checkpoint {os.path.join(self.directory, str(step))!r} holds an optimiser state of another "
+                    f"layout ({len(stored)} arrays; this dgjax's optimiser has {len(want)}): it was written by "
+                    f"another version of dgjax, so the run cannot be resumed exactly. dg.load_model on the run "
+                    f"directory still reads its parameters; start a new run to continue training.")
         return _from_saveable(self._restore_saved(step, leaf_shapes(template["params"]), target), template)
 
     def restore_params(self, net, shape, step: int | None = None, which: str = "ema_params"):
