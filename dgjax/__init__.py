@@ -19,7 +19,7 @@ from .parametrizations import score_from, score_to
 from .processes import EDM, VE, VP, VPSDE, CustomProcess, LinearFlow, Process, VPCosine, VPLinear
 from .grids import GRIDS, step_times
 from .external import ElementwiseTransform, batched, external_score, log_transform
-from .galaxies import GALAXY_MODELS, GalaxyModel
+from .models.galaxies import GALAXY_MODELS, GalaxyModel
 from .sampling import (ODE, PFODE, SDE, DensityGuidance, HighDensity, ModeTracking, NoiseWindow, NoiseWindowLogSNR,
                        ODESampler, ReverseSDE, Sample, SDESampler, StochasticDensityGuidance, noise_window,
                        noise_window_log_snr, prior_guidance, sample, typicality)

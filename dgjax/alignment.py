@@ -52,11 +52,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float
 
 from . import dynamics as dyn
 from . import grids
 from ._checks import batch_dot, check_batch, check_finite, check_output, check_score_fn, is_concrete
-from .divergence import DivergenceEstimator, Exact, Hutchinson
+from .divergence import DivergenceEstimator, Exact, Hutchinson, tracking_start
 from .solve import add_nfe, solve
 
 Array = jax.Array
@@ -201,7 +202,8 @@ def _prepare_w_T(w_T, x_T, process):
     return check_finite(w_T.astype(x_T.dtype), "w_T")
 
 
-def score_alignment(score: Callable, process, x_T, t_end, *, key=None, score_free: bool = False,
+def score_alignment(score: Callable, process, x_T: Float[Array, "N *shape"], t_end: float, *,
+                    key=None, score_free: bool = False,
                     w_T=None, divergence: DivergenceEstimator | None = None, solver=None,
                     steps: int | None = None, rtol: float | None = None, atol: float | None = None,
                     redraw_probes: bool | None = None, return_details: bool = False, adjoint=None,
@@ -265,7 +267,7 @@ def score_alignment(score: Callable, process, x_T, t_end, *, key=None, score_fre
         raise ValueError(f"divergence: expected dg.Hutchinson(...) or dg.Exact(); got {divergence!r}")
     t_T = jnp.asarray(t_max, dtype=x_T.dtype)
     check_score_fn(score, x_T, t_T)
-    n, dim = x_T.shape[0], x_T[0].size
+    dim = x_T[0].size
     steps_given = steps
     steps, ts = grids.plan(process, t_max, t_end, steps, grid)
 
@@ -277,8 +279,8 @@ def score_alignment(score: Callable, process, x_T, t_end, *, key=None, score_fre
     w0 = s_T if w_T is None else _prepare_w_T(w_T, x_T, process)
 
     if score_free:
-        probes = divergence.draw(key, x_T)
-        p = 1 if probes is None else probes.shape[0]
+        omega_T = batch_dot(s_T, w0)
+        probes, omega0 = tracking_start(divergence, key, x_T, omega_T)
         constant = steps_given is not None or ts is not None
         if redraw_probes is None:  # default: the measured rule (docstring)
             redraw_probes = _redraw_by_default(solver, constant)
@@ -287,8 +289,7 @@ def score_alignment(score: Callable, process, x_T, t_end, *, key=None, score_fre
         if redraw_probes and not constant:
             raise ValueError("redraw_probes: fresh probes per evaluation need constant steps (pass steps=...); "
                              "an adaptive controller cannot step a vector field that changes at random")
-        omega_T = batch_dot(s_T, w0)
-        y0 = (x_T, w0, jnp.broadcast_to(omega_T, (p, n)))
+        y0 = (x_T, w0, omega0)
         (x_end, w_end, omega), evals, stats = solve(
             _score_free_field(score, process, divergence, redraw, (t_max, t_end)), y0, t_max, t_end,
             args=jax.random.fold_in(key, 1) if redraw is not None else probes, solver=solver,

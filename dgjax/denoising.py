@@ -12,10 +12,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
 
 from . import dynamics as dyn
 from ._checks import bcast, check_batch, check_finite, check_param, check_time, is_concrete
-from .divergence import Hutchinson
+from .divergence import Hutchinson, tracking_start
 from .sampling.base import Sample
 from .sampling.guidance import HighDensity
 from .sampling.mode import ModeTracking
@@ -32,7 +33,8 @@ METHODS = ("mean", "mode", "hd", "sample")
 # ------------------------------------------------------------------------------------------------------
 # pure functions
 # ------------------------------------------------------------------------------------------------------
-def add_noise(process, x_0, t, key):
+def add_noise(process, x_0: Float[Array, "N *shape"], t: ArrayLike | Float[Array, " N"],
+              key) -> Float[Array, "N *shape"]:
     """x_t ~ p(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I) (MATH 1).
 
     Args: x_0 (N, *shape); t scalar or (N,) in [t_min, t_max]; key a PRNG key. Returns x_t like x_0.
@@ -47,7 +49,8 @@ def add_noise(process, x_0, t, key):
     return bcast(process.alpha(t), x_0) * x_0 + bcast(process.sigma(t), x_0) * eps
 
 
-def posterior_mean(score: Callable, process, x_t, t):
+def posterior_mean(score: Callable, process, x_t: Float[Array, "N *shape"],
+                   t: ArrayLike | Float[Array, " N"]) -> Float[Array, "N *shape"]:
     """Tweedie: ``E[x_0 | x_t] = (x_t + sigma_t^2 s(x_t, t)) / alpha_t`` (MATH 9); one score evaluation.
 
     x_t (N, *shape), t scalar or (N,). Returns (N, *shape).
@@ -63,18 +66,18 @@ def posterior_mean(score: Callable, process, x_t, t):
 # ------------------------------------------------------------------------------------------------------
 def _logp_at(score, process, x, t, divergence, key, solver, steps, rtol, atol):
     """log p_t(x) by PF-ODE encoding from t to t_max (MATH 4): log p_T(x_T) + int_t^T div u."""
-    probes = divergence.draw(key, x)
-    p = 1 if probes is None else probes.shape[0]
+    probes, change0 = tracking_start(divergence, key, x)
 
     def vf(tt, y, probes):
         return dyn.augmented_rate(score, process, y[0], tt, divergence, probes, dyn.pf_velocity)
 
-    (x_T, change), evals, _ = solve(vf, (x, jnp.zeros((p, x.shape[0]), x.dtype)), t, process.t_max, args=probes,
+    (x_T, change), evals, _ = solve(vf, (x, change0), t, process.t_max, args=probes,
                                     solver=solver, steps=steps, rtol=rtol, atol=atol)
     return jnp.mean(process.prior_log_prob(x_T)[None, :] - change, axis=0)
 
 
-def denoise(score: Callable, process, x_t, t, *, method: str = "mean", t_end=None, key=None,
+def denoise(score: Callable, process, x_t: Float[Array, "N *shape"], t: ArrayLike | Float[Array, " N"], *,
+            method: str = "mean", t_end=None, key=None,
             track_logp: bool = False, divergence=None, solver=None, steps: int | None = None, grid=None,
             rtol: float | None = None, atol: float | None = None, logp_t=None,
             sampler_kwargs: dict | None = None) -> Sample:

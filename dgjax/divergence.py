@@ -111,3 +111,15 @@ class Hutchinson(DivergenceEstimator):
             raise ValueError("probes: Hutchinson needs probes drawn with .draw(key, x)")
         # the solver may promote the state (float32 x with float64 time under x64): follow x's dtype
         return jax.vmap(lambda z: quad(z.astype(x.dtype)))(probes)
+
+
+def tracking_start(divergence: DivergenceEstimator, key, x: Array, value=None, draw: bool = True):
+    """The probes of a solve that tracks a divergence integral, and the tracked quantity at its start.
+
+    Returns ``(probes, start)``: ``probes = divergence.draw(key, x)`` ((K, N, *shape); None for ``Exact`` or
+    when ``draw`` is False), held fixed for the solve, and ``start`` (P, N), one row per probe (P = K, or 1
+    without probes): ``value`` (scalar or (N,); default 0 in x's dtype) broadcast to (P, N)."""
+    probes = divergence.draw(key, x) if draw else None
+    p = 1 if probes is None else probes.shape[0]
+    value = jnp.zeros((), x.dtype) if value is None else value
+    return probes, jnp.broadcast_to(value, (p, x.shape[0]))

@@ -28,6 +28,7 @@ from typing import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
 from ._checks import batch_dot, bcast, check_batch, check_finite, check_int, check_per_sample, check_score_fn
 
@@ -68,7 +69,8 @@ def elbo_integrand(score: Callable, process, x, t, eps, antithetic: bool):
     return sigma**2 * (stein + 0.5 * sq) - c.f * d * sigma**2 / c.g2
 
 
-def elbo(score: Callable, process, x, *, key, num_samples: int, prior_log_prob: Callable | None = None,
+def elbo(score: Callable, process, x: Float[Array, "N *shape"], *, key, num_samples: int,
+         prior_log_prob: Callable | None = None,
          stratified: bool = True, antithetic: bool = True) -> Elbo:
     """ELBO of data ``x`` (N, *shape) at t_min (MATH 10): a lower bound of log p^SDE_{t_min}(x), per sample.
 

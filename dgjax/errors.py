@@ -1,4 +1,5 @@
-"""Typed errors that callers catch instead of matching message text (core layer: imports nothing of dgjax).
+"""Typed errors that callers catch instead of matching message text (core layer: imports nothing of dgjax):
+``InfeasibleGuidance``; ``ModelError`` and ``ArchitectureMismatch`` (unusable model files and checkpoints).
 
 ``InfeasibleGuidance`` subclasses ``equinox.EquinoxRuntimeError`` -- the type density guidance's run-time
 feasibility check (``equinox.error_if``, MATH.md section 5) raised before it existed -- so existing
@@ -43,3 +44,11 @@ def typed_errors():
         if not isinstance(e, InfeasibleGuidance) and INFEASIBLE_MSG[:40] in str(e):
             raise InfeasibleGuidance(str(e)) from e
         raise
+
+
+class ModelError(ValueError):
+    """A model or checkpoint that cannot be used: unknown name, missing, corrupt or mismatched files."""
+
+
+class ArchitectureMismatch(ModelError):
+    """Stored parameters do not fit the architecture the config describes."""

@@ -21,12 +21,13 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
 from . import dynamics as dyn
 from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, check_output, check_score_fn, check_time,
                       event_dim)
-from .divergence import DivergenceEstimator, Hutchinson
-from .solve import solve_term
+from .divergence import DivergenceEstimator, Hutchinson, tracking_start
+from .solve import add_nfe, solve_term
 from .sampling.sde import _AugmentedSDETerm, brownian_path
 
 Array = jax.Array
@@ -47,7 +48,8 @@ def forward_rates(coeffs, s, lap, dim: int):
     return -coeffs.f * dim + coeffs.g2 * lap + 0.5 * coeffs.g2 * batch_dot(s, s)[None, :]
 
 
-def forward_sde_logp(score: Callable, process, x, *, key, steps: int, divergence: DivergenceEstimator | None = None,
+def forward_sde_logp(score: Callable, process, x: Float[Array, "N *shape"], *, key, steps: int,
+                     divergence: DivergenceEstimator | None = None,
                      t_start=None, t_end=None, brownian: str = "unsafe") -> ForwardTrack:
     """Run the forward SDE from x at t_start (default t_min) to t_end (default t_max) with Euler-Maruyama in
     ``steps`` constant steps, tracking the change of log p_t(x_t) by MATH 4(e).
@@ -70,8 +72,7 @@ def forward_sde_logp(score: Callable, process, x, *, key, steps: int, divergence
                          f"{t_end} <= {t_start}")
     check_score_fn(score, x, jnp.asarray(t_start, x.dtype))
     k_bm, k_probe = jax.random.split(key)
-    probes = divergence.draw(k_probe, x)
-    p = 1 if probes is None else probes.shape[0]
+    probes, change0 = tracking_start(divergence, k_probe, x)
     dim = event_dim(x)
     path = brownian_path(brownian, k_bm, x.shape, x.dtype, float(t_end), steps)  # t runs inside [0, t_end]
 
@@ -87,13 +88,13 @@ def forward_sde_logp(score: Callable, process, x, *, key, steps: int, divergence
         return a_x * dt + gdw, a_l * dt + batch_dot(s, gdw)[None, :]
 
     term = _AugmentedSDETerm(coeff_fn, increment, path, True)
-    y0 = (x, jnp.zeros((p, x.shape[0]), x.dtype))
+    y0 = (x, change0)
     adjoint = dfx.ForwardMode() if isinstance(path, dfx.UnsafeBrownianPath) else None
     (x_T, change), evals, _ = solve_term(term, y0, t_start, t_end, args=probes, solver=dfx.Euler(), steps=steps,
                                          adjoint=adjoint)
     x_T, change = check_output((x_T, change), "dg.forward_sde_logp: the forward-SDE solve")
     mean, se = dyn.mean_and_stderr(change)
-    nfe = (1 + divergence.num_jvps(dim)) * evals
+    nfe = add_nfe(0, evals, 1 + divergence.num_jvps(dim))
     return ForwardTrack(x_T, mean, se, nfe)
 
 

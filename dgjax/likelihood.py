@@ -14,11 +14,12 @@ from typing import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
 
 from . import dynamics as dyn
 from . import grids
 from ._checks import check_batch, check_finite, check_output, check_score_fn
-from .divergence import DivergenceEstimator, Hutchinson
+from .divergence import DivergenceEstimator, Hutchinson, tracking_start
 from .sampling.sample import check_common
 from .solve import SolveOptions, add_nfe, solve
 
@@ -37,7 +38,8 @@ class Likelihood(eqx.Module):
     nfe: Array
 
 
-def log_likelihood(score: Callable, process, x0, *, key=None, divergence: DivergenceEstimator | None = None,
+def log_likelihood(score: Callable, process, x0: Float[Array, "N *shape"], *, key=None,
+                   divergence: DivergenceEstimator | None = None,
                    solver=None, steps: int | None = None, rtol: float | None = None, atol: float | None = None,
                    prior_log_prob: Callable | None = None, adjoint=None, max_steps: int | None = None,
                    grid=None, encoder: str = "ode") -> Likelihood:
@@ -64,9 +66,8 @@ def log_likelihood(score: Callable, process, x0, *, key=None, divergence: Diverg
     t0, t1 = process.t_min, process.t_max
     steps, ts = grids.plan(process, t0, t1, steps, grid)  # validate the grid before drawing probes
     check_score_fn(score, x0, jnp.asarray(t0, dtype=x0.dtype))
-    probes = divergence.draw(key, x0)
-    p = 1 if probes is None else probes.shape[0]
-    y0 = (x0, jnp.zeros((p, x0.shape[0]), x0.dtype))
+    probes, change0 = tracking_start(divergence, key, x0)
+    y0 = (x0, change0)
 
     def vf(t, y, probes):
         return dyn.augmented_rate(score, process, y[0], t, divergence, probes, dyn.pf_velocity)
@@ -82,7 +83,7 @@ def log_likelihood(score: Callable, process, x0, *, key=None, divergence: Diverg
     return Likelihood(logp, stderr, x_T, logp_T, nfe)
 
 
-def bits_per_dim(logp, shape, offset_bits: float = 7.0):
+def bits_per_dim(logp: Float[ArrayLike, " *N"], shape, offset_bits: float = 7.0) -> Float[Array, " *N"]:
     """bits/dim = -log p(x) / (D ln 2) + offset_bits, D = prod(shape).
 
     Convention (MATH 4): 8-bit data y, uniformly dequantised, x = 2 (y + u) / 256 - 1 in [-1, 1): the

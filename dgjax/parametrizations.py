@@ -16,11 +16,17 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 
 from ._checks import bcast
 
 PARAMETRIZATIONS = ("eps", "x0", "v", "score")
+
+
+def _coefficients(process, t, x):
+    """The process's ``Coefficients`` at t (already in x's dtype), each broadcast against x."""
+    return jax.tree_util.tree_map(lambda v: bcast(v, x), process.coefficients(t))
 
 
 def score_from(model_fn: Callable, process, parametrization: str = "eps") -> Callable:
@@ -39,12 +45,12 @@ def score_from(model_fn: Callable, process, parametrization: str = "eps") -> Cal
         pred = model_fn(x, t)
         if parametrization == "score":
             return pred
-        alpha, sigma, f, g2 = (bcast(c, x) for c in process.coefficients(t))
+        c = _coefficients(process, t, x)
         if parametrization == "eps":
-            return -pred / sigma
+            return -pred / c.sigma
         if parametrization == "x0":
-            return (alpha * pred - x) / sigma**2
-        return 2.0 * (f * x - pred) / g2
+            return (c.alpha * pred - x) / c.sigma**2
+        return 2.0 * (c.f * x - pred) / c.g2
 
     return score
 
@@ -59,11 +65,11 @@ def score_to(score: Callable, process, parametrization: str) -> Callable:
         s = score(x, t)
         if parametrization == "score":
             return s
-        alpha, sigma, f, g2 = (bcast(c, x) for c in process.coefficients(t))
+        c = _coefficients(process, t, x)
         if parametrization == "eps":
-            return -sigma * s
+            return -c.sigma * s
         if parametrization == "x0":
-            return (x + sigma**2 * s) / alpha
-        return f * x - 0.5 * g2 * s
+            return (x + c.sigma**2 * s) / c.alpha
+        return c.f * x - 0.5 * c.g2 * s
 
     return model

@@ -21,8 +21,12 @@ LAYERS = [
     ("training", {"training"}),
     ("edges", {"cli", "__init__"}),
 ]
-# inside the sampling package, low -> high
-SAMPLING_ORDER = ["__init__", "base", "ode", "guidance", "sde", "mode", "sample"]
+# inside each package, low -> high (a module imports only modules before it in its package)
+PACKAGE_ORDER = {
+    "sampling": ["__init__", "base", "ode", "guidance", "sde", "mode", "sample"],
+    "models": ["__init__", "networks", "trained", "checkpoints", "galaxies", "files"],
+    "training": ["__init__", "config", "loss", "step", "checkpoints", "loop"],
+}
 
 
 def _layer(top: str) -> int:
@@ -69,13 +73,17 @@ def test_imports_follow_the_layers():
     assert not bad, "imports from a higher layer (docs/ARCHITECTURE.md):\n" + "\n".join(bad)
 
 
-def test_sampling_package_imports_downward():
+def test_packages_import_downward():
     mods = _modules()
-    for name in SAMPLING_ORDER[1:]:
-        for imp in _imports(mods[f"sampling.{name}"]):
-            parts = imp.split(".")
-            if parts[0] == "sampling" and len(parts) > 1:
-                assert SAMPLING_ORDER.index(parts[1]) < SAMPLING_ORDER.index(name), f"sampling.{name} imports {imp}"
+    for pkg, order in PACKAGE_ORDER.items():
+        assert {n.split(".")[1] for n in mods if n.startswith(pkg + ".")} == set(order), \
+            f"dgjax/{pkg}/ has modules not in PACKAGE_ORDER (docs/ARCHITECTURE.md)"
+        for name in order[1:]:
+            for imp in _imports(mods[f"{pkg}.{name}"]):
+                parts = imp.split(".")
+                if parts[0] == pkg and len(parts) > 1:
+                    assert order.index(parts[1]) < order.index(name), f"{pkg}.{name} imports {imp}"
+                assert parts[0] != pkg or len(parts) > 1, f"{pkg}.{name} imports its own package's __init__"
 
 
 def test_no_import_circle():

@@ -2,9 +2,11 @@
 uninterrupted one, and checkpoints of another architecture or damaged ones are refused clearly."""
 
 import json
+import math
 import os
 import shutil
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 
 from dgjax.data import load_dataset
 from dgjax.models import ArchitectureMismatch, ModelError, load_model, make_network
-from dgjax.training import (Checkpoints, TrainConfig, init_state, lambda_density, make_loss_fn, make_optimizer,
+from dgjax.training import (Checkpoints, TrainConfig, init_state, lambda_density, learning_rate, make_optimizer,
                             sample_lambda, train, update_histogram)
 
 # a small UNet that compiles quickly; no evaluation unless a test asks for it
@@ -26,28 +28,27 @@ def config(**over):
     return TrainConfig(**base)
 
 
-def leaves(tree):
-    return [np.asarray(v) for v in jax.tree_util.tree_leaves(tree)]
+assert_trees_equal = chex.assert_trees_all_equal  # same tree structure, and every leaf bit for bit
 
 
-def assert_trees_equal(a, b):
-    la, lb = leaves(a), leaves(b)
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb):
-        np.testing.assert_array_equal(x, y)
+@pytest.mark.parametrize("warmup,steps", [(10, 60), (2, 4), (0, 5), (7, 7), (5, 3)])
+def test_learning_rate_schedule_matches_warmup_then_cosine(warmup, steps):
+    """optax's warm-up + cosine schedule against the formula computed here in float64: linear warm-up from 0
+    over max(warmup, 1) steps, then lr (f + (1 - f) (1 + cos(pi min(k - w, T) / T)) / 2), T = max(steps - w, 1)."""
+    cfg = config(lr=3e-3, warmup=warmup, steps=steps, lr_final_frac=0.1)
+    w, T = max(warmup, 1), max(steps - max(warmup, 1), 1)
+    for k in range(steps + 3):
+        want = (cfg.lr * k / w if k < w else
+                cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(k - w, T) / T))))
+        assert learning_rate(cfg, k) == pytest.approx(want, rel=1e-6, abs=1e-12), k
+    assert learning_rate(cfg, 0) == 0.0 and learning_rate(cfg, w) == pytest.approx(cfg.lr, rel=1e-6)
 
 
-def test_short_training_on_digits_lowers_the_loss():
+def test_short_training_on_digits_lowers_the_loss(held_out_loss):
     cfg = config(steps=60, lr=3e-3, warmup=10)   # the step compiled here serves the tests below as well
     ds = load_dataset("digits")
     net = make_network("unet", ds.shape, cfg.arch_kwargs)
-    loss_fn = jax.jit(make_loss_fn(cfg, net, ds.dim))
-    x = jnp.asarray(ds.split("test", 128))
-    hist = jnp.ones(cfg.num_bins)
-
-    def held_out_loss(params):  # fixed examples, noise levels and noise: a deterministic comparison
-        return float(np.mean([loss_fn(params, hist, x, jax.random.key(k))[0] for k in range(4)]))
-
+    held_out_loss = held_out_loss(cfg, net, ds, 128)
     before = held_out_loss(init_state(cfg, net, ds.shape, make_optimizer(cfg))["params"])
     result = train(cfg, None, progress=False, final_eval=False)
     after = held_out_loss(result.state["params"])
@@ -130,6 +131,33 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     # changed optimisation settings are refused on resume (the continuation would not be exact)
     with pytest.raises(ValueError, match="different settings.*'lr'"):
         train(config(lr=1e-2), str(tmp_path / "run"), resume=True, progress=False, final_eval=False)
+
+
+def test_checkpoint_of_another_optimiser_layout_is_refused_by_resume_but_loads_as_a_model(tmp_path):
+    """A checkpoint whose optimiser state has another layout (written by the hand-applied learning rate of
+    an older dgjax: clip + scale_by_adam, no injected hyperparameters) is refused by name on resume, and
+    dg.load_model still reads its parameters (from the checkpoint's own metadata)."""
+    import optax
+
+    cfg = TrainConfig(data="moons", arch="mlp", arch_kwargs=dict(width=16, depth=1), steps=2, ckpt_every=1)
+    ds = load_dataset("moons")
+    net = make_network("mlp", ds.shape, cfg.arch_kwargs)
+    old_tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.scale_by_adam())
+    old = init_state(cfg, net, ds.shape, old_tx)
+    old["step"] = jnp.asarray(1, jnp.int32)
+    run = tmp_path / "run"
+    run.mkdir()
+    from dgjax.training import _write_json, model_config
+
+    _write_json(str(run / "config.json"), {"train": cfg.to_dict(), "model": model_config(cfg, ds.shape)})
+    ckpts = Checkpoints(str(run))
+    ckpts.save(old)
+    with pytest.raises(ModelError, match="optimiser state of another layout"):
+        ckpts.restore(init_state(cfg, net, ds.shape, make_optimizer(cfg)))
+    ckpts.close()
+    with pytest.raises(ModelError, match="another version of dgjax"):
+        train(cfg, str(run), resume=True, progress=False, final_eval=False)
+    assert_trees_equal(load_model(str(run)).params, old["ema_params"])
 
 
 def test_corrupt_or_half_written_checkpoints(tmp_path):

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from .. import dynamics as dyn
 from .. import grids
 from .._checks import check_output, check_param, checked_shape, is_concrete
+from ..divergence import tracking_start
 from ..solve import add_nfe, solve
 from .base import AbstractSampler, Cost
 
@@ -99,12 +100,11 @@ def _ode_vector_field(score, process, divergence, track: bool, needs_div: bool, 
 def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence, options, logp_T, t_start,
             t_end):
     """Integrate the phases of an ODE sampler; returns (y, nfe, num_steps), y = x or (x, log p (P, N))."""
-    n, dim = x.shape[0], x[0].size
+    dim = x[0].size
     needs_div = sampler.needs_divergence
     use_div = sampler.uses_divergence(track_logp)
-    probes = divergence.draw(key, x) if use_div else None
-    p = 1 if probes is None else probes.shape[0]
-    y = (x, jnp.broadcast_to(logp_T, (p, n))) if track_logp else x
+    probes, logp0 = tracking_start(divergence, key, x, logp_T, draw=use_div)
+    y = (x, logp0) if track_logp else x
     phases = sampler.solve_phases(score, process, divergence, probes, t_start, t_end)
     total_span = abs(t_start - t_end)
     nfe_per_eval = sampler.nfe_per_eval(track_logp, divergence, dim)

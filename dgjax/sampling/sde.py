@@ -49,6 +49,7 @@ import numpy as np
 from .. import dynamics as dyn
 from .. import grids
 from .._checks import batch_dot, bcast, check_output, check_param, checked_shape, event_dim, is_concrete
+from ..divergence import tracking_start
 from ..solve import add_nfe, solve_term
 from .base import AbstractSampler, Cost
 from .guidance import DensityGuidance
@@ -434,7 +435,7 @@ def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence,
     sampler.check_solver(solver)
     k_bm, k_probe = jax.random.split(key)
     use_div = sampler.uses_divergence(track_logp)
-    probes = divergence.draw(k_probe, x) if use_div else None
+    probes, logp0 = tracking_start(divergence, k_probe, x, logp_T, draw=use_div)
     span = float(t_start - t_end)
     path = brownian_path(sampler.brownian, k_bm, x.shape, x.dtype, span, steps)
     if adjoint is None and isinstance(path, dfx.UnsafeBrownianPath):
@@ -446,8 +447,7 @@ def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence,
         return sampler.coefficients(score, process, xx, t, divergence, probes, track_logp)
 
     term = _AugmentedSDETerm(coeff_fn, sampler.increment, path, track_logp)
-    p = 1 if probes is None else probes.shape[0]
-    y0 = (x, jnp.broadcast_to(logp_T, (p, x.shape[0]))) if track_logp else x
+    y0 = (x, logp0) if track_logp else x
     y1, evals, stats = solve_term(term, y0, 0.0, span, args=probes, options=options, solver=solver,
                                   adjoint=adjoint, steps=None if ts is not None else steps, grid=ts)
     y1 = check_output(y1, f"dg.sample: the SDE solve ({type(sampler).__name__})")

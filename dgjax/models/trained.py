@@ -1,0 +1,149 @@
+"""The trained-model object: a network bound to its (EMA) parameters, its forward process and its config.
+
+``TrainedModel.score`` is a pure ``score(x, t)`` made by ``dg.score_from(..., parametrization)`` with the
+config's parametrization ("eps" on ``VP``; "v", the velocity, on ``LinearFlow`` for flow-matching models),
+so every sampler, ``dg.log_likelihood`` and ``dg.score_alignment`` work on it unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ..errors import ModelError
+from ..parametrizations import score_from
+from ..processes import VP, LinearFlow
+from .networks import _compute_dtype, make_network, num_params
+
+FORMAT = "dgjax-model-1"
+
+
+# ------------------------------------------------------------------------------------------------------
+# processes in configs
+# ------------------------------------------------------------------------------------------------------
+def process_from_config(cfg: dict):
+    cfg = dict(cfg or {"name": "VP"})
+    name = cfg.pop("name", "VP")
+    if name not in ("VP", "LinearFlow"):  # LinearFlow: flow-matching models (dgjax train --objective flow)
+        raise ModelError(f"process {name!r}: dgjax trains and loads models on the VP log-SNR process or on "
+                         f"LinearFlow (flow matching) only (the networks are conditioned on lambda)")
+    fields = {"lambda_min", "lambda_max"} if name == "VP" else {"eps"}
+    unknown = sorted(set(cfg) - fields)
+    if unknown:
+        raise ModelError(f"model config: unknown process field(s) {unknown}; a {name} process takes "
+                         f"{' and '.join(sorted(fields))}")
+    try:
+        return VP(**cfg) if name == "VP" else LinearFlow(**cfg)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"model config: invalid process {cfg}: {e}") from e
+
+
+def process_to_config(process) -> dict:
+    if isinstance(process, LinearFlow):
+        return {"name": "LinearFlow", "eps": process.eps}
+    return {"name": "VP", "lambda_min": process.lambda_min, "lambda_max": process.lambda_max}
+
+
+# ------------------------------------------------------------------------------------------------------
+# trained models
+# ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class TrainedModel:
+    """A network with its parameters: ``.process``, ``.score`` (pure score(x, t)), ``.shape`` (per sample),
+    ``.params`` (EMA parameters), ``.config`` (dict), ``.network`` (the flax module), ``.apply(x, t)``
+    (the eps prediction), ``.dataset`` (the data set it was trained on, with its transform)."""
+
+    network: nn.Module
+    params: Any
+    config: dict
+    process: Any = None
+    shape: tuple = ()
+    parametrization: str = "eps"
+    _score: Any = field(default=None, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "process", process_from_config(self.config.get("process")))
+        object.__setattr__(self, "shape", tuple(self.config["shape"]))
+        object.__setattr__(self, "parametrization", self.config.get("parametrization", "eps"))
+        try:
+            object.__setattr__(self, "_score", score_from(self.apply, self.process, self.parametrization))
+        except ValueError as e:
+            raise ModelError(f"model config: {e}") from e
+
+    def apply(self, x, t):
+        """The network's prediction (``.parametrization``: eps, or the velocity v for flow models) at
+        (x (N, *shape), t scalar or (N,)), in x's dtype; dropout off."""
+        lam = self.process.log_snr(jnp.asarray(t, jnp.float32))
+        out = self.network.apply({"params": self.params}, x.astype(jnp.float32), lam, train=False)
+        return out.astype(x.dtype)
+
+    @property
+    def score(self):
+        return self._score
+
+    @property
+    def compute_dtype(self):
+        """The dtype the network computes in (float32 unless made with ``with_compute_dtype``)."""
+        return jnp.dtype(_compute_dtype(getattr(self.network, "dtype", None)))
+
+    def with_compute_dtype(self, dtype) -> "TrainedModel":
+        """The same model with the network computing in ``dtype`` (e.g. ``jnp.bfloat16``): mixed precision.
+
+        Parameters stay float32 (cast per layer), the log-SNR embedding's sinusoids are computed in float32,
+        and ``apply``/``score`` return the caller's dtype: the solver state (x) and the tracked log-density
+        stay float32 (or float64 under x64), only the network's activations are rounded to ``dtype``.
+        Rounding makes the vector field non-smooth at the dtype's relative precision (bfloat16: 2^-8), so
+        pair it with constant ``steps`` or an adaptive tolerance no tighter than about 1e-3.
+        Measured effect on the shipped digits model: README, section Scale.
+        """
+        dtype = jnp.dtype(dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ModelError(f"compute_dtype: expected a floating dtype such as jnp.bfloat16; got {dtype}")
+        return TrainedModel(self.network.clone(dtype=None if dtype == jnp.float32 else dtype), self.params,
+                            self.config)
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def name(self) -> str:
+        return self.config.get("name", "model")
+
+    @property
+    def dataset(self):
+        from ..data import load_dataset
+
+        return load_dataset(self.config["data"], **self.config.get("data_kwargs", {}))
+
+    @property
+    def data_range(self) -> float | None:
+        """r when the model's data lie in [-r, r] (1 for dequantised image data; None for continuous toys):
+        pass it to ``dg.DensityGuidance(..., data_range=...)`` to be told when guidance leaves the data."""
+        from ..data import Dequantize
+
+        return 1.0 if isinstance(self.dataset.transform, Dequantize) else None
+
+    def prior_sample(self, key, n: int):
+        return self.process.prior_sample(key, (n,) + self.shape)
+
+    def __repr__(self):
+        return (f"TrainedModel(name={self.name!r}, arch={self.config.get('arch')!r}, shape={self.shape}, "
+                f"params={num_params(self.params)}, data={self.config.get('data')!r})")
+
+
+def network_from_config(config: dict) -> nn.Module:
+    for k in ("arch", "shape"):
+        if k not in config:
+            raise ModelError(f"model config lacks {k!r}; is it a dgjax model config ({FORMAT})?")
+    shape = config["shape"]
+    if not (isinstance(shape, (list, tuple)) and len(shape) >= 1
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+        raise ModelError(f"model config: 'shape' must be a list of positive integers (the per-sample shape); got {shape!r}")
+    return make_network(config["arch"], config["shape"], config.get("arch_kwargs"))
+
+

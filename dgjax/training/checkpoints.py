@@ -1,0 +1,41 @@
+"""Checkpoints of a training run: the run's config.json, resuming checks, and the orbax checkpoints
+themselves (``Checkpoints``, in ``dgjax.models.checkpoints`` so that ``dg.load_model(RUN)`` reads a run
+without importing training)."""
+
+from __future__ import annotations
+
+import json
+
+from .._io import atomic_write
+from ..models import ArchitectureMismatch
+from ..models.checkpoints import (Checkpoints, _from_saveable, _to_saveable, load_run, read_run_config,  # noqa: F401
+                                  state_checksum)
+from .config import _RESUME_FREE, TrainConfig
+
+
+def _write_json(path: str, obj) -> None:
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=1, sort_keys=True)
+            fh.write("\n")
+
+    atomic_write(path, write)
+
+
+def _read_run_config(run_dir: str) -> TrainConfig:
+    d = read_run_config(run_dir)
+    return TrainConfig.from_dict(d["train"] if "train" in d else d)
+
+
+def _check_resume_config(old: TrainConfig, new: TrainConfig, run_dir: str) -> None:
+    o, n = old.to_dict(), new.to_dict()
+    if (o["arch"], o["arch_kwargs"], o["data"], o["patch_size"]) != (n["arch"], n["arch_kwargs"], n["data"], n["patch_size"]):
+        raise ArchitectureMismatch(
+            f"cannot resume {run_dir!r}: its checkpoints were written by a different architecture or data set "
+            f"(stored arch={o['arch']!r} {o['arch_kwargs']} on {o['data']!r}, requested arch={n['arch']!r} "
+            f"{n['arch_kwargs']} on {n['data']!r}). Use another --out directory for a new run.")
+    diff = {k: (o[k], n[k]) for k in o if k not in _RESUME_FREE and o[k] != n[k]}
+    if diff:
+        raise ValueError(f"cannot resume {run_dir!r} with different settings (stored vs requested): {diff}; "
+                         f"a resumed run must repeat the original settings to continue it exactly")
+
