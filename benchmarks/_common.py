@@ -6,6 +6,7 @@ Run the benchmarks from the repository root, e.g. ``python benchmarks/run_all.py
 
 from __future__ import annotations
 
+import json
 import time
 
 import flax.linen as nn
@@ -66,3 +67,10 @@ def small_flax_score(process, dim: int, seed: int = 0, width: int = 256):
         return process.sigma(t) * x + 0.1 * net.apply(params, x, lam)
 
     return dg.score_from(eps_model, process, "eps")
+
+
+def save_json(path: str | None, obj) -> None:
+    """Write a benchmark's rows to ``path`` (the ``--json`` option) when one is given."""
+    if path:
+        with open(path, "w") as fh:
+            json.dump(obj, fh, indent=1)

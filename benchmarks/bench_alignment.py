@@ -15,7 +15,6 @@ NFE convention (dgjax.alignment): a score evaluation 1, a JVP of the score 1, a 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import diffrax as dfx
@@ -27,9 +26,9 @@ import numpy as np
 import dgjax as dg
 
 try:
-    from benchmarks._common import timed
+    from benchmarks._common import timed, save_json
 except ImportError:  # run as a script from benchmarks/
-    from _common import timed
+    from _common import timed, save_json
 
 
 def _time(fn, x, repeats):
@@ -109,9 +108,7 @@ def main(argv=None):
               f"| {corr} | {sign} | {mre} |")
     frac = next(r["aligned_fraction"] for r in rows if "aligned_fraction" in r)
     print(f"\naligned fraction (score form, w_T = s_T): {frac:.3f}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(dict(config=vars(args), rows=rows), fh, indent=2)
+    save_json(args.json, dict(config=vars(args), rows=rows))
 
 
 if __name__ == "__main__":

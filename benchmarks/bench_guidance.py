@@ -21,7 +21,6 @@ evaluations; a JVP counts as one more), and the ratios
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import diffrax as dfx
@@ -31,9 +30,9 @@ import jax.numpy as jnp
 import dgjax as dg
 
 try:
-    from benchmarks._common import small_flax_score
+    from benchmarks._common import small_flax_score, save_json
 except ImportError:  # run as a script from benchmarks/
-    from _common import small_flax_score
+    from _common import small_flax_score, save_json
 
 
 
@@ -104,9 +103,7 @@ def main(argv=None):
                   f"{row['nfe_dg']:6d} {row['nfe_dg_track']:7d} | {row['time_ratio_dg_pf']:7.3f} "
                   f"{row['nfe_ratio_dg_pf']:9.2f} {row['time_ratio_nocheck_pf']:11.3f} "
                   f"{row['time_ratio_track_dg']:8.2f} {row['nfe_ratio_track_dg']:10.2f}", flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+    save_json(args.json, rows)
     return rows
 
 

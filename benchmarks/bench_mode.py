@@ -16,7 +16,6 @@ call (best of --repeats after a compiling run, interleaved), and the ratios mode
 from __future__ import annotations
 
 import argparse
-import json
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +23,9 @@ import jax.numpy as jnp
 import dgjax as dg
 
 try:
-    from benchmarks._common import interleaved_best, small_flax_score
+    from benchmarks._common import interleaved_best, small_flax_score, save_json
 except ImportError:  # run as a script from benchmarks/
-    from _common import interleaved_best, small_flax_score
+    from _common import interleaved_best, small_flax_score, save_json
 
 
 def main(argv=None):
@@ -79,9 +78,7 @@ def main(argv=None):
                       f"{best['mode']:>9.4f} {row['wall_ratio']:>6.1f}", flush=True)
     print("NFE counts a JVP or VJP of the score as one evaluation, with CG at its bound cg_steps (it stops "
           "earlier once 10x below cg_tol = 1e-2); mode tracking wall includes that early stop")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+    save_json(args.json, rows)
     return rows
 
 

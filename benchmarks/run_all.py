@@ -31,7 +31,6 @@ bench_pfode_accuracy.py.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import diffrax as dfx
@@ -41,10 +40,10 @@ import jax.numpy as jnp
 import dgjax as dg
 
 try:
-    from benchmarks._common import interleaved_best, small_flax_score
+    from benchmarks._common import interleaved_best, small_flax_score, save_json
     from benchmarks.bench_tracking_cost import accuracy_rows, cost_rows
 except ImportError:  # run as a script from benchmarks/
-    from _common import interleaved_best, small_flax_score
+    from _common import interleaved_best, small_flax_score, save_json
     from bench_tracking_cost import accuracy_rows, cost_rows
 
 P = dg.VP()
@@ -279,9 +278,7 @@ def main(argv=None):
         print(f"\n[{label}] every configuration: NFE, wall s, mean |err|/dim")
         for k, (nf, t, e) in det.items():
             print(f"  {k:<14} {nf:>6d} {t:>8.3f} {e:>10.2e}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(dict(rows=rows, details=details, rsde_accuracy=rsde_accuracy), fh, indent=1)
+    save_json(args.json, dict(rows=rows, details=details, rsde_accuracy=rsde_accuracy))
     return rows
 
 
