@@ -25,8 +25,10 @@ Score-free form (``score_free=True``): track ``omega_t = <s_t(x_t), w_t>`` inste
 
 which follows from the Fokker-Planck equation when s is the score of the density u transports. The
 divergence of the JVP map is a second-order term (a JVP of a JVP: ``v^T d/dx(J_s(x) w) v``), estimated
-with ``dg.Hutchinson`` (default; with constant Euler or Heun steps fresh probes at every step, as in
-the published code; otherwise drawn once per solve, one key per sample, held fixed along the path) or ``dg.Exact()`` (small D). The read-out never evaluates the score at t_end: omega comes from
+with ``dg.Hutchinson`` (default; with constant steps fresh probes at every step, as in the published
+code -- Rademacher probes cycle through the rows of a randomly signed Hadamard matrix, so consecutive
+steps' probes are orthogonal and their noise cancels; with adaptive steps drawn once per solve, one key
+per sample, held fixed along the path) or ``dg.Exact()`` (small D). The read-out never evaluates the score at t_end: omega comes from
 the drift along the path only. (The solver still evaluates the vector field at its own stages, which
 for Tsit5 include t_end as the first-same-as-last stage; with constant ``steps`` that value is not used
 at all, and a score that is NaN at t_end leaves the score-free result finite, as tested; an adaptive
@@ -34,7 +36,7 @@ controller does use it in the error estimate of the last step.) The two forms ag
 error when s is an exact score (the oracle); for a learned score they differ by how far ``s_theta`` is
 from the score of the model's own PF-ODE density. The Hutchinson noise of the second-order term is
 heavy-tailed on the oracle (narrow components); redrawing the probes (the default under constant
-Euler or Heun steps) averages it along the path. Costs against a plain PF-ODE solve: benchmarks/bench_alignment.py.
+steps) cancels it along the path. Costs against a plain PF-ODE solve: benchmarks/bench_alignment.py.
 
 NFE per sample (MATH 4 convention: a score evaluation is 1, a JVP of the score 1 more, and a JVP of a
 JVP 2 more, as it propagates both a first- and a second-order tangent):
@@ -134,10 +136,6 @@ def _second_order_traces(inner: Callable, x, probes):
     return s, js_w, jnp.sum(diag, axis=0)[None]
 
 
-def _redraw_by_default(solver, constant: bool) -> bool:
-    """The measured default of ``redraw_probes`` (score_alignment's docstring): fresh probes per step for
-    constant steps with the positive-weight ``diffrax.Euler`` / ``diffrax.Heun``; fixed probes otherwise."""
-    return constant and isinstance(solver, (dfx.Euler, dfx.Heun))
 
 
 def _score_free_field(score: Callable, process, divergence: DivergenceEstimator, redraw, t_span):
@@ -159,7 +157,7 @@ def _score_free_field(score: Callable, process, divergence: DivergenceEstimator,
             else:
                 k = (t_hi - jnp.asarray(t)) / (t_hi - t_lo) * redraw
             tick = jnp.floor(k + 1e-3).astype(jnp.int32)
-            probes = divergence.draw(jax.random.fold_in(args, tick), x)
+            probes = divergence.draw_step(args, x, tick)
         else:
             probes = args
         coeffs = process.coefficients_like(t, x)
@@ -229,27 +227,23 @@ def score_alignment(score: Callable, process, x_T: Float[Array, "N *shape"], t_e
         starts from ``<s_T(x_T), w_T>`` with the given score at t_max.
       divergence: estimator of div_x(J_s(x) w) for the score-free form: ``dg.Hutchinson(K)`` (default
         K = 1; K second-order JVPs per evaluation) or ``dg.Exact()`` (D of them; small D).
-      redraw_probes: score-free form: draw fresh Hutchinson probes at every step
-        instead of once per solve (MATH 4 allows it for fixed-step solvers). Default (None), the measured
-        rule: redrawn for constant steps (``steps=`` or ``grid=``) with ``diffrax.Euler()`` or
-        ``diffrax.Heun()`` (positive weights, as in the published code's Euler steps), fixed with any other
-        solver (the default Tsit5: its weights reach -3.3 and amplify the probe noise) and for adaptive
-        solves (``rtol``/``atol``), whose controller cannot step a field that changes at random; ``True``
-        with adaptive steps raises.
-        omega does not feed back into x or w, so its solve is a quadrature of unbiased estimates: it
-        stays unbiased, and the noise averages along the path instead of adding up coherently along one
-        probe. The probes change per step, not per stage (a stage at a step's end, c = 1, takes the next
-        step's), so Runge-Kutta weights of either sign act on one smooth field.
-        Oracle, D = 64, 64 latents, t_end = 0.3, one probe, against the score form (median relative
-        error, correlation), redrawn vs fixed: 5 components (the benchmarks' mixture): Euler x 192 0.17%
-        vs 0.72% (corr 0.995 vs 0.866), Euler x 4000 0.03% vs 0.72% (0.9998 vs 0.895), Heun x 500 0.07%
-        vs 0.72% (0.995 vs 0.896), Tsit5 x 32 0.57% vs 0.72% (0.923 vs 0.896); 4 components (variances
-        0.05-0.3): Euler x 192 0.21% vs 0.80% (corr 0.82 vs 0.97), Euler x 4000 0.04% vs 0.88% (0.9991
-        vs 0.989), Heun x 500 0.16% vs 0.88% (0.993 vs 0.987), Tsit5 x 32 0.58% vs 0.88% (0.9855 vs
-        0.9882). The median error is lower redrawn everywhere; the correlation at a few hundred
-        evaluations is set by rare heavy-tailed samples and goes either way; only Euler x 4000 redrawn
-        (the published setting) reaches 0.999. Tsit5 (the default solver), whose correlation is mixed,
-        keeps fixed probes by default.
+      redraw_probes: score-free form: draw fresh Hutchinson probes at every step instead of once per solve
+        (MATH 4 allows it for fixed-step solvers). Default (None): redrawn whenever the steps are constant
+        (``steps=`` or ``grid=``), with any solver, as the published code does; fixed for adaptive solves
+        (``rtol``/``atol``), whose controller cannot step a field that changes at random (``True`` with
+        adaptive steps raises). omega does not feed back into x or w, so its solve is a quadrature of
+        unbiased estimates: it stays unbiased. The probes change per step, not per stage (a stage at a
+        step's end, c = 1, takes the next step's), so Runge-Kutta weights of either sign (Tsit5's reach
+        -3.3) act on one smooth field. Rademacher probes (the default) are the rows of a randomly signed
+        Hadamard matrix taken in turn (``Hutchinson.draw_step``): every D' (D rounded up to a power of 2)
+        consecutive steps' probes are orthogonal and sum to the exact trace of a fixed matrix, so the
+        probe noise cancels along the path instead of averaging as 1/sqrt(steps).
+        Measured (``python benchmarks/run_all.py``'s setting: oracle, 8 components, D = 64, N = 256,
+        t_end = 0.3, one probe; correlation with the score form over the batch / median relative error),
+        fixed vs redrawn: Tsit5 x 64 0.884 / 1.4% vs 0.923 / 0.74%; Tsit5 x 256 0.884 / 1.4% vs 0.973 /
+        0.30%; Tsit5 x 1000 0.884 / 1.4% vs 0.9993 / 0.01%; Heun x 1000 0.884 / 1.4% vs 0.9988 / 0.01%;
+        Euler x 1000 0.893 / 1.4% vs 0.9967 / 0.02%. Independent redraws (Gaussian probes, or the
+        Rademacher ones before the Hadamard cycle) reach Tsit5 x 1000 0.996 / 0.16%.
       solver, steps, grid, rtol, atol, adjoint, max_steps: as in ``dg.sample`` (default adaptive Tsit5 with
         rtol = atol = 1e-5; the error norm weighs x, w and omega equally).
       return_details: return a ``dg.Alignment`` (value, cosine, aligned_fraction, x_end, w_end, w_T,
@@ -283,7 +277,7 @@ def score_alignment(score: Callable, process, x_T: Float[Array, "N *shape"], t_e
         probes, omega0 = tracking_start(divergence, key, x_T, omega_T)
         constant = steps_given is not None or ts is not None
         if redraw_probes is None:  # default: the measured rule (docstring)
-            redraw_probes = _redraw_by_default(solver, constant)
+            redraw_probes = constant
         # Exact has no probes to redraw; redraw = the step plan (count or grid times) the step index comes from
         redraw = (np.asarray(ts) if ts is not None else steps) if (redraw_probes and probes is not None) else None
         if redraw_probes and not constant:

@@ -106,6 +106,30 @@ class Hutchinson(DivergenceEstimator):
             draw = lambda k: jax.random.normal(k, shape, dtype=x.dtype)  # noqa: E731
         return jnp.moveaxis(jax.vmap(draw)(keys), 1, 0)
 
+    def draw_step(self, key, x, step):
+        """Probes (K, N, *shape) for constant step ``step`` (int32 scalar) of a solve that redraws them per step.
+
+        Rademacher: the rows of a randomly signed Sylvester-Hadamard matrix, taken in turn, so that the
+        probes of consecutive steps are orthogonal: probe j of step k for sample n is
+        ``s_n * h[(o_n + K k + j) mod D']`` restricted to the first D coordinates, with ``h[r, c] =
+        (-1)^popcount(r & c)`` (D' the power of two >= D), a Rademacher sign vector ``s_n`` and an offset
+        ``o_n`` drawn once per solve from ``key``. Each probe is Rademacher-distributed (so each step's
+        estimate is unbiased), and since ``sum_r h_r h_r^T = D' I`` on the first D coordinates, every D'
+        consecutive probes sum to the exact trace of a fixed matrix: along a path the probe noise cancels
+        instead of averaging as 1/sqrt(steps). Gaussian: independent draws per step (``fold_in(key, step)``).
+        """
+        if self.distribution != "rademacher":
+            return self.draw(jax.random.fold_in(key, step), x)
+        n, d = x.shape[0], x[0].size
+        d_pad = 1 << max(d - 1, 0).bit_length()
+        signs = self.draw(key, x)[:1]  # (1, N, *shape), fixed per solve
+        offset = jax.random.randint(jax.random.fold_in(key, 1), (n,), 0, d_pad, dtype=jnp.int32)
+        rows = (offset[None, :] + step * self.num_probes + jnp.arange(self.num_probes, dtype=jnp.int32)[:, None]) % d_pad
+        cols = jnp.arange(d, dtype=jnp.int32)
+        parity = jax.lax.population_count(rows[:, :, None] & cols[None, None, :]) & 1  # (K, N, D)
+        h = (1 - 2 * parity).astype(x.dtype).reshape((self.num_probes,) + x.shape)
+        return signs * h
+
     def quadratic_traces(self, quad, x, probes):
         if probes is None:
             raise ValueError("probes: Hutchinson needs probes drawn with .draw(key, x)")

@@ -257,21 +257,39 @@ def test_bad_inputs():
         dg.score_alignment(score, process, x_T, T_END, steps=4, rtol=1e-3)
 
 
-def test_default_probe_redraw_follows_the_measured_rule():
-    """Default redraw_probes (issue 14, measured in score_alignment's docstring): with constant Euler steps
-    fresh probes per step beat fixed ones (the docstring's setting: oracle, D = 64, 64 latents, one probe,
-    Euler x 192: median error against the score form 0.17% vs 0.72%, correlation 0.995 vs 0.866), so the
-    default redraws; with Tsit5 (mixed figures) the default holds the probes fixed."""
+def test_default_redraws_probes_under_constant_steps_and_reaches_corr_0999():
+    """Issue 14 (must show): score-free alignment with its defaults and constant steps correlates >= 0.999
+    with the score form (run_all's setting: oracle, 8 components, D = 64, N = 256, t_end = 0.3, one probe;
+    default Tsit5, 1000 steps; measured 0.9993 redrawn against 0.884 with fixed probes). The default redraws
+    whenever the steps are constant, with any solver, and holds the probes fixed for adaptive solves."""
     process = dg.VP()
-    gm = dg.random_mixture(jax.random.key(0), 5, (64,))
+    gm = dg.random_mixture(jax.random.key(0), 8, (64,))
     score = gm.score(process)
-    x_T = process.prior_sample(jax.random.key(1), (64, 64))
-    ref = dg.score_alignment(score, process, x_T, 0.3, steps=64)
-    run = lambda solver, steps, redraw: dg.score_alignment(  # noqa: E731
-        score, process, x_T, 0.3, steps=steps, solver=solver, score_free=True, key=jax.random.key(2),
-        redraw_probes=redraw)
-    med = lambda v: float(jnp.median(jnp.abs(v - ref) / jnp.abs(ref)))  # noqa: E731
-    euler_default, euler_fixed = run(dfx.Euler(), 192, None), run(dfx.Euler(), 192, False)
-    assert med(euler_default) < 0.5 * med(euler_fixed)
-    assert _corr(euler_default, ref) > _corr(euler_fixed, ref)
-    np.testing.assert_array_equal(run(dfx.Tsit5(), 8, None), run(dfx.Tsit5(), 8, False))
+    x_T = process.prior_sample(jax.random.key(1), (256, 64))
+    ref = dg.score_alignment(score, process, x_T, 0.3, rtol=1e-6, atol=1e-6)
+    run = lambda redraw, **kw: dg.score_alignment(  # noqa: E731
+        score, process, x_T, 0.3, score_free=True, key=jax.random.key(2), redraw_probes=redraw, **kw)
+    default, fixed = run(None, steps=1000), run(False, steps=1000)
+    assert _corr(default, ref) >= 0.999
+    assert _corr(fixed, ref) < 0.95
+    np.testing.assert_array_equal(run(None, steps=8, solver=dfx.Heun()), run(True, steps=8, solver=dfx.Heun()))
+    np.testing.assert_array_equal(run(None, rtol=1e-3, atol=1e-3), run(False, rtol=1e-3, atol=1e-3))
+
+
+@pytest.mark.parametrize("dim, k", [(12, 1), (16, 2), (5, 4)])
+def test_hadamard_step_probes_are_rademacher_and_cancel_over_a_cycle(dim, k):
+    """Hutchinson.draw_step: every probe is a +-1 vector, and the D' (D rounded up to a power of two)
+    consecutive probes of one sample sum v v^T to D' I, so their quadratic forms average to the exact trace
+    of any matrix (here a random one, per sample); probes differ between samples and between steps."""
+    est = dg.Hutchinson(k)
+    x = jnp.zeros((3, dim))
+    d_pad = 1 << (dim - 1).bit_length()
+    key = jax.random.key(5)
+    v = jnp.stack([est.draw_step(key, x, jnp.int32(s)) for s in range(d_pad // k)]).reshape(-1, 3, dim)
+    assert set(np.unique(np.asarray(v)).tolist()) == {-1.0, 1.0}
+    a = jax.random.normal(jax.random.key(6), (3, dim, dim))
+    quad = jnp.einsum("pni,nij,pnj->pn", v, a, v)
+    np.testing.assert_allclose(jnp.mean(quad, axis=0), jnp.trace(a, axis1=1, axis2=2), rtol=1e-5, atol=1e-5)
+    outer = jnp.einsum("pni,pnj->nij", v, v)
+    np.testing.assert_allclose(outer, jnp.broadcast_to(d_pad * jnp.eye(dim), outer.shape))
+    assert not np.array_equal(v[:, 0], v[:, 1]) and not np.array_equal(v[0], v[1])

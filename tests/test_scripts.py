@@ -82,6 +82,7 @@ def test_detail_png(run_script):
     assert h["pfode_pearson"] > 0 and h["pfode_spearman"] > 0             # more detail, lower log p
 
 
+@pytest.mark.slow  # 54-78 s; its estimators have their own fast tests
 def test_consistency(run_script):
     summary, out = run_script("consistency")
     check_files(summary, out)
@@ -99,6 +100,7 @@ def test_high_density(run_script):
     assert all(m > h["pfode_mean_logp"] for m in h["hd_mean_logp"])
 
 
+@pytest.mark.slow  # 54-78 s; its estimators have their own fast tests
 def test_stochastic_dg(run_script):
     summary, out = run_script("stochastic_dg")
     check_files(summary, out)

@@ -86,7 +86,7 @@ def test_score_called_once_per_em_step():
     assert len(calls) == int(out.nfe) == 37
 
 
-@pytest.mark.parametrize("brownian", ["unsafe", "virtual"])
+@pytest.mark.parametrize("brownian", ["unsafe", pytest.param("virtual", marks=pytest.mark.slow)])
 def test_keys_reproduce_paths(brownian):
     gm = dg.random_mixture(jax.random.key(3), 3, (8,))
     score = gm.score(P)
@@ -192,6 +192,7 @@ def test_dg_sde_follows_schedule_across_keys():
     assert s_dg < 0.2 * s_rev  # their log-densities hardly do
 
 
+@pytest.mark.slow
 def test_early_noise_changes_samples_more_than_late():
     """Well-separated components with small spread (structure vs texture): the same noise level changes the
     sample more when injected early (lambda in (-10, -4)) than late (lambda in (-3, 9))."""
