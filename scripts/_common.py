@@ -275,6 +275,19 @@ def load_model(name: str):
     return dg.load_model(name)
 
 
+def log_snr_times(process, fractions) -> list[float]:
+    """Times at fixed fractions u of the process's log-SNR range, lambda_t = lambda_max + u (lambda_min -
+    lambda_max), to 3 significant digits (float64): the same points of the noise schedule on every process
+    (t = u on VP, whose lambda is linear in t on [0, 1])."""
+    import jax
+    import jax.numpy as jnp
+
+    with jax.enable_x64(True):
+        lam_hi, lam_lo = (float(process.log_snr(jnp.asarray(t, jnp.float64))) for t in (process.t_min, process.t_max))
+        ts = np.asarray(process.time_of_log_snr(jnp.asarray([lam_hi + u * (lam_lo - lam_hi) for u in fractions])))
+    return [float(f"{t:.3g}") for t in ts]
+
+
 def latents(model, seed: int, n: int):
     import jax
 
