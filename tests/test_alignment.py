@@ -269,7 +269,7 @@ def test_default_redraws_probes_under_constant_steps_and_reaches_corr_0999():
     ref = dg.score_alignment(score, process, x_T, 0.3, rtol=1e-6, atol=1e-6)
     run = lambda redraw, **kw: dg.score_alignment(  # noqa: E731
         score, process, x_T, 0.3, score_free=True, key=jax.random.key(2), redraw_probes=redraw, **kw)
-    default, fixed = run(None, steps=1000), run(False, steps=1000)
+    default, fixed = run(None, steps=1000), run(False, steps=64)  # fixed probes: 0.884 at 64 to 1000 steps
     assert _corr(default, ref) >= 0.999
     assert _corr(fixed, ref) < 0.95
     np.testing.assert_array_equal(run(None, steps=8, solver=dfx.Heun()), run(True, steps=8, solver=dfx.Heun()))

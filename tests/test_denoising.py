@@ -199,7 +199,8 @@ def _nonsymmetric_field(d):
     return lambda z: z @ a.T + 0.2 * jnp.tanh(z @ w.T) ** 2
 
 
-@pytest.mark.parametrize("solver, sym", [pytest.param("cg", False, marks=pytest.mark.slow), ("cg", True),
+@pytest.mark.parametrize("solver, sym", [pytest.param("cg", False, marks=pytest.mark.slow),
+                                         pytest.param("cg", True, marks=pytest.mark.slow),
                                          ("gmres", False), pytest.param("gmres", True, marks=pytest.mark.slow),
                                          pytest.param("bicgstab", False, marks=pytest.mark.slow)])
 def test_mode_correction_solvers_match_dense_solve(solver, sym, x64):

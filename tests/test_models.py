@@ -126,7 +126,8 @@ def test_unknown_model_and_unwritable_output_are_clear_errors(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]
 
 
-@pytest.mark.parametrize("name", SHIPPED_MODELS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "patches" else n  # 16 s each
+                                  for n in SHIPPED_MODELS])
 def test_shipped_models_load_and_sample_with_tracked_logp(name):
     path = os.path.join(WEIGHTS_DIR, name + ".msgpack")
     assert os.path.exists(path), f"shipped model file {path} is missing"

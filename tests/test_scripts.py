@@ -92,6 +92,7 @@ def test_consistency(run_script):
     assert h["align_pearson"] > 0 and h["align_sign_agreement"] >= 0.5
 
 
+@pytest.mark.slow  # 38 s; the HD sampler's own tests are in test_guidance.py
 def test_high_density(run_script):
     summary, out = run_script("high_density")
     check_files(summary, out)
