@@ -1,7 +1,8 @@
 """Divergence (trace-of-Jacobian) estimators (MATH.md section 4).
 
 Both estimators evaluate ``fn(x)`` once and a number of Jacobian-vector products ``J v`` of it
-(through ``jax.linearize``: the primal is computed once, the tangents are vmapped), and return a
+(through ``jax.linearize``: the primal is computed once, the tangents are vmapped; a single
+probe is applied directly, see ``_UNROLL``), and return a
 stack of per-probe trace estimates of shape (P, N):
 
 - ``Exact()``: P = 1, the exact trace ``sum_i e_i^T J e_i`` from D basis JVPs (small D only:
