@@ -243,8 +243,9 @@ def main(argv=None):
                            include_alignment=True)
     done("oracle: sampler ratios")
     # issue 14: N = 64, 64 constant steps: tracking / guidance overhead, published-style tracked reverse SDE
+    # the oracle's rows take 0.1-0.5 s a call and move by +-10% between rounds: more rounds for their minimum
     rows += cost_rows(o_score, P.prior_sample(jax.random.key(5), (8 if quick else 64,) + shape), f"oracle D={gm.dim} N=64",
-                      8 if quick else 64, repeats)
+                      8 if quick else 64, repeats if quick else max(repeats, 10))
     rsde_accuracy = accuracy_rows(dim=32, n=16, nfe=120) if quick else accuracy_rows()
     rows += alignment_corr(repeats, dim=16, n=32, steps=8) if quick else alignment_corr(repeats)
     done("oracle: tracking cost (N = 64) and reverse-SDE schemes at 1000 NFE")
