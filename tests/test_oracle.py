@@ -35,20 +35,28 @@ def test_score_hessian_laplacian_match_autodiff(process, mixture64):
     gm = mixture64
     t = process.t_min + 0.2 * (process.t_max - process.t_min)
     x = gm.sample_t(jax.random.key(2), 4, process, t)
-    single = lambda xi: gm.log_prob(process)(xi[None], t)[0]  # noqa: E731
-    grad = jax.vmap(jax.grad(single))(x)
-    hess = jax.vmap(jax.hessian(single))(x).reshape(4, 6, 6)
-    np.testing.assert_allclose(gm.score(process)(x, t), grad, rtol=1e-9, atol=1e-9)
     v = jax.random.normal(jax.random.key(3), x.shape, dtype=x.dtype)
-    hv = jnp.einsum("nij,nj->ni", hess, v.reshape(4, 6)).reshape(x.shape)
-    np.testing.assert_allclose(gm.hvp(process)(x, t, v), hv, rtol=1e-8, atol=1e-8)
-    np.testing.assert_allclose(gm.laplacian(process)(x, t), jnp.trace(hess, axis1=1, axis2=2), rtol=1e-9)
-    np.testing.assert_allclose(gm.trace_hessian_sq(process)(x, t), jnp.sum(hess**2, axis=(1, 2)), rtol=1e-8)
-    # div u = f D - 1/2 g^2 Lap equals the trace of the Jacobian of the PF drift
     a, s, f, g2 = process.coefficients(jnp.asarray(t))
-    u = lambda xi: f * xi - 0.5 * g2 * gm.score(process)(xi[None], t)[0]  # noqa: E731
-    jac = jax.vmap(jax.jacfwd(u))(x).reshape(4, 6, 6)
-    np.testing.assert_allclose(gm.div_pf_drift(process)(x, t), jnp.trace(jac, axis1=1, axis2=2), rtol=1e-9)
+
+    @jax.jit  # one compiled program per process (eagerly, the autodiff references took 15-25 s)
+    def both(x, v):
+        single = lambda xi: gm.log_prob(process)(xi[None], t)[0]  # noqa: E731
+        grad = jax.vmap(jax.grad(single))(x)
+        hess = jax.vmap(jax.hessian(single))(x).reshape(4, 6, 6)
+        # div u = f D - 1/2 g^2 Lap equals the trace of the Jacobian of the PF drift
+        u = lambda xi: f * xi - 0.5 * g2 * gm.score(process)(xi[None], t)[0]  # noqa: E731
+        jac = jax.vmap(jax.jacfwd(u))(x).reshape(4, 6, 6)
+        ours = (gm.score(process)(x, t), gm.hvp(process)(x, t, v), gm.laplacian(process)(x, t),
+                gm.trace_hessian_sq(process)(x, t), gm.div_pf_drift(process)(x, t))
+        return ours, (grad, hess, jac)
+
+    (score, hvp, lap, tr_h2, div_u), (grad, hess, jac) = both(x, v)
+    np.testing.assert_allclose(score, grad, rtol=1e-9, atol=1e-9)
+    hv = jnp.einsum("nij,nj->ni", hess, v.reshape(4, 6)).reshape(x.shape)
+    np.testing.assert_allclose(hvp, hv, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(lap, jnp.trace(hess, axis1=1, axis2=2), rtol=1e-9)
+    np.testing.assert_allclose(tr_h2, jnp.sum(hess**2, axis=(1, 2)), rtol=1e-8)
+    np.testing.assert_allclose(div_u, jnp.trace(jac, axis1=1, axis2=2), rtol=1e-9)
 
 
 def test_per_sample_times(mixture64):
