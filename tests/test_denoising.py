@@ -233,3 +233,28 @@ def test_mode_correction_solvers_match_dense_solve(solver, sym, x64):
 def test_linear_solver_is_checked():
     with pytest.raises(ValueError, match="linear_solver"):
         dg.ModeTracking(linear_solver="lu")
+
+
+def test_mode_tracking_follows_newton_mode_under_the_galaxy_process(x64):
+    """The galaxy models' process VPSDE(1, 1, 10) (t in [1e-3, 10], not VP's [0, 1]): mode tracking from a
+    noisy and a very noisy x_t still follows Newton's mode of the denoising density to t_min."""
+    proc = dg.VPSDE(1.0, 1.0, 10.0)
+    mix = _mixture(2)
+    score = mix.score(proc)
+
+    def grad1(y, x, t, s):
+        a, v, _ = denoising_coefficients(proc, jnp.asarray(t), jnp.asarray(s))
+        return score(y[None], s)[0] + a * (x - a * y) / v
+
+    @jax.jit
+    def newton(y, x_t, t):  # Newton's method from the ODE's end point (independent of the ODE)
+        step = lambda yy, xx: yy - jnp.linalg.solve(jax.jacfwd(grad1)(yy, xx, t, proc.t_min),  # noqa: E731
+                                                    grad1(yy, xx, t, proc.t_min))
+        return jax.lax.fori_loop(0, 30, lambda _, yy: jax.vmap(step)(yy, x_t), y)
+
+    for t in (0.148, 1.74):
+        x_t = dg.add_noise(proc, mix.sample(jax.random.key(0), 3), t, jax.random.key(1))
+        mode = dg.denoise(score, proc, x_t, t, method="mode", divergence=dg.Exact(), rtol=1e-10, atol=1e-10).x
+        y = newton(mode, x_t, t)
+        np.testing.assert_allclose(mode, y, atol=1e-6)
+        assert float(jnp.max(jnp.abs(mode - x_t))) > 0.01  # the solve moved: the comparison can fail
