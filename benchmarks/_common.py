@@ -12,6 +12,7 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import dgjax as dg
 
@@ -28,17 +29,30 @@ def timed(fn, *args, repeats: int = 3):
     return out, best
 
 
-def interleaved_best(fns: dict, repeats: int = 3):
+def interleaved_rounds(fns: dict, repeats: int = 3):
     """``fns``: name -> (callable, args tuple). Compiles each, then times them in interleaved rounds (A, B, A,
-    B, ...) and keeps each one's best, so that load changes affect all alike. Returns (outs, best seconds)."""
+    B, ...) so that load changes affect all alike. Returns (outs, times): times[name] is the list of its wall
+    seconds, one per round."""
     outs = {k: jax.block_until_ready(f(*a)) for k, (f, a) in fns.items()}
-    best = {k: float("inf") for k in fns}
+    times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, (f, a) in fns.items():
             t0 = time.perf_counter()
             jax.block_until_ready(f(*a))
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return outs, best
+            times[k].append(time.perf_counter() - t0)
+    return outs, times
+
+
+def interleaved_best(fns: dict, repeats: int = 3):
+    """``interleaved_rounds``, keeping each one's best (the least disturbed) time: returns (outs, best)."""
+    outs, times = interleaved_rounds(fns, repeats)
+    return outs, {k: min(v) for k, v in times.items()}
+
+
+def paired_ratio(times: dict, a: str, b: str) -> float:
+    """Median over rounds of times[b] / times[a], each ratio taken within one round (A and B back to back):
+    steadier than best(b) / best(a) on a machine whose speed drifts between rounds."""
+    return float(np.median(np.asarray(times[b]) / np.asarray(times[a])))
 
 
 class MLP(nn.Module):

@@ -1,16 +1,19 @@
 """What log-density tracking and density guidance add per step, and the reverse-SDE tracking schemes (issue 14).
 
 1. Oracle D = 3072 and the shipped digits UNet, N = 64, 64 constant steps: tracked / untracked reverse SDE
-   and DG-ODE / PF-ODE (Tsit5; tracked / untracked PF-ODE is in run_all.py), wall (best of interleaved rounds) and NFE; plus a deterministic count from
-   the compiled HLO: elementwise ops on (N, D) arrays and erf_inv ops (the Gaussian draw) in the program.
+   and DG-ODE / PF-ODE (Tsit5; tracked / untracked PF-ODE is in run_all.py), wall (best of interleaved rounds,
+   and the median of the ratios taken within each round) and NFE; plus a deterministic count from the compiled HLO: elementwise ops on (N, D) arrays and erf_inv ops (the Gaussian draw) in the program.
 2. A published-style tracked reverse SDE (Euler-Maruyama in ``lax.scan``, ``vmap``-ed per sample, the
-   style of run_all.py's baseline) against ``dg.ReverseSDE()`` tracked at equal steps.
+   style of run_all.py's baseline) against ``dg.ReverseSDE()`` tracked at equal steps; the same loop
+   untracked (the published code's own tracking cost); diffrax's UnsafeBrownianPath against the default
+   per-step-key path (``dgjax/sampling/brownian.py``).
 3. Tracking accuracy at about 1000 NFE (oracle, D = 256, 64 samples, 1 Rademacher probe): Euler-Maruyama,
    Stratonovich Heun, Milstein (MATH 4(c)); correlation with the exact log p and mean |error| per dim.
 
     python benchmarks/bench_tracking_cost.py [--quick]
 
-Wall ratios on a shared CPU are noisy (a few %): read them with the HLO counts, which are exact.
+Wall ratios on a shared CPU are noisy (a few %; two compilations of the same program differ by up to 8% in
+best-of time): read them with the HLO counts, which are exact.
 """
 
 from __future__ import annotations
@@ -27,26 +30,33 @@ import numpy as np
 import dgjax as dg
 
 try:
-    from benchmarks._common import interleaved_best
+    from benchmarks._common import interleaved_rounds, paired_ratio
 except ImportError:  # run as a script from benchmarks/
-    from _common import interleaved_best
+    from _common import interleaved_rounds, paired_ratio
 
 P = dg.VP()
 
 
 def hlo_counts(fn, *args):
-    """(elementwise ops on arrays of the sample's shape, erf_inv ops) in the compiled program."""
+    """(elementwise ops on arrays of the sample's shape, erf_inv ops, MB accessed per loop iteration) of the
+    compiled program. The last is XLA's own cost analysis ("bytes accessed"), which counts a while loop's
+    body once: for these memory-bound steps a deterministic measure of the work per step, free of the wall
+    clock's noise."""
     x = args[0]
-    txt = fn.lower(*args).compile().as_text()
+    compiled = fn.lower(*args).compile()
+    txt = compiled.as_text()
     shape = ",".join(str(d) for d in x.shape)
     ops = collections.Counter(re.findall(r"= f32\[" + shape + r"\]\S* (\w[\w-]*)\(", txt))
     nd = sum(v for k, v in ops.items() if k not in ("parameter", "bitcast", "broadcast", "fusion", "copy",
                                                      "get-tuple-element"))
-    return nd, len(re.findall(r"%erf_inv\.\d+ = f32\[" + shape, txt))
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return nd, len(re.findall(r"%erf_inv\.\d+ = f32\[" + shape, txt)), float(cost["bytes accessed"]) / 1e6
 
 
-def published_tracked_rsde(score, process, x_T, key, steps: int, logp_T):
-    """Published style: per-sample Euler-Maruyama of (x, log p) (MATH 4(c)) in lax.scan, vmapped over samples."""
+def published_tracked_rsde(score, process, x_T, key, steps: int, logp_T, track: bool = True):
+    """Published style: per-sample Euler-Maruyama of (x, log p) (MATH 4(c)) in lax.scan, vmapped over samples
+    (``track=False``: the same loop without the log-density, the published code's own untracked cost)."""
     ts = jnp.linspace(process.t_max, process.t_min, steps + 1).astype(x_T.dtype)
 
     def one(x, k):
@@ -59,8 +69,9 @@ def published_tracked_rsde(score, process, x_T, key, steps: int, logp_T):
             dw = jnp.sqrt(dtau) * jax.random.normal(kk, z.shape, z.dtype)
             g = jnp.sqrt(g2)
             z1 = z + (-f * z + g2 * s) * dtau + g * dw
-            lp1 = lp + (f * z.size + 0.5 * g2 * jnp.sum(s * s)) * dtau + g * jnp.sum(s * dw)
-            return (z1, lp1), None
+            if track:
+                lp = lp + (f * z.size + 0.5 * g2 * jnp.sum(s * s)) * dtau + g * jnp.sum(s * dw)
+            return (z1, lp), None
 
         (z1, lp1), _ = jax.lax.scan(step, (x, jnp.zeros((), x.dtype)), ((ts[:-1], ts[1:]), jax.random.split(k, steps)))
         return z1, lp1
@@ -79,20 +90,29 @@ def cost_rows(score, x_T, label, steps, repeats):
            "pf": run(solver=dfx.Tsit5(), steps=steps), "dg": run(dg.DensityGuidance(0.6), solver=dfx.Tsit5(), steps=steps)}
     lp_T = P.prior_log_prob(x_T)
     fns["published_rsde_track"] = jax.jit(lambda x, k: published_tracked_rsde(score, P, x, k, steps, lp_T))
-    outs, best = interleaved_best({k: (f, (x_T, key)) for k, f in fns.items()}, repeats)
-    hlo = {k: hlo_counts(fns[k], x_T, key) for k in ("rsde", "rsde_track")}
+    fns["published_rsde"] = jax.jit(lambda x, k: published_tracked_rsde(score, P, x, k, steps, lp_T, track=False))
+    fns["rsde_unsafe"] = run(dg.ReverseSDE(brownian="unsafe"), steps=steps)
+    outs, times = interleaved_rounds({k: (f, (x_T, key)) for k, f in fns.items()}, repeats)
+    best = {k: min(v) for k, v in times.items()}
+    hlo = {k: hlo_counts(fns[k], x_T, key) for k in fns}
     nfe = {k: (steps if k.startswith("published") else int(o.nfe)) for k, o in outs.items()}
     rows = []
     for name, a, b in (("reverse SDE untracked -> tracked", "rsde", "rsde_track"),
                        ("PF-ODE -> DG-ODE (q=0.6)", "pf", "dg"),
-                       ("published-style tracked RSDE -> dgjax", "published_rsde_track", "rsde_track")):
+                       ("published-style tracked RSDE -> dgjax", "published_rsde_track", "rsde_track"),
+                       ("published-style RSDE untracked -> tracked", "published_rsde", "published_rsde_track"),
+                       ("published-style untracked RSDE -> dgjax", "published_rsde", "rsde"),
+                       ("RSDE UnsafeBrownianPath -> default path", "rsde_unsafe", "rsde")):
         rows.append(dict(comparison=name, setting=label, nfe_a=nfe[a], nfe_b=nfe[b], nfe_ratio=nfe[b] / nfe[a],
-                         wall_a=best[a], wall_b=best[b], wall_ratio=best[b] / best[a], err_a=None, err_b=None))
-    print(f"\n[{label}] N = {x_T.shape[0]}, {steps} constant steps; HLO (N, D) elementwise ops / erf_inv ops: "
-          f"untracked {hlo['rsde']}, tracked {hlo['rsde_track']}")
+                         wall_a=best[a], wall_b=best[b], wall_ratio=best[b] / best[a],
+                         wall_ratio_median=paired_ratio(times, a, b), bytes_ratio=hlo[b][2] / hlo[a][2],
+                         err_a=None, err_b=None))
+    print(f"\n[{label}] N = {x_T.shape[0]}, {steps} constant steps; HLO (N, D) elementwise ops / erf_inv ops / MB "
+          f"accessed per step: " + ", ".join(f"{k} {v[0]} / {v[1]} / {v[2]:.1f}" for k, v in hlo.items()))
     for r in rows:
         print(f"  {r['comparison']:<40} NFE {r['nfe_a']:>5} -> {r['nfe_b']:>5} ({r['nfe_ratio']:.2f})  "
-              f"wall {r['wall_a']:.3f} -> {r['wall_b']:.3f} s ({r['wall_ratio']:.3f})")
+              f"wall {r['wall_a']:.3f} -> {r['wall_b']:.3f} s ({r['wall_ratio']:.3f}; median of paired rounds "
+              f"{r['wall_ratio_median']:.3f}; bytes per step {r['bytes_ratio']:.3f})")
     return rows
 
 

@@ -20,8 +20,10 @@ compiling run; NFE counts score evaluations per sample, a JVP counting as one mo
   batch (issue 14: >= 0.999).
 - Issue 14 (bench_tracking_cost.py): N = 64, 64 constant steps on the oracle and the digits UNet: tracked /
   untracked reverse SDE, DG-ODE / PF-ODE, a published-style tracked reverse SDE (lax.scan, vmapped) against
-  dg.ReverseSDE(); and the reverse-SDE tracking schemes (Euler-Maruyama, Stratonovich Heun, Milstein) at
-  about 1000 NFE.
+  dg.ReverseSDE(), the published-style loop's own untracked -> tracked and untracked -> dgjax, diffrax's
+  UnsafeBrownianPath against dgjax's default path; and the reverse-SDE tracking schemes (Euler-Maruyama,
+  Stratonovich Heun, Milstein) at about 1000 NFE. These rows also give the median of the wall ratios taken
+  within each round ("median B/A") and XLA's bytes accessed per loop iteration ("bytes B/A", deterministic).
 
 Models: the Gaussian-mixture oracle in D = 3072 (5 components: every row), the shipped ``digits`` UNet
 (D = 64: the baseline comparison), and a small Flax MLP (D = 3072: guidance and tracking costs).
@@ -188,12 +190,14 @@ def alignment_corr(repeats, dim=64, n=256, steps=1000, t_end=0.3):
 
 def print_table(rows):
     print(f"\n{'comparison (A -> B)':<44} {'setting':<22} {'NFE A':>6} {'NFE B':>6} {'NFE B/A':>8} "
-          f"{'wall A s':>9} {'wall B s':>9} {'wall B/A':>9} {'err/dim A':>10} {'err/dim B':>10}")
+          f"{'wall A s':>9} {'wall B s':>9} {'wall B/A':>9} {'median B/A':>10} {'bytes B/A':>9} {'err/dim A':>10} {'err/dim B':>10}")
     for r in rows:
         ea = "" if r["err_a"] is None else f"{r['err_a']:.2e}"
         eb = "" if r["err_b"] is None else f"{r['err_b']:.2e}"
+        med = f"{r['wall_ratio_median']:.3f}" if "wall_ratio_median" in r else ""
+        byt = f"{r['bytes_ratio']:.3f}" if "bytes_ratio" in r else ""
         print(f"{r['comparison']:<44} {r['setting']:<22} {r['nfe_a']:>6d} {r['nfe_b']:>6d} {r['nfe_ratio']:>8.3f} "
-              f"{r['wall_a']:>9.3f} {r['wall_b']:>9.3f} {r['wall_ratio']:>9.3f} {ea:>10} {eb:>10}")
+              f"{r['wall_a']:>9.3f} {r['wall_b']:>9.3f} {r['wall_ratio']:>9.3f} {med:>10} {byt:>9} {ea:>10} {eb:>10}")
     for r in rows:
         if "per_probe_wall_vs_untracked" in r:
             print(f"one more Hutchinson probe ({r['setting']}): +{r['per_probe_wall_vs_untracked']:.3f} of an "

@@ -21,8 +21,8 @@ from .grids import GRIDS, step_times
 from .external import ElementwiseTransform, batched, external_score, log_transform
 from .models.galaxies import GALAXY_MODELS, GalaxyModel
 from .sampling import (ODE, PFODE, SDE, DensityGuidance, HighDensity, ModeTracking, NoiseWindow, NoiseWindowLogSNR,
-                       ODESampler, ReverseSDE, Sample, SDESampler, StochasticDensityGuidance, noise_window,
-                       noise_window_log_snr, prior_guidance, sample, typicality)
+                       ODESampler, ReverseSDE, Sample, SDESampler, StepBrownianPath, StochasticDensityGuidance,
+                       noise_window, noise_window_log_snr, prior_guidance, sample, typicality)
 from .training import TrainConfig, train
 
 __all__ = [
@@ -43,7 +43,8 @@ __all__ = [
     "GRIDS", "step_times", "ElementwiseTransform", "batched", "external_score", "log_transform",
     "GALAXY_MODELS", "GalaxyModel",
     "ODE", "PFODE", "ODESampler", "Sample", "sample",
-    "SDE", "NoiseWindow", "NoiseWindowLogSNR", "ReverseSDE", "SDESampler", "StochasticDensityGuidance", "noise_window", "noise_window_log_snr",
+    "SDE", "NoiseWindow", "NoiseWindowLogSNR", "ReverseSDE", "SDESampler", "StepBrownianPath", "StochasticDensityGuidance",
+    "noise_window", "noise_window_log_snr",
     "TrainConfig", "train",
 ]
 __version__ = "0.1.0"

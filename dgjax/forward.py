@@ -28,7 +28,8 @@ from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, ch
                       event_dim)
 from .divergence import DivergenceEstimator, Hutchinson, tracking_start
 from .solve import add_nfe, solve_term
-from .sampling.sde import _AugmentedSDETerm, brownian_path
+from .sampling.brownian import StepBrownianPath, brownian_path
+from .sampling.sde import _AugmentedSDETerm
 
 Array = jax.Array
 
@@ -50,12 +51,13 @@ def forward_rates(coeffs, s, lap, dim: int):
 
 def forward_sde_logp(score: Callable, process, x: Float[Array, "N *shape"], *, key, steps: int,
                      divergence: DivergenceEstimator | None = None,
-                     t_start=None, t_end=None, brownian: str = "unsafe") -> ForwardTrack:
+                     t_start=None, t_end=None, brownian: str = "auto") -> ForwardTrack:
     """Run the forward SDE from x at t_start (default t_min) to t_end (default t_max) with Euler-Maruyama in
     ``steps`` constant steps, tracking the change of log p_t(x_t) by MATH 4(e).
 
     Args: score ``score(x, t)``; x (N, *shape); key (Brownian path and probes); steps >= 1; divergence
-    ``dg.Hutchinson()`` (default) or ``dg.Exact()``; brownian ``"unsafe"`` (default) or ``"virtual"``.
+    ``dg.Hutchinson()`` (default) or ``dg.Exact()``; brownian ``"auto"`` (default: ``"steps"``, one key per
+    step), ``"unsafe"`` or ``"virtual"`` (``dgjax/sampling/brownian.py``).
     Returns ``ForwardTrack``. NFE per sample: steps * (1 + the estimator's JVPs).
     """
     steps = check_int(steps, "steps")  # constant Euler-Maruyama steps
@@ -89,7 +91,7 @@ def forward_sde_logp(score: Callable, process, x: Float[Array, "N *shape"], *, k
 
     term = _AugmentedSDETerm(coeff_fn, increment, path, True)
     y0 = (x, change0)
-    adjoint = dfx.ForwardMode() if isinstance(path, dfx.UnsafeBrownianPath) else None
+    adjoint = dfx.ForwardMode() if isinstance(path, (dfx.UnsafeBrownianPath, StepBrownianPath)) else None
     (x_T, change), evals, _ = solve_term(term, y0, t_start, t_end, args=probes, solver=dfx.Euler(), steps=steps,
                                          adjoint=adjoint)
     x_T, change = check_output((x_T, change), "dg.forward_sde_logp: the forward-SDE solve")

@@ -23,7 +23,7 @@ LAYERS = [
 ]
 # inside each package, low -> high (a module imports only modules before it in its package)
 PACKAGE_ORDER = {
-    "sampling": ["__init__", "base", "ode", "guidance", "sde", "mode", "sample"],
+    "sampling": ["__init__", "base", "brownian", "ode", "guidance", "sde", "mode", "sample"],
     "models": ["__init__", "networks", "trained", "checkpoints", "galaxies", "files"],
     "training": ["__init__", "config", "loss", "step", "checkpoints", "loop"],
 }

@@ -86,7 +86,7 @@ def test_score_called_once_per_em_step():
     assert len(calls) == int(out.nfe) == 37
 
 
-@pytest.mark.parametrize("brownian", ["unsafe", pytest.param("virtual", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("brownian", ["steps", "unsafe", pytest.param("virtual", marks=pytest.mark.slow)])
 def test_keys_reproduce_paths(brownian):
     gm = dg.random_mixture(jax.random.key(3), 3, (8,))
     score = gm.score(P)

@@ -1,9 +1,10 @@
 """Sampling: one sampler interface (``base.AbstractSampler``) shared by the ODE samplers (``ode``), density
 guidance and the high-density sampler (``guidance``), the SDE samplers (``sde``), the mode-tracking ODE
-(``mode``), and ``dg.sample`` (``sample``). Import order inside the package: base <- ode <- guidance <- sde
-<- mode <- sample."""
+(``mode``), the Brownian paths (``brownian``) and ``dg.sample`` (``sample``). Import order inside the
+package: base <- brownian <- ode <- guidance <- sde <- mode <- sample."""
 
 from .base import AbstractSampler, Cost, Sample
+from .brownian import StepBrownianPath
 from .guidance import (COEF_CAP, DensityGuidance, HighDensity, chi_radius, log_density_shift, prior_guidance,
                        quantile_velocity, rate_velocity, typicality)
 from .mode import ModeTracking
@@ -13,7 +14,7 @@ from .sde import (BROWNIAN, SDE, NoiseWindow, NoiseWindowLogSNR, ReverseSDE, SDE
                   brownian_path, noise_window, noise_window_log_snr, run_sde)
 
 __all__ = [
-    "AbstractSampler", "Cost", "Sample",
+    "AbstractSampler", "Cost", "Sample", "StepBrownianPath",
     "COEF_CAP", "DensityGuidance", "HighDensity", "chi_radius", "log_density_shift", "prior_guidance",
     "quantile_velocity", "rate_velocity", "typicality",
     "ModeTracking",

@@ -28,11 +28,11 @@ Brownian increment dW that moves x:
   the published form it reports the true deviation from the schedule (1/2 phi^2 s^T H s / |s|^2 per unit
   tau), never hides it.
 
-Brownian paths (``brownian=``): ``"unsafe"`` is ``diffrax.UnsafeBrownianPath`` (fresh increments per
-step: fastest, fixed steps only, no backpropagation); ``"virtual"`` is ``diffrax.VirtualBrownianTree``
-(any step-size controller, differentiable). ``"auto"`` (default) picks unsafe for constant steps and
-virtual for adaptive ones. Either way one key reproduces a path exactly. See benchmarks/bench_sde.py
-for the measured cost of each.
+Brownian paths (``brownian=``, ``sampling/brownian.py``): ``"steps"`` (one key per fixed step, split before
+the solve: fastest, fixed steps only, no backpropagation), ``"unsafe"`` (``diffrax.UnsafeBrownianPath``,
+likewise), ``"virtual"`` (``diffrax.VirtualBrownianTree``: any step-size controller, differentiable).
+``"auto"`` (default) picks steps for fixed steps and virtual for adaptive ones. Either way one key
+reproduces a path exactly. See benchmarks/bench_sde.py and bench_loop_overhead.py for the measured cost.
 """
 
 from __future__ import annotations
@@ -52,12 +52,10 @@ from .._checks import batch_dot, bcast, check_output, check_param, checked_shape
 from ..divergence import tracking_start
 from ..solve import add_nfe, solve_term
 from .base import AbstractSampler, Cost
+from .brownian import BROWNIAN, StepBrownianPath, brownian_path  # noqa: F401 (re-exported)
 from .guidance import DensityGuidance
 
 Array = jax.Array
-
-BROWNIAN = ("auto", "unsafe", "virtual")
-
 
 class SDESampler(AbstractSampler):
     """Base of the stochastic samplers. ``coefficients`` gives, at (x, t), the linear-in-dW pieces of one
@@ -111,7 +109,7 @@ class ReverseSDE(SDESampler):
         ``diffrax.ReversibleHeun`` is refused, its reverse-SDE samples diverge), or ``"milstein"``
         (Euler-Maruyama plus the pathwise term 1/2 g^2 (dW^T H dW - Lap dtau) of MATH 4(c) along the
         increment that moves x: per step 1 score + K JVPs (Lap) + 1 JVP (H dW); tracking only).
-      brownian: ``"auto"``, ``"unsafe"`` or ``"virtual"`` (module docstring).
+      brownian: ``"auto"``, ``"steps"``, ``"unsafe"`` or ``"virtual"`` (module docstring).
     """
 
     scheme: str = eqx.field(static=True, default="ito")
@@ -404,20 +402,6 @@ class _AugmentedSDETerm(dfx.AbstractTerm):
         return self.increment(vf, dt, dw, self.track)
 
 
-def brownian_path(kind: str, key, shape, dtype, span: float, steps: int | None):
-    """The Brownian motion over [0, span] for a solve (see the module docstring for the choice)."""
-    if kind == "auto":
-        kind = "unsafe" if steps is not None else "virtual"
-    struct = jax.ShapeDtypeStruct(shape, dtype)
-    if kind == "unsafe":
-        if steps is None:
-            raise ValueError("brownian: 'unsafe' Brownian paths need constant steps (steps=...); use 'virtual' "
-                             "with rtol/atol")
-        return dfx.UnsafeBrownianPath(shape=struct, key=key)
-    tol = span / (8 * steps) if steps is not None else span * 1e-6
-    return dfx.VirtualBrownianTree(0.0, span, tol=tol, shape=struct, key=key)
-
-
 def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence, options, logp_T, t_start,
             t_end):
     """Integrate an SDE sampler from t_start to t_end (in tau); returns (y, nfe, num_steps),
@@ -437,8 +421,8 @@ def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence,
     use_div = sampler.uses_divergence(track_logp)
     probes, logp0 = tracking_start(divergence, k_probe, x, logp_T, draw=use_div)
     span = float(t_start - t_end)
-    path = brownian_path(sampler.brownian, k_bm, x.shape, x.dtype, span, steps)
-    if adjoint is None and isinstance(path, dfx.UnsafeBrownianPath):
+    path = brownian_path(sampler.brownian, k_bm, x.shape, x.dtype, span, steps, knots=ts)
+    if adjoint is None and isinstance(path, (dfx.UnsafeBrownianPath, StepBrownianPath)):
         adjoint = dfx.ForwardMode()  # no reverse-mode through fresh per-step increments; use brownian="virtual"
 
     def coeff_fn(tau, y, probes):
