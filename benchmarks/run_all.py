@@ -1,6 +1,6 @@
 """One command, one table: dgjax's costs and accuracies as ratios taken side by side in one run.
 
-    python benchmarks/run_all.py            # about 11 minutes on a quiet 2-core CPU (650 s measured)
+    python benchmarks/run_all.py            # about 10-11 minutes on a quiet 2-core CPU (590-650 s measured)
     python benchmarks/run_all.py --quick    # a smoke run (seconds)
 
 Rows (B / A: the second configuration over the first; wall times are best-of interleaved rounds after a
