@@ -273,7 +273,7 @@ def main(argv=None):
     rows += r
     done("digits: baseline vs dgjax")
     rows += cost_rows(m_score, model.prior_sample(jax.random.key(6), 64), f"digits UNet D={model.dim} N=64", 64,
-                      min(repeats, 2))
+                      max(repeats, 4))  # 2.5 s a call: 4 rounds, since 2 left its ratios +-15% apart between runs
     done("digits: tracking cost (N = 64)")
 
     # a small Flax MLP, D = 3072 (network-like cost of the score)
