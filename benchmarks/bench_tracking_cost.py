@@ -2,7 +2,8 @@
 
 1. Oracle D = 3072 and the shipped digits UNet, N = 64, 64 constant steps: tracked / untracked reverse SDE
    and DG-ODE / PF-ODE (Tsit5; tracked / untracked PF-ODE is in run_all.py), wall (best of interleaved rounds,
-   and the median of the ratios taken within each round) and NFE; plus a deterministic count from the compiled HLO: elementwise ops on (N, D) arrays and erf_inv ops (the Gaussian draw) in the program.
+   and the median of the ratios taken within each round) and NFE; plus deterministic counts from the compiled
+   program: elementwise ops on (N, D) arrays, erf_inv ops (the Gaussian draw) and bytes accessed per step.
 2. A published-style tracked reverse SDE (Euler-Maruyama in ``lax.scan``, ``vmap``-ed per sample, the
    style of run_all.py's baseline) against ``dg.ReverseSDE()`` tracked at equal steps; the same loop
    untracked (the published code's own tracking cost); diffrax's UnsafeBrownianPath against the default

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -134,8 +133,6 @@ def _second_order_traces(inner: Callable, x, probes):
     diag = jax.lax.map(lambda e: one(jnp.broadcast_to(e, x.shape))[2], basis, batch_size=min(d, 64))
     s, js_w = inner(x)
     return s, js_w, jnp.sum(diag, axis=0)[None]
-
-
 
 
 def _score_free_field(score: Callable, process, divergence: DivergenceEstimator, redraw, t_span):

@@ -28,7 +28,7 @@ from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, ch
                       event_dim)
 from .divergence import DivergenceEstimator, Hutchinson, tracking_start
 from .solve import add_nfe, solve_term
-from .sampling.brownian import StepBrownianPath, brownian_path
+from .sampling.brownian import brownian_path, default_adjoint
 from .sampling.sde import _AugmentedSDETerm
 
 Array = jax.Array
@@ -91,7 +91,7 @@ def forward_sde_logp(score: Callable, process, x: Float[Array, "N *shape"], *, k
 
     term = _AugmentedSDETerm(coeff_fn, increment, path, True)
     y0 = (x, change0)
-    adjoint = dfx.ForwardMode() if isinstance(path, (dfx.UnsafeBrownianPath, StepBrownianPath)) else None
+    adjoint = default_adjoint(path)
     (x_T, change), evals, _ = solve_term(term, y0, t_start, t_end, args=probes, solver=dfx.Euler(), steps=steps,
                                          adjoint=adjoint)
     x_T, change = check_output((x_T, change), "dg.forward_sde_logp: the forward-SDE solve")

@@ -82,13 +82,12 @@ def step_path(key, shape, dtype, knots) -> StepBrownianPath:
 
 def brownian_path(kind: str, key, shape, dtype, span: float, steps: int | None, knots=None):
     """The Brownian motion over [0, span] for a solve (see the module docstring for the choice). ``steps``:
-    the number of constant steps, or None for adaptive ones; ``knots``: a non-uniform grid's step ends (then
+    the number of fixed steps, or None for adaptive ones; ``knots``: a non-uniform grid's step ends (then
     ``steps`` is its step count)."""
-    fixed = steps is not None or knots is not None
     if kind == "auto":
-        kind = "steps" if fixed else "virtual"
+        kind = "steps" if steps is not None else "virtual"
     struct = jax.ShapeDtypeStruct(shape, dtype)
-    if kind in ("steps", "unsafe") and not fixed:
+    if kind in ("steps", "unsafe") and steps is None:
         raise ValueError(f"brownian: {kind!r} Brownian paths need fixed steps (steps=...); use 'virtual' with "
                          "rtol/atol")
     if kind == "steps":
@@ -99,6 +98,13 @@ def brownian_path(kind: str, key, shape, dtype, span: float, steps: int | None, 
         return step_path(key, shape, dtype, knots)
     if kind == "unsafe":
         return dfx.UnsafeBrownianPath(shape=struct, key=key)
-    n = steps if steps is not None else (len(knots) - 1 if knots is not None else None)
-    tol = span / (8 * n) if n is not None else span * 1e-6
+    tol = span / (8 * steps) if steps is not None else span * 1e-6
     return dfx.VirtualBrownianTree(0.0, span, tol=tol, shape=struct, key=key)
+
+
+def default_adjoint(path, adjoint=None):
+    """``adjoint`` if given, else ``diffrax.ForwardMode()`` for the fixed-step paths (fresh per-step increments:
+    no reverse mode through them; use brownian="virtual" for gradients) and None (diffrax's default) otherwise."""
+    if adjoint is None and isinstance(path, (dfx.UnsafeBrownianPath, StepBrownianPath)):
+        return dfx.ForwardMode()
+    return adjoint

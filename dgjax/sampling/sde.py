@@ -52,10 +52,11 @@ from .._checks import batch_dot, bcast, check_output, check_param, checked_shape
 from ..divergence import tracking_start
 from ..solve import add_nfe, solve_term
 from .base import AbstractSampler, Cost
-from .brownian import BROWNIAN, StepBrownianPath, brownian_path  # noqa: F401 (re-exported)
+from .brownian import BROWNIAN, brownian_path, default_adjoint  # noqa: F401 (BROWNIAN re-exported)
 from .guidance import DensityGuidance
 
 Array = jax.Array
+
 
 class SDESampler(AbstractSampler):
     """Base of the stochastic samplers. ``coefficients`` gives, at (x, t), the linear-in-dW pieces of one
@@ -422,8 +423,7 @@ def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence,
     probes, logp0 = tracking_start(divergence, k_probe, x, logp_T, draw=use_div)
     span = float(t_start - t_end)
     path = brownian_path(sampler.brownian, k_bm, x.shape, x.dtype, span, steps, knots=ts)
-    if adjoint is None and isinstance(path, (dfx.UnsafeBrownianPath, StepBrownianPath)):
-        adjoint = dfx.ForwardMode()  # no reverse-mode through fresh per-step increments; use brownian="virtual"
+    adjoint = default_adjoint(path, adjoint)
 
     def coeff_fn(tau, y, probes):
         xx = y[0] if track_logp else y
