@@ -8,7 +8,9 @@ from .data import DATASETS, Dataset, load_dataset
 from .denoising import add_noise, denoise, posterior_mean
 from .divergence import DivergenceEstimator, Exact, Hutchinson
 from .elbo import Elbo, elbo
-from .errors import InfeasibleGuidance
+from .errors import (ArchitectureMismatch, DgjaxError, InfeasibleGuidance, InvalidArgument, LeftDataRange,
+                     LinearSolveFailed, MaxStepsReached, ModeBifurcation, ModelError, NonFiniteError,
+                     RuntimeCheckError)
 from .forward import ForwardTrack, forward_sde_logp
 from .likelihood import Likelihood, bits_per_dim, log_likelihood
 from .models import SHIPPED_MODELS, ArchitectureMismatch, ModelError, TrainedModel, load_model, save_model
@@ -32,7 +34,9 @@ __all__ = [
     "DivergenceEstimator", "Exact", "Hutchinson",
     "Elbo", "elbo",
     "ForwardTrack", "forward_sde_logp",
-    "DensityGuidance", "HighDensity", "prior_guidance", "typicality", "InfeasibleGuidance",
+    "DensityGuidance", "HighDensity", "prior_guidance", "typicality",
+    "DgjaxError", "InvalidArgument", "RuntimeCheckError", "InfeasibleGuidance", "LeftDataRange", "ModeBifurcation",
+    "LinearSolveFailed", "MaxStepsReached", "NonFiniteError",
     "Likelihood", "bits_per_dim", "log_likelihood",
     "SHIPPED_MODELS", "ArchitectureMismatch", "ModelError", "TrainedModel", "load_model", "save_model",
     "GaussianMixture", "random_mixture",

@@ -1,54 +1,156 @@
-"""Typed errors that callers catch instead of matching message text (core layer: imports nothing of dgjax):
-``InfeasibleGuidance``; ``ModelError`` and ``ArchitectureMismatch`` (unusable model files and checkpoints).
+"""Typed errors: callers catch a class, never match a message (core layer: imports nothing of dgjax).
 
-``InfeasibleGuidance`` subclasses ``equinox.EquinoxRuntimeError`` -- the type density guidance's run-time
-feasibility check (``equinox.error_if``, MATH.md section 5) raised before it existed -- so existing
-``except eqx.EquinoxRuntimeError`` clauses keep catching it.
+Every error dgjax raises on purpose derives from ``DgjaxError``::
+
+    DgjaxError
+    ├── InvalidArgument (ValueError)          a bad argument, named with its fix (raised eagerly)
+    ├── ModelError (ValueError)               an unusable model file, checkpoint or model name
+    │   └── ArchitectureMismatch              stored parameters that do not fit the architecture
+    └── RuntimeCheckError (EquinoxRuntimeError, ValueError)
+        ├── InfeasibleGuidance                density guidance asked for more head-room than there is
+        ├── LeftDataRange                     guided samples left the model's data range
+        ├── ModeBifurcation                   mode tracking met a bifurcation (the mode is not unique)
+        ├── LinearSolveFailed                 mode tracking's linear solve did not converge
+        ├── MaxStepsReached                   an adaptive solve spent its step budget
+        └── NonFiniteError (FloatingPointError)  NaN or inf at a named stage
+
+A ``RuntimeCheckError`` may fire inside a compiled program (``equinox.error_if``), where it comes back
+as an ``EquinoxRuntimeError`` or an XLA runtime error carrying only the message. Each such message
+starts with its class's tag (``[dgjax.InfeasibleGuidance] ...``, written by ``tagged``), and
+``classify`` -- the one place that reads an exception's text -- turns the wrapped error back into its
+class. ``typed_errors()`` applies ``classify`` around a call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 
 import equinox as eqx
 
-INFEASIBLE_MSG = (
-    "density guidance is infeasible here: the log-density head-room left at some sample (at most "
-    "1/2 c_max |s|^2) is below what the requested rate demands over feasibility_tol units of log-SNR, so "
-    "|s| -> 0 and eta blows up (MATH.md section 5, feasibility: the quantile form shifts log p by "
-    "1/2 (lambda_max - lambda_min) sqrt(2D) Phi^{-1}(q), about D/2 at most). Move q toward 0.5 (or make the "
-    "custom rate b push less), raise data_scale if the data's per-dimension std exceeds it, or pass "
-    "feasibility_tol=0 to disable this check (the result is then unreliable)."
-)
+
+class DgjaxError(Exception):
+    """Base of every error dgjax raises on purpose."""
 
 
-class InfeasibleGuidance(eqx.EquinoxRuntimeError):
-    """Density guidance demanded more log-density head-room than the sample has (MATH.md section 5).
-
-    Raised by ``dg.sample`` (outside ``jax.jit``). Under a user's ``jax.jit`` the check still fires, as
-    the runtime error XLA wraps; ``is_infeasible(err)`` recognises both.
-    """
+class InvalidArgument(DgjaxError, ValueError):
+    """A bad argument: the message names it and says how to fix it."""
 
 
-def is_infeasible(err: BaseException) -> bool:
-    """True for an ``InfeasibleGuidance``, or the same check's error wrapped by XLA under ``jax.jit``."""
-    return isinstance(err, InfeasibleGuidance) or INFEASIBLE_MSG[:40] in str(err)
-
-
-@contextlib.contextmanager
-def typed_errors():
-    """Re-raise the feasibility check's ``EquinoxRuntimeError`` as ``InfeasibleGuidance`` (same message)."""
-    try:
-        yield
-    except eqx.EquinoxRuntimeError as e:
-        if not isinstance(e, InfeasibleGuidance) and INFEASIBLE_MSG[:40] in str(e):
-            raise InfeasibleGuidance(str(e)) from e
-        raise
-
-
-class ModelError(ValueError):
+class ModelError(DgjaxError, ValueError):
     """A model or checkpoint that cannot be used: unknown name, missing, corrupt or mismatched files."""
 
 
 class ArchitectureMismatch(ModelError):
     """Stored parameters do not fit the architecture the config describes."""
+
+
+class RuntimeCheckError(DgjaxError, eqx.EquinoxRuntimeError, ValueError):
+    """A check on computed values failed (eagerly, or at run time inside a compiled program)."""
+
+    code = "dgjax.RuntimeCheckError"
+
+
+class InfeasibleGuidance(RuntimeCheckError):
+    """Density guidance demanded more log-density head-room than the sample has (docs/math.md, section 5)."""
+
+    code = "dgjax.InfeasibleGuidance"
+
+
+class LeftDataRange(RuntimeCheckError):
+    """Guided samples left the model's data range: their log p is not a density of data."""
+
+    code = "dgjax.LeftDataRange"
+
+
+class ModeBifurcation(RuntimeCheckError):
+    """Mode tracking met a bifurcation: the Hessian of log p(x_0 | x_t) is not negative definite."""
+
+    code = "dgjax.ModeBifurcation"
+
+
+class LinearSolveFailed(RuntimeCheckError):
+    """An iterative linear solve (mode tracking's Newton system) did not converge."""
+
+    code = "dgjax.LinearSolveFailed"
+
+
+class MaxStepsReached(RuntimeCheckError):
+    """An adaptive solve spent its ``max_steps`` budget before reaching its end time."""
+
+    code = "dgjax.MaxStepsReached"
+
+
+class NonFiniteError(RuntimeCheckError, FloatingPointError):
+    """NaN or inf appeared at a named stage (an input, a score, a solve's output)."""
+
+    code = "dgjax.NonFiniteError"
+
+
+_RUNTIME = {cls.code: cls for cls in (RuntimeCheckError, InfeasibleGuidance, LeftDataRange, ModeBifurcation,
+                                      LinearSolveFailed, MaxStepsReached, NonFiniteError)}
+_TAG = re.compile(r"\[(dgjax\.[A-Za-z]+)\]")
+# diffrax's own failure messages (its RESULTS enumeration), the only untagged ones classified
+_DIFFRAX = (("maximum number of solver steps", MaxStepsReached),
+            ("non-finite values", NonFiniteError))
+
+
+def tagged(cls: type[RuntimeCheckError], msg: str) -> str:
+    """The message a run-time check of class ``cls`` carries: ``[tag] msg``."""
+    return f"[{cls.code}] {msg}"
+
+
+def classify(err: BaseException) -> BaseException:
+    """The typed dgjax error that ``err`` stands for, or ``err`` itself.
+
+    ``err`` may be a dgjax error (returned as is), or the ``EquinoxRuntimeError`` / XLA runtime error a
+    compiled program raised for a tagged check (``tagged``) or for one of diffrax's step failures.
+    """
+    if isinstance(err, DgjaxError):
+        return err
+    text = str(err)
+    m = _TAG.search(text)
+    cls = _RUNTIME.get(m.group(1)) if m else None
+    if cls is None and (isinstance(err, eqx.EquinoxRuntimeError) or type(err).__name__ in _XLA_RUNTIME):
+        cls = next((c for needle, c in _DIFFRAX if needle in text), cls)
+    if cls is None:
+        return err
+    typed = cls(_clean(text))
+    typed.__cause__ = err
+    return typed
+
+
+_XLA_RUNTIME = ("XlaRuntimeError", "JaxRuntimeError")
+
+
+def _clean(text: str) -> str:
+    """The check's own message from a wrapped error's text (equinox appends a note on how to debug)."""
+    m = _TAG.search(text)
+    body = text[m.start():] if m else text
+    return body.split("\n\n-------")[0].strip()
+
+
+@contextlib.contextmanager
+def typed_errors():
+    """Re-raise run-time check failures from compiled code as their typed dgjax class (``classify``)."""
+    try:
+        yield
+    except Exception as e:
+        typed = classify(e)
+        if typed is e:
+            raise
+        raise typed from e
+
+
+def is_infeasible(err: BaseException) -> bool:
+    """True for an ``InfeasibleGuidance``, or the same check's error wrapped by a compiled program."""
+    return isinstance(classify(err), InfeasibleGuidance)
+
+
+INFEASIBLE_MSG = tagged(InfeasibleGuidance, (
+    "density guidance is infeasible here: the log-density head-room left at some sample (at most "
+    "1/2 c_max |s|^2) is below what the requested rate demands over feasibility_tol units of log-SNR, so "
+    "|s| -> 0 and eta blows up (MATH.md section 5, feasibility: the quantile form shifts log p by "
+    "1/2 (lambda_max - lambda_min) sqrt(2D) Phi^{-1}(q), about D/2 at most). Move q toward 0.5 (or make the "
+    "custom rate b push less), raise data_scale if the data's per-dimension std exceeds it, or pass "
+    "feasibility_tol=0 to disable this check (the result is then unreliable)."))
