@@ -10,7 +10,7 @@ and its log-density is lower. Here, from N prior latents:
     detail there (the table's ``clip_frac`` column shows it; try ``--guided-q 0.1 0.3``).
 log p is re-encoded with ``dg.log_likelihood`` (the PF-ODE's tracked value is kept too). PNG size: the
 sample as 8-bit pixels through the data set's transform (digits: 17 grey levels, 8x8; galaxy models: the
-asinh stretch of the flux, ``dgjax.galaxies.AsinhDisplay``, 256 levels, flux < 0 black), at native
+asinh stretch of the flux, ``dgjax.models.galaxies.AsinhDisplay``, 256 levels, flux < 0 black), at native
 resolution, written by PIL with zlib level 9 (``optimize=True``); the PNG header is a constant offset and
 does not change the correlation. ``clip_frac``: the fraction of pixels the rendering saturates.
 

@@ -15,9 +15,9 @@ LAYERS = [
     ("core", {"_checks", "_io", "errors", "processes", "parametrizations", "dynamics", "divergence", "oracle",
               "external"}),
     ("solve", {"solve", "grids"}),
-    ("sampling", {"sampling", "samplers", "stochastic", "guidance", "denoising"}),
+    ("sampling", {"sampling", "denoising"}),
     ("diagnostics", {"likelihood", "alignment", "parallel", "forward", "elbo"}),
-    ("models", {"data", "models", "galaxies"}),
+    ("models", {"data", "models"}),
     ("training", {"training"}),
     ("edges", {"cli", "__init__"}),
 ]

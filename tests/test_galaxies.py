@@ -113,7 +113,7 @@ def test_asinh_display_and_clip_fraction():
     import sys
     from pathlib import Path
 
-    from dgjax.galaxies import AsinhDisplay
+    from dgjax.models.galaxies import AsinhDisplay
 
     flux = np.array([-0.2, 0.0, 0.05, 0.5, 0.99, 3.0])
     y = 10.0 * np.log1p(flux)[None, :, None, None]  # (1, 6, 1, 1) in the network space

@@ -1,6 +1,6 @@
 """Reliability (issue 15): no silent wrong answers, no aborts on many devices, no lost training work.
 
-One test (or a few) per item of the issue, numbered like it. Each reproduces the reported behaviour; the
+One test (or a few) per item of the issue, each named by the behaviour it checks. Each reproduces the reported behaviour; the
 sharded ones run in a subprocess with 2 virtual CPU devices and a timeout (a regression would hang and
 abort, not fail).
 """
@@ -80,7 +80,7 @@ print("OK")
 
 
 @pytest.mark.slow  # 4 compiles in a 2-device subprocess: ~25-50 s on 2 shared cores
-def test_01_sharded_runtime_errors_raise_instead_of_aborting():
+def test_sharded_runtime_errors_raise_instead_of_aborting():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=240,
@@ -93,7 +93,7 @@ def test_01_sharded_runtime_errors_raise_instead_of_aborting():
 # ---------------------------------------------------------------------------------------------------------
 # 2. load_model on a run with checkpoints but no exported model;  10. training reliability
 # ---------------------------------------------------------------------------------------------------------
-def test_02_load_model_of_a_run_without_export(tmp_path):
+def test_load_model_of_a_run_without_export(tmp_path):
     run = str(tmp_path / "run")
     result = train(small_config(), run, progress=False, final_eval=False, export=False)
     assert not os.path.exists(os.path.join(run, "model.msgpack"))
@@ -102,7 +102,7 @@ def test_02_load_model_of_a_run_without_export(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_10_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
     run = str(tmp_path / "run")
     cfg = small_config(steps=6, ckpt_every=500)  # no periodic checkpoint before the end
 
@@ -122,7 +122,7 @@ def test_10_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_10_run_directory_is_locked(tmp_path):
+def test_run_directory_is_locked(tmp_path):
     import fcntl
 
     run = tmp_path / "run"
@@ -137,7 +137,7 @@ def test_10_run_directory_is_locked(tmp_path):
     assert sorted(os.listdir(run)) == [".lock"]  # nothing written
 
 
-def test_10_invalid_network_writes_nothing_and_does_not_block(tmp_path, capsys):
+def test_invalid_network_writes_nothing_and_does_not_block(tmp_path, capsys):
     run = str(tmp_path / "run")
     bad = small_config(data="digits", arch="unet", arch_kwargs=dict(SMALL, channels=0))
     with pytest.raises(ValueError, match="do not build a network.*--channels"):
@@ -148,7 +148,7 @@ def test_10_invalid_network_writes_nothing_and_does_not_block(tmp_path, capsys):
     train(small_config(steps=2), run, progress=False, final_eval=False, export=False)  # the corrected command
 
 
-def test_10_finite_corruption_of_a_checkpoint_is_detected(tmp_path):
+def test_finite_corruption_of_a_checkpoint_is_detected(tmp_path):
     run = str(tmp_path / "run")
     result = train(small_config(), run, progress=False, final_eval=False, export=False)
     ckpts = Checkpoints(run, read_only=True)
@@ -156,7 +156,8 @@ def test_10_finite_corruption_of_a_checkpoint_is_detected(tmp_path):
     ckpts.close()
     # a checkpoint whose stored parameters changed by a finite amount after it was written (as a flipped
     # mantissa bit would): step 6 holds damaged values next to the checksum of the good ones
-    from dgjax.training import _to_saveable, state_checksum
+    from dgjax.models.checkpoints import _to_saveable
+    from dgjax.training import state_checksum
 
     leaf = jax.tree_util.tree_leaves(good["params"])[0]
     damaged = jax.tree_util.tree_map(lambda v: v + 0.5 if v is leaf else v, good)
@@ -174,7 +175,7 @@ def test_10_finite_corruption_of_a_checkpoint_is_detected(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # 3. NaN parameters are refused on load
 # ---------------------------------------------------------------------------------------------------------
-def test_03_model_file_with_nan_parameters_is_refused(tmp_path, capsys):
+def test_model_file_with_nan_parameters_is_refused(tmp_path, capsys):
     import flax.serialization
 
     from dgjax.models import WEIGHTS_DIR
@@ -197,7 +198,7 @@ def test_03_model_file_with_nan_parameters_is_refused(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [dict(steps=0), dict(steps=-1), dict(steps=True), dict(steps=2.5),
                                  dict(rtol=float("inf")), dict(rtol=0.0), dict(max_steps=0)])
-def test_04_invalid_steps_and_tolerances_are_refused(bad):
+def test_invalid_steps_and_tolerances_are_refused(bad):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=f"^{name}:"):
         dg.sample(SCORE, P, latents(), sampler=dg.HighDensity(0.5), **bad)
@@ -206,7 +207,7 @@ def test_04_invalid_steps_and_tolerances_are_refused(bad):
 
 
 @pytest.mark.parametrize("argv", [["--steps", "-5"], ["--steps", "0"], ["--rtol", "0"], ["--batch-size", "0"]])
-def test_04_cli_invalid_steps(argv, capsys):
+def test_cli_refuses_invalid_steps(argv, capsys):
     assert main(["likelihood", "--num", "2", "--no-progress"] + argv) == 2
     assert argv[0] in capsys.readouterr().err
 
@@ -214,7 +215,7 @@ def test_04_cli_invalid_steps(argv, capsys):
 # ---------------------------------------------------------------------------------------------------------
 # 5. guidance that leaves the data range is reported (both directions)
 # ---------------------------------------------------------------------------------------------------------
-def test_05_guidance_leaving_the_data_range_is_reported():
+def test_guidance_leaving_the_data_range_is_reported():
     # the mixture's data lie within about +-1.3; with data_range=1, strong downward guidance pushes samples out
     x = latents(32, 2, seed=1)
     run = jax.jit(lambda x, q: dg.sample(SCORE, P, x, sampler=dg.DensityGuidance(q), steps=20).x)
@@ -229,7 +230,7 @@ def test_05_guidance_leaving_the_data_range_is_reported():
 
 
 @pytest.mark.slow
-def test_05_cli_sample_default_rows_stay_in_range_and_low_q_is_reported(tmp_path, capsys):
+def test_cli_sample_default_rows_stay_in_range_and_low_q_is_reported(tmp_path, capsys):
     """Must show: `dgjax sample` with its defaults: every row inside the data range; q = 0.1 reported."""
     out = tmp_path / "s.png"
     assert main(["sample", "--out", str(out), "--no-progress"]) == 0
@@ -243,7 +244,7 @@ def test_05_cli_sample_default_rows_stay_in_range_and_low_q_is_reported(tmp_path
 # ---------------------------------------------------------------------------------------------------------
 # 6. outputs are checked for non-finite values, naming the stage
 # ---------------------------------------------------------------------------------------------------------
-def test_06_nan_outputs_are_errors_naming_the_stage():
+def test_nan_outputs_are_errors_naming_the_stage():
     nan_score = lambda x, t: x * jnp.nan  # noqa: E731
     with pytest.raises(ValueError, match="dg.sample: the ODE solve of phase 1 of 1 \\(PFODE\\) produced non-finite"):
         dg.sample(nan_score, P, latents(), steps=4)
@@ -259,7 +260,7 @@ def test_06_nan_outputs_are_errors_naming_the_stage():
         dg.score_alignment(nan_score, P, latents(), 0.5, steps=2)
 
 
-def test_06_nan_output_under_jit_is_a_runtime_error_naming_the_stage():
+def test_nan_output_under_jit_is_a_runtime_error_naming_the_stage():
     nan_score = lambda x, t: x * jnp.nan  # noqa: E731
     with pytest.raises(Exception, match="ODE solve of phase 1 of 1"):
         jax.jit(lambda x: dg.sample(nan_score, P, x, steps=4).x)(latents())
@@ -268,7 +269,7 @@ def test_06_nan_output_under_jit_is_a_runtime_error_naming_the_stage():
 # ---------------------------------------------------------------------------------------------------------
 # 7. an all-zero latent row
 # ---------------------------------------------------------------------------------------------------------
-def test_07_zero_latent_row_is_an_error_not_nan():
+def test_zero_latent_row_is_an_error_not_nan():
     x = latents().at[2].set(0.0)
     with pytest.raises(ValueError, match="x_T: some row is all zeros"):
         dg.sample(SCORE, P, x, sampler=dg.DensityGuidance(0.6), steps=4)
@@ -290,14 +291,14 @@ def test_07_zero_latent_row_is_an_error_not_nan():
     (["likelihood", "--rtol", "0"], "--rtol"), (["align", "--steps", "-1"], "--steps"),
     (["train", "--lr", "nan"], "--lr"), (["sample", "--q", "0.5", "inf"], "--q"),
 ])
-def test_08_12_cli_invalid_options_exit_2_without_traceback(argv, where, capsys, tmp_path):
+def test_cli_invalid_options_exit_2_without_traceback(argv, where, capsys, tmp_path):
     assert main(argv + ["--no-progress"] if argv[0] != "demo" else argv) == 2
     err = capsys.readouterr().err
     assert where in err and "Traceback" not in err
 
 
 @pytest.mark.slow
-def test_08_cli_never_replaces_an_output_with_a_grey_grid(tmp_path, capsys):
+def test_cli_never_replaces_an_output_with_a_grey_grid(tmp_path, capsys):
     out = tmp_path / "samples.png"
     out.write_bytes(b"mine")
     # every row infeasible: nothing is written, exit 1
@@ -305,7 +306,7 @@ def test_08_cli_never_replaces_an_output_with_a_grey_grid(tmp_path, capsys):
     assert out.read_bytes() == b"mine" and "was not written" in capsys.readouterr().out
 
 
-def test_12_model_json_errors_are_clear(tmp_path, capsys):
+def test_model_json_errors_are_clear(tmp_path, capsys):
     from dgjax.models import WEIGHTS_DIR
 
     cfg = json.load(open(os.path.join(WEIGHTS_DIR, "digits.json")))
@@ -320,7 +321,7 @@ def test_12_model_json_errors_are_clear(tmp_path, capsys):
         assert msg.split()[0] in capsys.readouterr().err
 
 
-def test_12_train_divergence_is_a_message(tmp_path, capsys):
+def test_train_divergence_is_reported_as_a_message(tmp_path, capsys):
     assert main(["train", "--data", "moons", "--arch", "mlp", "--width", "8", "--depth", "1", "--steps", "30",
                  "--lr", "1e6", "--warmup", "1", "--grad-clip", "1e9", "--out", str(tmp_path / "r"),
                  "--no-progress"]) == 2
@@ -330,7 +331,7 @@ def test_12_train_divergence_is_a_message(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------------------
 # 9. low-precision x_T
 # ---------------------------------------------------------------------------------------------------------
-def test_09_bfloat16_latents_point_to_compute_dtype():
+def test_bfloat16_latents_point_to_compute_dtype():
     with pytest.raises(ValueError, match="x_T has dtype bfloat16.*compute_dtype"):
         dg.sample(SCORE, P, latents().astype(jnp.bfloat16), steps=2)
     with pytest.raises(ValueError, match="x0 has dtype float16"):
@@ -340,7 +341,7 @@ def test_09_bfloat16_latents_point_to_compute_dtype():
 # ---------------------------------------------------------------------------------------------------------
 # 11. traced t_start / t_end in the wrong order
 # ---------------------------------------------------------------------------------------------------------
-def test_11_reversed_traced_times_are_a_runtime_error():
+def test_reversed_traced_times_are_a_runtime_error():
     run = jax.jit(lambda x, a, b: dg.sample(SCORE, P, x, steps=2, t_start=a, t_end=b).x)
     np.testing.assert_allclose(run(latents(), 1.0, 0.0), dg.sample(SCORE, P, latents(), steps=2).x, rtol=1e-5)
     for a, b in ((0.2, 0.8), (0.5, 0.5)):
@@ -368,12 +369,12 @@ def test_11_reversed_traced_times_are_a_runtime_error():
     (lambda: dg.bits_per_dim(jnp.zeros(3), (0,)), "shape: must be the per-sample event shape"),
     (lambda: dg.bits_per_dim(jnp.zeros(3), (4, -2)), "shape: must be the per-sample event shape"),
 ])
-def test_13_small_argument_errors_name_the_argument(call, msg):
+def test_small_argument_errors_name_the_argument(call, msg):
     with pytest.raises((ValueError, ModelError), match=msg):
         call()
 
 
-def test_13_numpy_integer_probe_count_is_accepted():
+def test_numpy_integer_probe_count_is_accepted():
     assert dg.Hutchinson(np.int64(2)).num_probes == 2 and type(dg.Hutchinson(np.int64(2)).num_probes) is int
     with pytest.raises(ValueError, match="num_probes"):
         dg.Hutchinson(True)

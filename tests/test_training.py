@@ -147,7 +147,8 @@ def test_checkpoint_of_another_optimiser_layout_is_refused_by_resume_but_loads_a
     old["step"] = jnp.asarray(1, jnp.int32)
     run = tmp_path / "run"
     run.mkdir()
-    from dgjax.training import _write_json, model_config
+    from dgjax.training import model_config
+    from dgjax.training.checkpoints import _write_json
 
     _write_json(str(run / "config.json"), {"train": cfg.to_dict(), "model": model_config(cfg, ds.shape)})
     ckpts = Checkpoints(str(run))

@@ -9,7 +9,8 @@ with an error naming the first differing entries.
 ``dg.load_model(name_or_path)`` accepts a shipped name (``SHIPPED_MODELS``: ``digits``, ``digits-flow``,
 ``patches``), a ``.msgpack`` file (its ``.json`` beside it), a directory holding ``model.msgpack`` /
 ``model.json`` (what ``dgjax train`` exports), a training run directory (its latest orbax checkpoint, EMA
-parameters: ``runs.load_run``), or a galaxygrad model name (``galaxies-*``, ``dgjax.galaxies``).
+parameters: ``models.checkpoints.load_run``), or a galaxygrad model name (``galaxies-*``,
+``models.galaxies``).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def _load_model(name_or_path: str) -> TrainedModel:
         raise ModelError(f"load_model: expected a shipped model name {SHIPPED_MODELS}, a NAME.msgpack path or a run "
                          f"directory; got {name_or_path!r}")
     s = os.fspath(name_or_path)
-    if s.startswith("galaxies-") and not os.path.exists(s):  # galaxygrad's pretrained networks (dgjax.galaxies)
+    if s.startswith("galaxies-") and not os.path.exists(s):  # galaxygrad's pretrained networks (models.galaxies)
         try:
             return load_galaxy_model(s)
         except ImportError as e:  # galaxygrad missing or another version

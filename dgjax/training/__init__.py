@@ -44,8 +44,7 @@ are kept. At the end the EMA parameters are exported as ``RUN/model.msgpack`` + 
 (``dg.load_model(RUN)``), with the held-out bits/dim measured by ``dg.log_likelihood``.
 """
 
-from .checkpoints import (Checkpoints, _check_resume_config, _from_saveable, _read_run_config, _to_saveable,
-                          _write_json, load_run, state_checksum)
+from .checkpoints import Checkpoints, load_run, state_checksum
 from .config import IMPORTANCE, OBJECTIVES, WEIGHTINGS, TrainConfig, model_config
 from .loop import TrainingInterrupted, TrainResult, train
 from .loss import flow_matching_loss_fn, lambda_density, make_loss_fn, sample_lambda, update_histogram, weight

@@ -8,8 +8,7 @@ import json
 
 from .._io import atomic_write
 from ..models import ArchitectureMismatch
-from ..models.checkpoints import (Checkpoints, _from_saveable, _to_saveable, load_run, read_run_config,  # noqa: F401
-                                  state_checksum)
+from ..models.checkpoints import Checkpoints, load_run, read_run_config, state_checksum  # noqa: F401 (re-exported)
 from .config import _RESUME_FREE, TrainConfig
 
 
