@@ -76,7 +76,8 @@ def forward_sde_logp(score: Callable, process, x: Float[Array, "N *shape"], *, k
     k_bm, k_probe = jax.random.split(key)
     probes, change0 = tracking_start(divergence, k_probe, x)
     dim = event_dim(x)
-    path = brownian_path(brownian, k_bm, x.shape, x.dtype, float(t_end), steps)  # t runs inside [0, t_end]
+    # the path's steps are the solve's: [t_start, t_end] in `steps` steps, one key each
+    path = brownian_path(brownian, k_bm, x.shape, x.dtype, float(t_end) - float(t_start), steps, t0=float(t_start))
 
     def coeff_fn(t, y, probes):
         xx = y[0]

@@ -90,3 +90,20 @@ def test_auto_picks_the_step_path_for_fixed_steps_and_the_tree_for_adaptive():
                   brownian="steps"), key=key, rtol=1e-3, atol=1e-3, track_logp=True)
     with pytest.raises(ValueError, match="Levy area"):
         step_path(key, (3,), jnp.float32, np.linspace(0, 1, 5)).evaluate(0.0, 0.25, use_levy=True)
+
+
+def test_reverse_sde_between_interior_times_has_the_exact_marginal():
+    """dg.sample with t_start/t_end inside the process's interval (issue 24 item 1's check for the reverse
+    direction): from x ~ p_{0.7} to t = 0.4 in 200 steps the samples have p_{0.4}'s variance and the tracked
+    log p (started at the exact log p_{0.7}) has the exact mean E log p_{0.4} (5 standard errors)."""
+    v0, n, ts, te = 0.04, 4000, 0.7, 0.4
+    mix = dg.GaussianMixture(jnp.ones(1), jnp.array([[0.5, -1.0]]), jnp.array([v0]))
+    lp = mix.log_prob(P)
+    x = mix.sample_t(jax.random.key(1), n, P, ts)
+    out = jax.jit(lambda x: dg.sample(mix.score(P), P, x, sampler=dg.ReverseSDE(), key=jax.random.key(2), steps=200,
+                                      t_start=ts, t_end=te, grid="t", track_logp=True, divergence=dg.Exact(),
+                                      logp_T=lp(x, ts)))(x)
+    var = float(P.alpha(jnp.float32(te)) ** 2 * v0 + P.sigma(jnp.float32(te)) ** 2)
+    np.testing.assert_allclose(np.var(out.x, axis=0), var, rtol=5 * np.sqrt(2.0 / n))
+    exact_mean = -(np.log(2 * np.pi * var) + 1.0)  # E log N(m, var I_2) = -(2/2)(log(2 pi var) + 1)
+    assert abs(float(jnp.mean(out.logp)) - exact_mean) < 5 * float(jnp.std(out.logp)) / np.sqrt(n)

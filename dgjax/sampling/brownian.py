@@ -32,13 +32,15 @@ class StepBrownianPath(dfx.AbstractBrownianPath):
     ``evaluate(tau_i, tau_{i+1})`` = sqrt(tau_{i+1} - tau_i) * normal(keys[i], shape): i.i.d. N(0, d tau I)
     increments. Only the grid's own steps may be asked for (as by ``diffrax.StepTo`` / ``ConstantStepSize``
     with the solvers the SDE samplers accept, which take one control per step); the step index is read from
-    tau_i: arithmetically for uniform knots, by ``searchsorted`` against the midpoints otherwise.
+    tau_i: arithmetically for uniform knots, i = round((tau_i - tau_0) / dt), by ``searchsorted`` against the
+    midpoints otherwise. The knots may start anywhere (``dg.forward_sde_logp`` steps over [t_start, t_end]).
     """
 
     shape: jax.ShapeDtypeStruct = eqx.field(static=True)
     keys: jax.Array  # (S,) PRNG keys
     mids: jax.Array | None  # (S,) midpoints of the steps, None for uniform knots
     dt: float = eqx.field(static=True)  # the uniform step (unused for a non-uniform grid)
+    tau0: float = eqx.field(static=True, default=0.0)  # the first knot (uniform knots)
     levy_area: type = eqx.field(static=True, default=dfx.BrownianIncrement)
 
     @property
@@ -52,7 +54,7 @@ class StepBrownianPath(dfx.AbstractBrownianPath):
     def step_index(self, tau):
         n = self.keys.shape[0]
         if self.mids is None:
-            i = jnp.round(tau / self.dt).astype(jnp.int32)
+            i = jnp.round((tau - self.tau0) / self.dt).astype(jnp.int32)
         else:
             i = jnp.searchsorted(self.mids, tau).astype(jnp.int32)
         return jnp.clip(i, 0, n - 1)
@@ -75,15 +77,17 @@ def step_path(key, shape, dtype, knots) -> StepBrownianPath:
     knots = np.asarray(knots, np.float64)
     steps = len(knots) - 1
     diffs = np.diff(knots)
-    uniform = bool(np.allclose(diffs, diffs[0], rtol=1e-6, atol=0.0)) and knots[0] == 0.0
+    uniform = bool(np.allclose(diffs, diffs[0], rtol=1e-6, atol=0.0))
     mids = None if uniform else jnp.asarray(0.5 * (knots[:-1] + knots[1:]), dtype)  # step i: m_{i-1} < tau_i < m_i
-    return StepBrownianPath(jax.ShapeDtypeStruct(shape, dtype), jax.random.split(key, steps), mids, float(diffs[0]))
+    return StepBrownianPath(jax.ShapeDtypeStruct(shape, dtype), jax.random.split(key, steps), mids, float(diffs[0]),
+                            float(knots[0]))
 
 
-def brownian_path(kind: str, key, shape, dtype, span: float, steps: int | None, knots=None):
-    """The Brownian motion over [0, span] for a solve (see the module docstring for the choice). ``steps``:
-    the number of fixed steps, or None for adaptive ones; ``knots``: a non-uniform grid's step ends (then
-    ``steps`` is its step count)."""
+def brownian_path(kind: str, key, shape, dtype, span: float, steps: int | None, knots=None, t0: float = 0.0):
+    """The Brownian motion over [t0, t0 + span] for a solve (see the module docstring for the choice).
+    ``steps``: the number of fixed steps over that interval, or None for adaptive ones; ``knots``: a
+    non-uniform grid's step ends (then ``steps`` is its step count). A "steps" path's keys are laid out for
+    exactly the solve's steps: one key per step from t0, none shared."""
     if kind == "auto":
         kind = "steps" if steps is not None else "virtual"
     struct = jax.ShapeDtypeStruct(shape, dtype)
@@ -94,12 +98,12 @@ def brownian_path(kind: str, key, shape, dtype, span: float, steps: int | None, 
         if knots is None:
             if isinstance(steps, jax.core.Tracer):  # a traced step count: keys cannot be split ahead
                 return dfx.UnsafeBrownianPath(shape=struct, key=key)
-            knots = np.linspace(0.0, span, int(steps) + 1)
+            knots = np.linspace(t0, t0 + span, int(steps) + 1)
         return step_path(key, shape, dtype, knots)
     if kind == "unsafe":
         return dfx.UnsafeBrownianPath(shape=struct, key=key)
     tol = span / (8 * steps) if steps is not None else span * 1e-6
-    return dfx.VirtualBrownianTree(0.0, span, tol=tol, shape=struct, key=key)
+    return dfx.VirtualBrownianTree(t0, t0 + span, tol=tol, shape=struct, key=key)
 
 
 def default_adjoint(path, adjoint=None):
