@@ -360,7 +360,7 @@ def save_image_grid(path, x, transform, nrow: int | None = None, *, scale: int =
     grid = _image_grid_pixels(x, transform, nrow, scale, pad)
     path = os.fspath(path)
     _check_output_dir(path)
-    atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"), ValueError)
+    atomic_write(path, lambda fh: Image.fromarray(grid).save(fh, format="PNG"), ValueError)
 
 
 # about 64 pixels per image side: 8x8 digits x8, 16x16 patches x4, 24x24 faces x3
@@ -407,4 +407,4 @@ def save_labelled_grid(path, rows, transform, labels, *, scale: int | None = Non
         draw.text((left, 4), title, fill="black", font=font)
     path = os.fspath(path)
     _check_output_dir(path)
-    atomic_write(path, lambda tmp: out.save(tmp, format="PNG"), ValueError)
+    atomic_write(path, lambda fh: out.save(fh, format="PNG"), ValueError)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._io import atomic_write, leaf_shapes, write_bytes_synced
+from .._io import atomic_write, leaf_shapes, write_bytes
 from ..errors import ModelError
 from .networks import check_same_architecture, param_shapes
 from .trained import TrainedModel, network_from_config
@@ -100,7 +100,7 @@ class Checkpoints:
         self.manager.wait_until_finished()
         # a checksum beside the checkpoint: finite corruption (a flipped mantissa bit) is caught on restore
         os.makedirs(os.path.dirname(self._checksum_path(step)), exist_ok=True)
-        atomic_write(self._checksum_path(step), write_bytes_synced((state_checksum(state) + "\n").encode()))
+        atomic_write(self._checksum_path(step), write_bytes((state_checksum(state) + "\n").encode()))
 
     def stored_param_shapes(self, step: int, entry: str = "params") -> dict:
         """{path: shape} of the stored ``entry`` ("params", "ema_params", "opt_state", ...) of checkpoint ``step``."""

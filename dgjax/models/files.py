@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._io import atomic_write, leaf_shapes, write_bytes_synced
+from .._io import atomic_write, leaf_shapes, write_bytes
 from ..errors import ModelError
 from .checkpoints import load_run
 from .galaxies import load_galaxy_model
@@ -35,7 +35,7 @@ SHIPPED_MODELS = ("digits", "digits-flow", "patches")
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    atomic_write(path, write_bytes_synced(data), ModelError)
+    atomic_write(path, write_bytes(data), ModelError)
 
 
 def save_model(prefix: str, params, config: dict) -> tuple[str, str]:

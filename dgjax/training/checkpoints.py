@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import json
 
-from .._io import atomic_write
+from .._io import atomic_write, write_text
 from ..models import ArchitectureMismatch
 from ..models.checkpoints import Checkpoints, load_run, read_run_config, state_checksum  # noqa: F401 (re-exported)
 from .config import _RESUME_FREE, TrainConfig
 
 
 def _write_json(path: str, obj) -> None:
-    def write(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-
-    atomic_write(path, write)
+    atomic_write(path, write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n"))
 
 
 def _read_run_config(run_dir: str) -> TrainConfig:

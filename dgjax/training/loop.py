@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._io import open_no_follow
 from ..data import load_dataset
 from ..models import TrainedModel, make_network, num_params, save_model
 from .checkpoints import Checkpoints, _check_resume_config, _read_run_config, _write_json
@@ -85,7 +87,7 @@ class _RunLock:
 
         try:
             os.makedirs(self.run_dir, exist_ok=True)
-            self.fh = open(os.path.join(self.run_dir, ".lock"), "a")
+            self.fh = open_no_follow(os.path.join(self.run_dir, ".lock"))
         except OSError as e:
             raise ValueError(f"output directory {self.run_dir!r} is not writable: {e}") from e
         try:
@@ -157,9 +159,8 @@ def _train(cfg: TrainConfig, run_dir, *, resume, progress, callback, name, comma
                              f"another output directory")
         try:
             os.makedirs(run_dir, exist_ok=True)
-            probe = os.path.join(run_dir, f".write-test-{os.getpid()}")
-            open(probe, "w").close()
-            os.remove(probe)
+            with tempfile.TemporaryFile(dir=run_dir):  # exclusive, unpredictable name, never a planted link
+                pass
         except OSError as e:
             raise ValueError(f"output directory {run_dir!r} is not writable: {e}") from e
         _write_json(cfg_path, {"train": cfg.to_dict(), "model": mcfg})
@@ -199,7 +200,7 @@ def _train(cfg: TrainConfig, run_dir, *, resume, progress, callback, name, comma
 
     def log(rec):
         if log_path:
-            with open(log_path, "a") as fh:
+            with open_no_follow(log_path) as fh:
                 fh.write(json.dumps(rec) + "\n")
 
     try:
