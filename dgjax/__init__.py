@@ -13,6 +13,9 @@ from .errors import (ArchitectureMismatch, DgjaxError, InfeasibleGuidance, Inval
                      RuntimeCheckError)
 from .forward import ForwardTrack, forward_sde_logp
 from .likelihood import Likelihood, bits_per_dim, log_likelihood
+from .evaluation import (DatasetLikelihood, Dequantization, ImportanceDequantization, StandardErrors,
+                         UniformDequantization, evaluate_likelihood, evaluate_log_density)
+from .quantization import Quantization
 from .models import SHIPPED_MODELS, ArchitectureMismatch, ModelError, TrainedModel, load_model, save_model
 from .oracle import GaussianMixture, random_mixture
 from .parallel import (batch_sharding, host_local_batch, host_slice, log_likelihood_sharded, pad_batch, sample_sharded,
@@ -20,6 +23,7 @@ from .parallel import (batch_sharding, host_local_batch, host_slice, log_likelih
 from .parametrizations import score_from, score_to
 from .processes import EDM, VE, VP, VPSDE, CustomProcess, LinearFlow, Process, VPCosine, VPLinear
 from .grids import GRIDS, step_times
+from .solve import SolveOptions
 from .external import ElementwiseTransform, batched, external_score, log_transform
 from .models.galaxies import GALAXY_MODELS, GalaxyModel
 from .sampling import (ODE, PFODE, SDE, DensityGuidance, HighDensity, ModeTracking, NoiseWindow, NoiseWindowLogSNR,
@@ -38,13 +42,15 @@ __all__ = [
     "DgjaxError", "InvalidArgument", "RuntimeCheckError", "InfeasibleGuidance", "LeftDataRange", "ModeBifurcation",
     "LinearSolveFailed", "MaxStepsReached", "NonFiniteError",
     "Likelihood", "bits_per_dim", "log_likelihood",
+    "DatasetLikelihood", "Dequantization", "ImportanceDequantization", "StandardErrors", "UniformDequantization",
+    "evaluate_likelihood", "evaluate_log_density", "Quantization",
     "SHIPPED_MODELS", "ArchitectureMismatch", "ModelError", "TrainedModel", "load_model", "save_model",
     "GaussianMixture", "random_mixture",
     "batch_sharding", "host_local_batch", "host_slice", "log_likelihood_sharded", "pad_batch", "sample_sharded",
     "score_alignment_sharded", "shard_batch",
     "score_from", "score_to",
     "EDM", "VE", "VP", "LinearFlow", "Process", "VPCosine", "VPLinear", "VPSDE", "CustomProcess",
-    "GRIDS", "step_times", "ElementwiseTransform", "batched", "external_score", "log_transform",
+    "GRIDS", "step_times", "SolveOptions", "ElementwiseTransform", "batched", "external_score", "log_transform",
     "GALAXY_MODELS", "GalaxyModel",
     "ODE", "PFODE", "ODESampler", "Sample", "sample",
     "SDE", "NoiseWindow", "NoiseWindowLogSNR", "ReverseSDE", "SDESampler", "StepBrownianPath", "StochasticDensityGuidance",

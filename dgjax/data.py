@@ -54,6 +54,7 @@ from typing import Callable
 import numpy as np
 
 from ._io import atomic_write
+from .quantization import Quantization
 
 DELTA = 1e-4
 """Margin of the dequantisation noise u ~ U[DELTA, 1 - DELTA) (see the module docstring)."""
@@ -92,9 +93,14 @@ class Dequantize:
     levels: int
 
     @property
+    def quantization(self) -> Quantization:
+        """The data's declared quantization: ``levels`` bins on [-1, 1)."""
+        return Quantization(self.levels, -1.0, 1.0)
+
+    @property
     def offset_bits(self) -> float:
-        """log2(K / 2): bits/dim of y = -log p(x) / (D ln 2) + offset_bits (MATH 4)."""
-        return math.log2(self.levels / 2)
+        """log2(K / 2): bits/dim of y = -log p(x) / (D ln 2) + offset_bits (``Quantization.offset_bits``, MATH 4)."""
+        return self.quantization.offset_bits
 
     def to_model(self, y, rng: np.random.Generator | None) -> np.ndarray:
         """Integer levels y (any shape) -> float32 x in [-1, 1). ``rng=None`` uses u = 1/2 (bin centres)."""
@@ -122,6 +128,7 @@ class Identity:
     """The transform of continuous (toy) data: x = y."""
 
     offset_bits: float = 0.0
+    quantization = None  # continuous data: no bins, bits/dim of the density itself
 
     def to_model(self, y, rng=None) -> np.ndarray:
         return np.asarray(y, dtype=np.float32)
@@ -156,6 +163,11 @@ class Dataset:
     @property
     def offset_bits(self) -> float:
         return self.transform.offset_bits
+
+    @property
+    def quantization(self) -> Quantization | None:
+        """The declared quantization of the data (None for continuous data)."""
+        return getattr(self.transform, "quantization", None)
 
     @property
     def finite(self) -> bool:

@@ -19,6 +19,7 @@ from jaxtyping import Array, ArrayLike, Float
 from . import dynamics as dyn
 from . import grids
 from ._checks import check_batch, check_finite, check_output, check_score_fn
+from .quantization import Quantization
 from .divergence import DivergenceEstimator, Hutchinson, tracking_start
 from .sampling.sample import check_common
 from .solve import SolveOptions, add_nfe, solve
@@ -83,13 +84,19 @@ def log_likelihood(score: Callable, process, x0: Float[Array, "N *shape"], *, ke
     return Likelihood(logp, stderr, x_T, logp_T, nfe)
 
 
-def bits_per_dim(logp: Float[ArrayLike, " *N"], shape, offset_bits: float = 7.0) -> Float[Array, " *N"]:
+def bits_per_dim(logp: Float[ArrayLike, " *N"], shape, offset_bits: "float | Quantization | None" = None
+                 ) -> Float[Array, " *N"]:
     """bits/dim = -log p(x) / (D ln 2) + offset_bits, D = prod(shape).
 
-    Convention (MATH 4): 8-bit data y, uniformly dequantised, x = 2 (y + u) / 256 - 1 in [-1, 1): the
-    Jacobian of y + u -> x is (1/128)^D, so offset_bits = log2(128) = 7 (the default). For
-    x = (y + u) / 256 in [0, 1) use offset_bits = 8. ``offset_bits = 0`` gives bits/dim of x itself.
+    ``offset_bits``: a ``dg.Quantization`` (the offset is its ``offset_bits = log2(levels / (high - low))``,
+    MATH 4), a number of bits, or None: 8-bit data on [-1, 1), ``dg.Quantization(256)``, 7 bits (x = 2 (y + u)
+    / 256 - 1: the Jacobian of y + u -> x is (1/128)^D). Data sets declare theirs (``Dataset.quantization``;
+    None for continuous data, where the offset is 0: bits/dim of x itself).
     """
+    if offset_bits is None:
+        offset_bits = Quantization().offset_bits
+    elif isinstance(offset_bits, Quantization):
+        offset_bits = offset_bits.offset_bits
     try:
         shape = tuple(int(s) for s in shape)
     except TypeError:

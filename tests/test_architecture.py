@@ -13,10 +13,10 @@ ROOT = pathlib.Path(dg.__file__).parent
 # low -> high; a module may import from its own layer or a lower one (docs/ARCHITECTURE.md)
 LAYERS = [
     ("core", {"_checks", "_io", "errors", "processes", "parametrizations", "dynamics", "divergence", "oracle",
-              "external"}),
+              "external", "quantization"}),
     ("solve", {"solve", "grids"}),
     ("sampling", {"sampling", "denoising"}),
-    ("diagnostics", {"likelihood", "alignment", "parallel", "forward", "elbo"}),
+    ("diagnostics", {"likelihood", "alignment", "parallel", "forward", "elbo", "evaluation"}),
     ("models", {"data", "models"}),
     ("training", {"training"}),
     ("edges", {"cli", "__init__"}),
