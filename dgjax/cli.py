@@ -245,12 +245,10 @@ def _sample(args) -> int:
 
 def _likelihood(args) -> int:
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from .data import load_dataset
     from .parallel import map_chunks
-    from .training import make_evaluator
 
     try:
         model = _load(args.model)
@@ -265,16 +263,14 @@ def _likelihood(args) -> int:
             n = total if args.num is None else min(args.num, total)
         else:
             n = args.num or 256
+        if args.method == "ode":
+            return _likelihood_ode(args, model, ds, ds.data_split(args.split, n, seed=args.seed))
         x = ds.split(args.split, n, seed=args.seed)
     except (ValueError, OSError) as e:
         return _fail(str(e))
-    if args.method == "ode":
-        evaluate = make_evaluator(model.network, model.config, ds.offset_bits, args.rtol)
-        how = f"one Hutchinson probe, adaptive Tsit5 rtol=atol={args.rtol:g}"
-    else:
-        evaluate = _stochastic_evaluator(model, ds.offset_bits, args.method, args.steps, args.num_samples)
-        how = (f"forward-SDE encoder, one Hutchinson probe, {args.steps} Euler-Maruyama steps" if args.method == "sde"
-               else f"ELBO (an upper bound in bits/dim), {args.num_samples} stratified antithetic log-SNR draws")
+    evaluate = _stochastic_evaluator(model, ds.offset_bits, args.method, args.steps, args.num_samples)
+    how = (f"forward-SDE encoder, one Hutchinson probe, {args.steps} Euler-Maruyama steps" if args.method == "sde"
+           else f"ELBO (an upper bound in bits/dim), {args.num_samples} stratified antithetic log-SNR draws")
     start = time.perf_counter()
     bar = _progress(int(np.ceil(len(x) / args.batch_size)), "encoding (first batch compiles)", args.no_progress)
     v = map_chunks(lambda xc, k: evaluate(model.params, xc, k), x, args.batch_size,
@@ -288,6 +284,53 @@ def _likelihood(args) -> int:
           f"{how}): {v.mean():.4f} +- {se:.4f} bits/dim "
           f"({time.perf_counter() - start:.1f}s)")
     return 0
+
+
+def _dequantization(args, quantization):
+    """The protocol object of --dequantization (None for continuous data)."""
+    import dgjax as dg
+
+    if quantization is None:
+        if args.dequantization not in (None, "none"):
+            raise ValueError(f"--dequantization {args.dequantization}: the data are continuous (no quantization); "
+                             f"use none")
+        return None
+    choice = args.dequantization or "uniform"
+    if choice == "none":
+        raise ValueError("--dequantization none: the data are quantized; use uniform or importance")
+    if choice == "uniform":
+        return dg.UniformDequantization(repeats=args.repeats)
+    return dg.ImportanceDequantization(draws=args.draws, proposal=args.proposal)
+
+
+def _likelihood_ode(args, model, ds, data) -> int:
+    """dg.evaluate_likelihood over the split (PF-ODE encoding, MATH 4) and its report."""
+    import jax
+
+    import dgjax as dg
+
+    deq = _dequantization(args, ds.quantization)
+    result = dg.evaluate_likelihood(
+        model.score, model.process, data, key=jax.random.key(args.seed), dequantization=deq,
+        quantization=ds.quantization, batch_size=args.batch_size, divergence=dg.Hutchinson(args.probes),
+        options=dg.SolveOptions(rtol=args.rtol, atol=args.rtol), checkpoint_dir=args.checkpoint_dir,
+        progress=not args.no_progress)
+    se = result.bits_stderr
+    print(f"model {model.name!r} on {ds.name} {args.split} ({result.num_examples} examples; "
+          f"{_protocol_text(deq)}; {args.probes} Hutchinson probe(s) per encoding, adaptive Tsit5 "
+          f"rtol=atol={args.rtol:g}): {result.bits_per_dim:.4f} +- {se.total:.4f} bits/dim")
+    print(f"  standard error parts (bits/dim): data {se.data:.4f}, dequantization {se.dequantization:.4f}, probe "
+          f"{se.probe:.4f}; {result.nats:.3f} +- {result.stderr.total:.3f} nats per example; "
+          f"{result.nfe_per_example:.0f} NFE per example; {result.wall_time:.1f}s")
+    return 0
+
+
+def _protocol_text(deq) -> str:
+    if deq is None:
+        return "continuous data, no dequantization"
+    if deq.name == "uniform":
+        return f"uniform dequantization, {deq.repeats} repeats"
+    return f"importance-weighted dequantization, {deq.draws} {deq.proposal} draws"
 
 
 def _stochastic_evaluator(model, offset_bits, method, steps, num_samples):
@@ -310,25 +353,27 @@ def _stochastic_evaluator(model, offset_bits, method, steps, num_samples):
 
 def _likelihood_galaxy(args, model) -> int:
     import jax
-    import numpy as np
 
     import dgjax as dg
 
     n = args.num or 16
-
-    @jax.jit
-    def run(key):
-        k1, k2, k3 = jax.random.split(key, 3)
-        x = dg.sample(model.score, model.process, model.prior_sample(k1, n), rtol=args.rtol, atol=args.rtol).x
-        ll = dg.log_likelihood(model.score, model.process, x, key=k2, rtol=args.rtol, atol=args.rtol)
-        return ll.logp, model.data_log_prob(ll.logp, x)
-
-    start = time.perf_counter()
-    logp_y, logp_x = (np.asarray(v) for v in run(jax.random.key(args.seed)))
+    k1, k2 = jax.random.split(jax.random.key(args.seed))
+    x = jax.jit(lambda k: dg.sample(model.score, model.process, model.prior_sample(k, n), rtol=args.rtol,
+                                    atol=args.rtol).x)(k1)
+    try:
+        _dequantization(args, None)
+    except ValueError as e:
+        return _fail(str(e))
+    result = dg.evaluate_likelihood(model.score, model.process, x, key=k2, dequantization=None,
+                                    batch_size=args.batch_size, divergence=dg.Hutchinson(args.probes),
+                                    options=dg.SolveOptions(rtol=args.rtol, atol=args.rtol),
+                                    checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
+                                    to_data_space=model.data_log_prob)
+    flux = result.data_space
     print(f"model {model.name!r}: no data set ships with it; log p of {n} of its own PF-ODE samples, re-encoded "
-          f"(one Hutchinson probe, adaptive Tsit5 rtol=atol={args.rtol:g}): network space y = log(x+1)/0.1 "
-          f"{logp_y.mean():.1f} +- {logp_y.std(ddof=1) / np.sqrt(n):.1f} nats; flux x {logp_x.mean():.1f} nats "
-          f"(+ sum log|dy/dx|) ({time.perf_counter() - start:.1f}s)")
+          f"({args.probes} Hutchinson probe(s), adaptive Tsit5 rtol=atol={args.rtol:g}): network space "
+          f"y = log(x+1)/0.1 {result.nats:.1f} +- {result.stderr.total:.1f} nats ({result.bits_per_dim:.4f} bits/dim); "
+          f"flux x {flux.nats:.1f} +- {flux.stderr.total:.1f} nats (+ sum log|dy/dx|) ({result.wall_time:.1f}s)")
     return 0
 
 
@@ -478,6 +523,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="log p by PF-ODE encoding, by the forward-SDE encoder (MATH 4(e)), or the ELBO (MATH 10)")
     lk.add_argument("--steps", type=POS_INT, default=1000, help="Euler-Maruyama steps of --method sde")
     lk.add_argument("--num-samples", type=POS_INT, default=64, help="log-SNR draws per example of --method elbo")
+    lk.add_argument("--dequantization", default=None, choices=["uniform", "importance", "none"],
+                    help="--method ode: uniform (the mean of --repeats draws: a lower bound on log P), importance "
+                    "(log-mean-exp of --draws draws: a tighter bound) or none (continuous data); default uniform "
+                    "for quantized data, none for continuous data")
+    lk.add_argument("--repeats", type=POS_INT, default=5, help="uniform dequantization draws per example "
+                    "(score_sde's protocol: 5)")
+    lk.add_argument("--draws", type=POS_INT, default=16, help="importance-weighted dequantization draws per example")
+    lk.add_argument("--proposal", default="uniform", choices=["uniform", "truncnormal"],
+                    help="importance proposal within a bin")
+    lk.add_argument("--probes", type=POS_INT, default=1, help="Hutchinson probes per encoding (2 or more separate "
+                    "the probe part of the standard error)")
+    lk.add_argument("--checkpoint-dir", default=None, help="directory for per-batch results: an interrupted run "
+                    "resumes there with the same numbers (other settings refuse to resume)")
     lk.add_argument("--no-progress", action="store_true", help="no progress bar")
     lk.set_defaults(func=_likelihood)
 

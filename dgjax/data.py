@@ -203,6 +203,18 @@ class Dataset:
         """Model-space training batch (N, *shape) float32 at ``step``: a pure function of (seed, step, n)."""
         return self.transform.to_model(self.data_batch(seed, step, n), _rng(seed, 3, step))
 
+    def data_split(self, split: str = "test", n: int | None = None, seed: int = 0) -> np.ndarray:
+        """n data-space examples (default: all of a finite split, else 512) of ``split``: the integer levels of
+        quantized data (what ``dg.evaluate_likelihood`` dequantizes with ``.quantization``), the points of a
+        continuous set. The same examples as ``split(split, n, seed)`` before its dequantization."""
+        _check_split(split)
+        if self._raw is not None:
+            data = self.raw(split)
+            if n is not None and n > len(data):
+                raise ValueError(f"n: the {split!r} split of {self.name!r} has {len(data)} examples; got n={n}")
+            return data if n is None else data[:n]
+        return self._draw(_rng(seed, 4, SPLITS.index(split)), 512 if n is None else n, split)
+
     def split(self, split: str = "test", n: int | None = None, seed: int = 0) -> np.ndarray:
         """n model-space examples (default: all of a finite split, else 512) of ``split``."""
         _check_split(split)

@@ -66,7 +66,11 @@ def test_train_then_likelihood_and_align_on_a_toy_set(tmp_path, capsys):
     assert "trained 20 steps" in capsys.readouterr().out
     assert os.path.exists(os.path.join(run, "model.msgpack"))
     assert main(["likelihood", "--model", run, "--num", "8", "--rtol", "1e-2", "--no-progress"]) == 0
-    assert "bits/dim" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "bits/dim" in out and "continuous data, no dequantization" in out and "standard error parts" in out
+    # moons is continuous: a dequantization protocol is refused, naming the fix
+    assert main(["likelihood", "--model", run, "--num", "8", "--dequantization", "uniform", "--no-progress"]) == 2
+    assert "use none" in capsys.readouterr().err
     assert main(["likelihood", "--model", run, "--num", "8", "--method", "sde", "--steps", "10", "--no-progress"]) == 0
     assert "forward-SDE encoder" in capsys.readouterr().out
     assert main(["likelihood", "--model", run, "--num", "8", "--method", "elbo", "--num-samples", "4",
@@ -100,3 +104,20 @@ def test_train_objective_option(tmp_path, capsys):
     assert re.search("importance", capsys.readouterr().err) and not os.path.exists(os.path.join(out, "config.json"))
     assert main(["train", "--objective", "edm", "--out", out]) == 2
     assert "--objective" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_likelihood_protocols_on_digits(tmp_path, capsys):
+    """`dgjax likelihood` on the shipped digits model: uniform (repeats) and importance (draws) dequantization,
+    standard errors by source, and a checkpoint directory that a rerun resumes from to the same figure."""
+    argv = ["likelihood", "--model", "digits", "--num", "4", "--batch-size", "2", "--rtol", "1e-2", "--probes", "2",
+            "--no-progress"]
+    assert main(argv + ["--repeats", "2", "--checkpoint-dir", str(tmp_path)]) == 0
+    first = capsys.readouterr().out
+    assert "uniform dequantization, 2 repeats" in first and "probe" in first
+    assert main(argv + ["--repeats", "2", "--checkpoint-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split(":")[1] == first.split(":")[1]
+    assert main(argv + ["--repeats", "3", "--checkpoint-dir", str(tmp_path)]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert main(argv + ["--dequantization", "importance", "--draws", "3"]) == 0
+    assert "importance-weighted dequantization, 3 uniform draws" in capsys.readouterr().out
