@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import check_param
+from ._memory import check_fits_in_memory
 
 Array = jax.Array
 
@@ -127,6 +128,8 @@ class Process(eqx.Module):
             raise ValueError(f"shape: must be a tuple of integers (N, *event_shape); got {shape!r}") from None
         check_param(len(shape) >= 1 and all(v >= 0 for v in shape), "shape",
                     f"must be (N, *event_shape) with non-negative sizes; got {shape}")
+        check_fits_in_memory(4 * math.prod(shape), f"prior_sample of shape {shape}",
+                             "draw and process fewer samples at a time")
         return self.sigma(self.t_max) * jax.random.normal(key, tuple(shape))
 
     def prior_log_prob(self, x: Array) -> Array:

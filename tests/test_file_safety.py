@@ -69,3 +69,171 @@ def test_train_refuses_a_planted_lock_or_log_link(tmp_path, name, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dgjax: error:") and "link" in err[0], err
     assert victim.read_bytes() == b"precious"
+
+
+# ------------------------------------------------------------------------------------------------------
+# model files: dtypes, checksum, config, file kind, name resolution
+# ------------------------------------------------------------------------------------------------------
+import hashlib  # noqa: E402
+import json  # noqa: E402
+
+import flax.serialization  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dgjax.errors import ArchitectureMismatch, ModelError  # noqa: E402
+from dgjax.models import load_model, save_model  # noqa: E402
+from tests.test_models import random_params, tiny_config  # noqa: E402
+
+
+def _saved(tmp_path, name="m"):
+    cfg = tiny_config()
+    save_model(str(tmp_path / name), random_params(cfg), cfg)
+    return tmp_path / f"{name}.msgpack", tmp_path / f"{name}.json"
+
+
+def _rewrite(msgpack, js, state):
+    """Write ``state`` as the parameters, with a matching checksum in the config (only the dtype is wrong)."""
+    blob = flax.serialization.msgpack_serialize(state)
+    msgpack.write_bytes(blob)
+    cfg = json.loads(js.read_text())
+    js.write_text(json.dumps(dict(cfg, params_sha256=hashlib.sha256(blob).hexdigest())))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_, np.complex64, np.float64, np.float16])
+def test_model_file_with_parameters_of_another_dtype_is_refused(tmp_path, dtype, capsys):
+    msgpack, js = _saved(tmp_path)
+    state = flax.serialization.msgpack_restore(msgpack.read_bytes())
+    _rewrite(msgpack, js, jax.tree_util.tree_map(lambda v: np.asarray(v).astype(dtype), state))
+    with pytest.raises(ArchitectureMismatch, match="another dtype than the architecture's.*expects float32"):
+        load_model(str(msgpack))
+    assert main(["likelihood", "--model", str(msgpack), "--num", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dtype" in err[0]
+
+
+def test_save_model_refuses_non_float_parameters(tmp_path):
+    cfg = tiny_config()
+    params = jax.tree_util.tree_map(lambda v: np.asarray(v).astype(np.int32), random_params(cfg))
+    with pytest.raises(ModelError, match="real floating-point"):
+        save_model(str(tmp_path / "m"), params, cfg)
+    assert not os.path.exists(tmp_path / "m.msgpack")
+
+
+def test_flipped_low_bits_in_a_model_file_are_caught_by_its_checksum(tmp_path):
+    msgpack, js = _saved(tmp_path)
+    assert len(json.loads(js.read_text())["params_sha256"]) == 64
+    load_model(str(msgpack))  # intact: loads
+    state = flax.serialization.msgpack_restore(msgpack.read_bytes())
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    flat = np.concatenate([np.asarray(v, np.float32).ravel() for v in leaves]).view(np.uint32)
+    flat[np.random.default_rng(0).choice(flat.size, 200, replace=False)] ^= 1  # 200 lowest-mantissa-bit flips
+    sizes = np.cumsum([np.size(v) for v in leaves])[:-1]
+    flipped = [a.view(np.float32).reshape(np.shape(v)) for a, v in zip(np.split(flat, sizes), leaves)]
+    msgpack.write_bytes(flax.serialization.msgpack_serialize(jax.tree_util.tree_unflatten(treedef, flipped)))
+    with pytest.raises(ModelError, match="differ from the params_sha256"):
+        load_model(str(msgpack))
+    # a single flipped bit too
+    blob = bytearray(_saved(tmp_path, "n")[0].read_bytes())
+    blob[-5] ^= 1
+    (tmp_path / "n.msgpack").write_bytes(bytes(blob))
+    with pytest.raises(ModelError, match="corrupt"):
+        load_model(str(tmp_path / "n.msgpack"))
+
+
+def test_shipped_models_carry_their_checksum():
+    from dgjax.models import SHIPPED_MODELS, WEIGHTS_DIR
+
+    for name in SHIPPED_MODELS:
+        cfg = json.load(open(os.path.join(WEIGHTS_DIR, name + ".json")))
+        blob = open(os.path.join(WEIGHTS_DIR, name + ".msgpack"), "rb").read()
+        assert cfg["params_sha256"] == hashlib.sha256(blob).hexdigest()
+
+
+@pytest.mark.parametrize("change,msg", [
+    ({"arch_kwargs": {"channels": -1}}, r"arch_kwargs\['channels'\] must be an integer >= 1"),
+    ({"arch_kwargs": {"channels": 0}}, r"arch_kwargs\['channels'\]"),
+    ({"arch_kwargs": {"ch_mult": [[1], 2]}}, r"arch_kwargs\['ch_mult'\] must be a list"),
+    ({"arch_kwargs": {"ch_mult": []}}, r"arch_kwargs\['ch_mult'\]"),
+    ({"arch_kwargs": {"dropout": 1.5}}, r"arch_kwargs\['dropout'\]"),
+    ({"arch_kwargs": {"bogus": 1}}, "unknown unet setting 'bogus'"),
+    ({"arch_kwargs": [1, 2]}, "'arch_kwargs' must be an object"),
+    ({"arch": ["unet"]}, "'arch' must be one of"),
+    ({"process": "VP"}, "'process' must be a JSON object"),
+])
+def test_crafted_model_config_is_a_model_error(tmp_path, change, msg, capsys):
+    msgpack, js = _saved(tmp_path)
+    cfg = json.loads(js.read_text())
+    js.write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ModelError, match=msg):
+        load_model(str(msgpack))
+    assert main(["align", "--model", str(msgpack), "--num", "2"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_deeply_nested_model_config_is_a_model_error(tmp_path, capsys):
+    msgpack, js = _saved(tmp_path)
+    js.write_text('{"arch": ' + "[" * 100000 + "]" * 100000 + "}")
+    with pytest.raises(ModelError, match="nested too deeply"):
+        load_model(str(msgpack))
+    assert main(["likelihood", "--model", str(msgpack), "--no-progress"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["zero", "fifo"])
+def test_a_model_file_that_is_not_a_regular_file_is_refused_at_once(tmp_path, kind):
+    import time
+
+    msgpack, _ = _saved(tmp_path)
+    msgpack.unlink()
+    if kind == "zero":
+        os.symlink("/dev/zero", msgpack)
+    else:
+        os.mkfifo(msgpack)
+    t = time.time()
+    with pytest.raises(ModelError, match="not a regular file"):
+        load_model(str(msgpack))
+    assert time.time() - t < 10
+
+
+def test_a_huge_model_file_is_refused_before_reading(tmp_path):
+    msgpack, _ = _saved(tmp_path)
+    with open(msgpack, "r+b") as fh:
+        fh.truncate(1 << 30)  # sparse: no disk used
+    with pytest.raises(ModelError, match="bytes, more than"):
+        load_model(str(msgpack))
+
+
+def test_a_bare_shipped_name_is_the_shipped_model_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    cfg = tiny_config()
+    save_model(str(folder / "model"), random_params(cfg), cfg)
+    monkeypatch.chdir(tmp_path)
+    assert load_model("digits").config["name"] == "digits"          # shipped
+    assert load_model("./digits").config["name"] == "tiny"          # the folder, by its path
+    assert load_model(str(folder)).config["name"] == "tiny"
+
+
+def test_an_unknown_galaxy_name_is_a_model_error():
+    with pytest.raises(ModelError, match="unknown galaxy model 'galaxies-foo'"):
+        load_model("galaxies-foo")
+
+
+# ------------------------------------------------------------------------------------------------------
+# sizes beyond memory are refused up front
+# ------------------------------------------------------------------------------------------------------
+def test_prior_sample_beyond_memory_is_refused_up_front():
+    import time
+
+    import dgjax as dg
+    from dgjax._memory import memory_limit
+    from dgjax.errors import InvalidArgument
+
+    limit, _ = memory_limit()
+    n = 2 * limit // (4 * 64) + 1  # twice the memory there is
+    t = time.time()
+    with pytest.raises(InvalidArgument, match=r"needs at least .* GiB of memory, more than there is"):
+        dg.VP().prior_sample(jax.random.key(0), (n, 64))
+    assert time.time() - t < 5
+    assert dg.VP().prior_sample(jax.random.key(0), (3, 64)).shape == (3, 64)

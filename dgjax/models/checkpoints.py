@@ -20,6 +20,7 @@ import numpy as np
 
 from .._io import atomic_write, leaf_shapes, write_bytes
 from ..errors import ModelError
+from .configs import validate_config
 from .networks import check_same_architecture, param_shapes
 from .trained import TrainedModel, network_from_config
 
@@ -204,7 +205,8 @@ def load_run(run_dir: str, step: int | None = None, ema: bool = True) -> Trained
     if not isinstance(d.get("model"), dict):
         raise ModelError(f"{os.path.join(run_dir, 'config.json')!r} holds no model config (key 'model'); is it a "
                          f"dgjax training run?")
-    mcfg = dict(d["model"], name=os.path.basename(os.path.abspath(run_dir)))
+    mcfg = validate_config(dict(d["model"], name=os.path.basename(os.path.abspath(run_dir))),
+                           f"the model config in {os.path.join(run_dir, 'config.json')!r}")
     net = network_from_config(mcfg)
     ckpts = Checkpoints(run_dir, read_only=True)
     try:
