@@ -167,7 +167,7 @@ class DatasetLikelihood:
       stderr: its standard errors in nats, split by source (below).
       per_example: (N,) the per-example estimates L_n (nats).
       log_density: (N, M) model log p(x) of each dequantized copy (mean over the solve's probes).
-      dim, num_examples, draws (M per example), offset_bits (-log2 w; 0 for continuous data).
+      dim: D; num_examples: N; draws: M per example; offset_bits: -log2 w (0 for continuous data).
       nfe_per_example: score evaluations per example (M encodings, each ``Likelihood.nfe``).
       wall_time: seconds spent in the batches (summed over resumed runs; compile time included).
       data_space: for continuous data with ``to_data_space``, the same report in the data space.
