@@ -61,10 +61,11 @@ def main(argv=None):
 
                 key = jax.random.key(4)
                 try:
-                    outs, best = interleaved_best({"hd": (jax.jit(run_hd), (x_t, key)),
-                                                   "mode": (jax.jit(run_mode), (x_t, key))}, repeats=args.repeats)
-                except Exception as e:  # noqa: BLE001 -- mode tracking refuses (CG / definiteness): report it
-                    msg = "CG did not converge" if "conjugate" in str(e) else "H_q not negative definite"
+                    with dg.errors.typed_errors():
+                        outs, best = interleaved_best({"hd": (jax.jit(run_hd), (x_t, key)),
+                                                       "mode": (jax.jit(run_mode), (x_t, key))}, repeats=args.repeats)
+                except (dg.LinearSolveFailed, dg.ModeBifurcation) as e:  # mode tracking refuses: report it
+                    msg = "CG did not converge" if isinstance(e, dg.LinearSolveFailed) else "H_q not negative definite"
                     print(f"{name:>7} {d:>5} {check:>10} | mode tracking stopped: {msg} (a random network's "
                           f"Jacobian is not symmetric)", flush=True)
                     rows.append(dict(score=name, dim=d, check=check, failed=msg))

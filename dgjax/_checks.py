@@ -1,23 +1,30 @@
 """Input validation shared by every module: clear errors that name the argument and the fix.
 
-Checks on shapes and static values raise ``ValueError`` at trace time. Checks on array *values*
-(finiteness, time ranges) use ``equinox.error_if`` so that they also fire under ``jax.jit``
-(as a runtime error carrying the same message) instead of letting a NaN through silently.
+Checks on shapes and static values raise ``dg.InvalidArgument`` at trace time. Checks on array *values*
+(finiteness, time ranges, and the run-time checks of ``dgjax.errors``) take the error class to raise
+(``check_value``): eagerly they raise it; on traced values they use ``equinox.error_if`` with the
+class's tagged message, so that they also fire under ``jax.jit`` and ``errors.classify`` gives the
+class back, instead of letting a NaN through silently.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import math
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from .errors import DgjaxError, InvalidArgument, NonFiniteError, tagged, typed_errors
 
 
 def check_param(ok: bool, name: str, msg: str) -> None:
-    """Raise ``ValueError('name: msg')`` unless ``ok``."""
+    """Raise ``InvalidArgument('name: msg')`` unless ``ok``."""
     if not ok:
-        raise ValueError(f"{name}: {msg}")
+        raise InvalidArgument(f"{name}: {msg}")
 
 
 def is_concrete(x) -> bool:
@@ -25,11 +32,11 @@ def is_concrete(x) -> bool:
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
 
 
-def check_finite(x, name: str):
-    """Return ``x``; raise (eagerly, or at run time under jit) if it has NaN or inf entries."""
+def check_finite(x, name: str, cls: type[DgjaxError] = NonFiniteError):
+    """Return ``x``; raise ``cls`` (eagerly, or at run time under jit) if it has NaN or inf entries."""
     x = jnp.asarray(x)
     msg = f"{name} contains non-finite values (NaN or inf); pass finite arrays (check the upstream computation)"
-    return check_value(x, ~jnp.all(jnp.isfinite(x)), msg)
+    return check_value(x, ~jnp.all(jnp.isfinite(x)), msg, cls=cls)
 
 
 def check_time(process, t, name: str = "t", *, closed: bool = True):
@@ -43,23 +50,25 @@ def check_time(process, t, name: str = "t", *, closed: bool = True):
     else:
         bad = (t <= lo) | (t >= hi) | ~jnp.isfinite(t)
     msg = f"{name} must lie in {rng}, the time range of {type(process).__name__}"
-    return check_value(t, jnp.any(bad), msg, lambda: t)
+    return check_value(t, jnp.any(bad), msg, lambda: t, cls=InvalidArgument)
 
 
 def check_batch(x, name: str = "x"):
     """``x`` must be an array with a leading batch axis: shape (N, *shape)."""
     x = jnp.asarray(x)
     if x.ndim < 1:
-        raise ValueError(f"{name} must have a leading batch axis, shape (N, *shape); got a scalar")
+        raise InvalidArgument(f"{name} must have a leading batch axis, shape (N, *shape); got a scalar")
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must be a floating-point array; got dtype {x.dtype}")
+        raise InvalidArgument(f"{name} must be a floating-point array; got dtype {x.dtype}")
     if x.shape[0] == 0:
-        raise ValueError(f"{name} has no rows (shape {tuple(x.shape)}); pass at least one sample, shape (N >= 1, *shape)")
+        raise InvalidArgument(f"{name} has no rows (shape {tuple(x.shape)}); pass at least one sample, "
+                              f"shape (N >= 1, *shape)")
     if jnp.finfo(x.dtype).bits < 32:
         # the solver state and the log-density would be integrated in this precision (log p off by nats)
-        raise ValueError(f"{name} has dtype {x.dtype}: the solver and the log-density would run in that precision. "
-                         f"Pass float32 (or float64) {name}; to run the network in {x.dtype}, load the model with "
-                         f"dg.load_model(..., compute_dtype=jnp.{x.dtype}) (TrainedModel.with_compute_dtype)")
+        raise InvalidArgument(f"{name} has dtype {x.dtype}: the solver and the log-density would run in that "
+                              f"precision. Pass float32 (or float64) {name}; to run the network in {x.dtype}, load "
+                              f"the model with dg.load_model(..., compute_dtype=jnp.{x.dtype}) "
+                              f"(TrainedModel.with_compute_dtype)")
     return x
 
 
@@ -68,24 +77,25 @@ def check_score_fn(score, x, t, name: str = "score") -> None:
     try:
         out = jax.eval_shape(score, x, t)
     except Exception as e:  # re-raise with the contract spelled out
-        raise ValueError(
+        raise InvalidArgument(
             f"{name}(x, t) failed for x of shape {tuple(x.shape)} and t of shape {tuple(jnp.shape(t))}: {e}. "
             f"A score function takes x of shape (N, *shape) and a scalar or (N,) t."
         ) from e
     if getattr(out, "shape", None) != x.shape:
-        raise ValueError(
+        raise InvalidArgument(
             f"{name}(x, t) returned shape {getattr(out, 'shape', type(out))} for x of shape {tuple(x.shape)}; "
             f"a score function must return an array like x (check the model's output shape or the data shape)"
         )
     if out.dtype != x.dtype:
-        raise ValueError(f"{name}(x, t) returned dtype {out.dtype} for x of dtype {x.dtype}; cast the output to x's dtype")
+        raise InvalidArgument(f"{name}(x, t) returned dtype {out.dtype} for x of dtype {x.dtype}; cast the output "
+                              f"to x's dtype")
 
 
 def check_per_sample(v, n: int, name: str):
     """``v`` must have shape (N,)."""
     v = jnp.asarray(v)
     if v.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) (one value per sample); got {v.shape}")
+        raise InvalidArgument(f"{name} must have shape ({n},) (one value per sample); got {v.shape}")
     return v
 
 
@@ -109,22 +119,93 @@ def batch_dot(a, b):
 
 def checked_shape(v, x, name: str, fix: str, expected=None):
     """Return ``v``, a user callable's output, if its shape is ``expected`` (default x's shape); otherwise
-    raise ``ValueError('name: returned shape ... for x of shape ...; fix')``."""
+    raise ``InvalidArgument('name: returned shape ... for x of shape ...; fix')``."""
     expected = x.shape if expected is None else expected
     if getattr(v, "shape", None) != expected:
-        raise ValueError(f"{name}: returned shape {getattr(v, 'shape', type(v))} for x of shape {x.shape}; {fix}")
+        raise InvalidArgument(f"{name}: returned shape {getattr(v, 'shape', type(v))} for x of shape {x.shape}; {fix}")
     return v
 
 
-def check_value(x, bad, msg: str, detail=None):
-    """Return ``x``; raise ``ValueError(msg)`` now when ``bad`` is concrete and true, else attach
-    ``equinox.error_if`` so the check fires at run time under jit. ``detail()`` (optional) is appended to
-    the eager message (e.g. the offending value)."""
+def check_value(x, bad, msg: str, detail=None, *, cls: type[DgjaxError] = InvalidArgument):
+    """Return ``x``; raise ``cls(msg)`` now when ``bad`` is concrete and true, else attach
+    ``equinox.error_if`` with ``errors.tagged(cls, msg)`` so the check fires at run time under jit and
+    ``errors.classify`` gives ``cls`` back. ``detail()`` (optional) is appended to the eager message (e.g.
+    the offending value). ``cls``: ``InvalidArgument`` for a bad argument, a ``RuntimeCheckError`` class
+    for a check on computed values."""
     if is_concrete(bad):  # test the result, not x: under jit even a closed-over constant gives a tracer
         if bool(bad):
-            raise ValueError(msg if detail is None else f"{msg}; got {detail()}")
+            raise cls(msg if detail is None else f"{msg}; got {detail()}")
         return x
-    return eqx.error_if(x, bad, msg)
+    mesh = _program_mesh(x) or _ENTRY_MESH.get()
+    if mesh is not None:  # a multi-device program (issue 24, item 7): raise on every device at once
+        return _error_everywhere(x, jnp.any(bad), tagged(cls, msg), mesh)
+    return eqx.error_if(x, bad, tagged(cls, msg))
+
+
+def _program_mesh(tree):
+    """The device mesh of the program tracing ``tree``'s arrays when it spans several devices (the batch of
+    ``dg.shard_batch`` under the user's ``jax.jit``, or a sharded entry point), else None. (Values that come
+    out of a solver's loop may have lost it: ``entry_point`` records the mesh of the arguments.)"""
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if isinstance(leaf, jax.core.Tracer):
+            mesh = getattr(getattr(jax.typeof(leaf), "sharding", None), "mesh", None)
+            if mesh is not None and mesh.size > 1:
+                return mesh
+    return None
+
+
+# the multi-device mesh of the entry point being traced (set by ``entry_point`` for the duration of the call)
+_ENTRY_MESH: contextvars.ContextVar = contextvars.ContextVar("dgjax_entry_mesh", default=None)
+
+
+def entry_point(fn):
+    """Decorate a public entry point: its errors are typed (``errors.typed_errors``), and while it is traced
+    for a multi-device program (an argument traced with a mesh of several devices), every run-time check
+    inside raises on every device (``check_value``)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        token = _ENTRY_MESH.set(_program_mesh((args, kwargs)) or _ENTRY_MESH.get())
+        try:
+            with typed_errors():
+                return fn(*args, **kwargs)
+        finally:
+            _ENTRY_MESH.reset(token)
+
+    return wrapped
+
+
+def _error_everywhere(x, bad, msg: str, mesh):
+    """``equinox.error_if`` for a multi-device program. equinox's host callback runs on device 0 only: it
+    raises there while the other devices wait in the next collective until XLA's timeout aborts the
+    process (SIGABRT after ~60 s). Here the (replicated) flag goes through ``shard_map``, so every device
+    takes the failing branch and raises in its own callback: the program stops at once and the error
+    reaches Python on every process, carrying ``msg``. Outside AD (``custom_jvp``), as equinox's."""
+    from jax.sharding import PartitionSpec
+
+    def raises(flag):
+        if np.any(flag):
+            raise RuntimeError(msg)
+        return np.zeros((), np.bool_)
+
+    def on_device(flag):
+        fail = lambda: jax.pure_callback(raises, jax.ShapeDtypeStruct((), jnp.bool_), flag,  # noqa: E731
+                                         vmap_method="expand_dims")
+        return jax.lax.cond(flag, fail, lambda: jnp.zeros((), jnp.bool_))
+
+    @jax.custom_jvp
+    def check(x, bad):
+        flag = jax.shard_map(on_device, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(),
+                             check_vma=False)(bad)
+        # a data dependency on the callback's output, so that it is not optimised away
+        return jax.tree_util.tree_map(
+            lambda a: jnp.where(flag, jnp.nan, a) if jnp.issubdtype(a.dtype, jnp.inexact) else a, x)
+
+    @check.defjvp
+    def _jvp(primals, tangents):
+        return check(*primals), tangents[0]
+
+    return check(x, bad)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -133,10 +214,11 @@ def check_value(x, bad, msg: str, detail=None):
 # ``equinox.error_if`` raises through a host callback. Inside a program sharded over several devices the
 # callback raises on one device while the others wait in the solver's collectives (the adaptive step's
 # error norm, the while loop's condition): the process hangs until XLA's collective timeout and then aborts
-# (SIGABRT), and no Python exception is ever seen. While a sharded program is traced (``deferred_errors``),
-# every run-time check -- dgjax's and diffrax's own, which also go through equinox -- instead replaces its
-# value by NaN; the program returns a replicated "all finite" flag (``all_finite``) and the host raises
-# after it returns (``raise_if_not_finite``), on every process.
+# (SIGABRT), and no Python exception is ever seen. dgjax's own checks avoid this at trace time
+# (``check_value`` -> ``_error_everywhere``). For the ``equinox.error_if`` checks of the libraries below
+# (diffrax, lineax, optimistix), while a sharded entry point is traced (``deferred_errors``) a failed check
+# instead replaces its value by NaN; the program returns a replicated "all finite" flag (``all_finite``)
+# and the host raises after it returns (``raise_if_not_finite``), on every process.
 class deferred_errors:
     """Context manager: while active, ``equinox.error_if`` (used by every run-time check, here and in
     diffrax) turns failing values into NaN instead of calling back to the host. Enter it only around the
@@ -168,9 +250,10 @@ def all_finite(tree) -> jax.Array:
 
 
 def raise_if_not_finite(ok, where: str, n_devices: int) -> None:
-    """Raise on the host (every process) when a sharded program's outputs were not all finite."""
+    """Raise ``NonFiniteError`` on the host (every process) when a sharded program's outputs were not all
+    finite."""
     if not bool(ok):
-        raise FloatingPointError(
+        raise NonFiniteError(
             f"{where}: the result holds NaN or inf on some of the {n_devices} devices. Under sharding, a failed "
             f"run-time check (non-finite input or intermediate values, infeasible density guidance, a sample "
             f"leaving the data range, the solver reaching max_steps) marks its values with NaN instead of "
@@ -178,20 +261,20 @@ def raise_if_not_finite(ok, where: str, n_devices: int) -> None:
             f"dg.score_alignment on one device, or devices=jax.devices()[:1]) to see which check failed and why.")
 
 
-def check_output(y, stage: str):
-    """Check the output of a solve (any pytree) for NaN/inf, naming the ``stage`` that produced it."""
+def check_output(y, stage: str, cls: type[DgjaxError] = NonFiniteError):
+    """Check the output of a solve (any pytree) for NaN/inf, naming the ``stage`` that produced it
+    (raises ``cls``, by default ``NonFiniteError``)."""
     msg = (f"{stage} produced non-finite values (NaN or inf). Possible causes: a score that returns NaN/inf "
            f"(check the model's parameters and inputs), inputs far outside the data range, or too few solver "
            f"steps for a stiff path (use more steps or the adaptive solver)")
-    return check_value(y, ~all_finite(jax.tree_util.tree_map(jnp.asarray, y)), msg)
+    return check_value(y, ~all_finite(jax.tree_util.tree_map(jnp.asarray, y)), msg, cls=cls)
 
 
 def check_int(v, name: str, minimum: int = 1) -> int:
     """``v`` must be a Python or NumPy integer (not a bool) >= ``minimum``; returns it as ``int``."""
-    import numpy as np
 
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}; got {v!r}")
+        raise InvalidArgument(f"{name}: must be an integer >= {minimum}; got {v!r}")
     return int(v)
 
 
@@ -200,11 +283,12 @@ def check_key(key, name: str = "key"):
     if key is None:
         return key
     if isinstance(key, (int, float)) or not hasattr(key, "dtype"):
-        raise ValueError(f"{name}: must be a PRNG key such as jax.random.key(0); got {key!r}")
+        raise InvalidArgument(f"{name}: must be a PRNG key such as jax.random.key(0); got {key!r}")
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
-            raise ValueError(f"{name}: must be a single PRNG key (shape ()); got a batch of keys of shape {key.shape}")
+            raise InvalidArgument(f"{name}: must be a single PRNG key (shape ()); got a batch of keys of shape "
+                                  f"{key.shape}")
     elif not (key.dtype == jnp.uint32 and key.shape == (2,)):
-        raise ValueError(f"{name}: must be a single PRNG key such as jax.random.key(0); got an array of dtype "
+        raise InvalidArgument(f"{name}: must be a single PRNG key such as jax.random.key(0); got an array of dtype "
                          f"{key.dtype} and shape {key.shape}")
     return key

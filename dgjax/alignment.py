@@ -57,7 +57,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from . import dynamics as dyn
 from . import grids
-from ._checks import batch_dot, check_batch, check_finite, check_output, check_score_fn, is_concrete
+from ._checks import batch_dot, check_batch, check_finite, check_output, check_score_fn, entry_point, is_concrete
 from .divergence import DivergenceEstimator, Exact, Hutchinson, tracking_start
 from .solve import add_nfe, solve
 
@@ -197,6 +197,7 @@ def _prepare_w_T(w_T, x_T, process):
     return check_finite(w_T.astype(x_T.dtype), "w_T")
 
 
+@entry_point
 def score_alignment(score: Callable, process, x_T: Float[Array, "N *shape"], t_end: float, *,
                     key=None, score_free: bool = False,
                     w_T=None, divergence: DivergenceEstimator | None = None, solver=None,

@@ -178,7 +178,7 @@ def _sample(args) -> int:
                         divergence=dg.Hutchinson(args.probes), **kwargs)
         return out.x, out.logp, out.nfe
 
-    from .errors import is_infeasible
+    from .errors import InfeasibleGuidance, LeftDataRange, MaxStepsReached, typed_errors
     from .sampling.guidance import log_density_shift
 
     shift = lambda q: float(log_density_shift(process, q, dim))  # noqa: E731
@@ -187,22 +187,25 @@ def _sample(args) -> int:
     bar = _progress(len(qs), "sampling (first row compiles)", disable=args.no_progress)
     for i, q in enumerate(qs):
         try:
-            x, logp, nfe = run(x_T, jnp.full((args.num,), q, jnp.float32), jax.random.key(args.seed + 1 + i))
-            x, logp = np.asarray(x), np.asarray(logp)
+            with typed_errors():  # under jax.jit the run-time checks arrive wrapped by XLA
+                x, logp, nfe = run(x_T, jnp.full((args.num,), q, jnp.float32), jax.random.key(args.seed + 1 + i))
+                x, logp = np.asarray(x), np.asarray(logp)
             if not np.all(np.isfinite(logp)):
                 raise FloatingPointError("non-finite tracked log p")
             rows.append(x)
             table.append((q, logp, int(nfe), None))
-        except Exception as e:  # infeasible guidance raises at run time (equinox.error_if)
+        except InfeasibleGuidance:
+            msg = (f"infeasible: the prescribed rise {shift(q):+.0f} nats exceeds the log-density head-room "
+                   f"(of the order of D/2 = {dim / 2:.0f} nats, MATH 5); move q toward 0.5")
+            table.append((q, None, None, msg))
+        except LeftDataRange:
+            msg = (f"leaves the data range: the guidance pushes samples beyond [-{data_range:g}, {data_range:g}] "
+                   f"(more than 1% of the row's pixels beyond +-{1.05 * data_range:g}); move q toward 0.5")
+            table.append((q, None, None, msg))
+        except MaxStepsReached:
+            table.append((q, None, None, f"the adaptive solve did not finish in --max-steps {args.max_steps} steps"))
+        except Exception as e:  # noqa: BLE001 -- any other failure of the row: its own first line
             msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            if is_infeasible(e):  # under jax.jit the InfeasibleGuidance check arrives wrapped by XLA
-                msg = (f"infeasible: the prescribed rise {shift(q):+.0f} nats exceeds the log-density head-room "
-                       f"(of the order of D/2 = {dim / 2:.0f} nats, MATH 5); move q toward 0.5")
-            elif "left the data range" in str(e):
-                msg = (f"leaves the data range: the guidance pushes samples beyond [-{data_range:g}, {data_range:g}] "
-                       f"(more than 1% of the row's pixels beyond +-{1.05 * data_range:g}); move q toward 0.5")
-            elif "max_steps" in str(e) or "maximum number of solver steps" in str(e):
-                msg = f"the adaptive solve did not finish in --max-steps {args.max_steps} steps"
             table.append((q, None, None, msg))
         bar.update(1)
     bar.close()
@@ -572,15 +575,13 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from .errors import DgjaxError, typed_errors
+
     try:
-        return args.func(args)
-    except (ValueError, OSError, FloatingPointError) as e:  # a clear message, never a raw traceback (issue 15)
+        with typed_errors():  # run-time checks from compiled code come back as their dgjax class
+            return args.func(args)
+    except (DgjaxError, ValueError, OSError, FloatingPointError) as e:  # one line, never a traceback (issue 15)
         return _fail(str(e).strip().split("\n\n")[0])
-    except Exception as e:
-        # run-time checks (dg.InfeasibleGuidance subclasses EquinoxRuntimeError)
-        if any(c.__name__ in ("EquinoxRuntimeError", "XlaRuntimeError", "JaxRuntimeError") for c in type(e).__mro__):
-            return _fail(str(e).strip().split("\n\n")[0])
-        raise
 
 
 if __name__ == "__main__":

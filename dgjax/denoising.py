@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from . import dynamics as dyn
-from ._checks import bcast, check_batch, check_finite, check_param, check_time, is_concrete
+from ._checks import bcast, check_batch, check_finite, check_param, check_time, entry_point, is_concrete
 from .divergence import Hutchinson, tracking_start
 from .sampling.base import Sample
 from .sampling.guidance import HighDensity
@@ -76,6 +76,7 @@ def _logp_at(score, process, x, t, divergence, key, solver, steps, rtol, atol):
     return jnp.mean(process.prior_log_prob(x_T)[None, :] - change, axis=0)
 
 
+@entry_point
 def denoise(score: Callable, process, x_t: Float[Array, "N *shape"], t: ArrayLike | Float[Array, " N"], *,
             method: str = "mean", t_end=None, key=None,
             track_logp: bool = False, divergence=None, solver=None, steps: int | None = None, grid=None,

@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._checks import batch_dot, bcast, check_batch, check_finite, check_int, check_per_sample, check_score_fn
+from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, check_per_sample, check_score_fn,
+                      entry_point)
 
 Array = jax.Array
 
@@ -69,6 +70,7 @@ def elbo_integrand(score: Callable, process, x, t, eps, antithetic: bool):
     return sigma**2 * (stein + 0.5 * sq) - c.f * d * sigma**2 / c.g2
 
 
+@entry_point
 def elbo(score: Callable, process, x: Float[Array, "N *shape"], *, key, num_samples: int,
          prior_log_prob: Callable | None = None,
          stratified: bool = True, antithetic: bool = True) -> Elbo:

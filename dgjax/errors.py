@@ -27,6 +27,7 @@ import contextlib
 import re
 
 import equinox as eqx
+import jax
 
 
 class DgjaxError(Exception):
@@ -34,7 +35,10 @@ class DgjaxError(Exception):
 
 
 class InvalidArgument(DgjaxError, ValueError):
-    """A bad argument: the message names it and says how to fix it."""
+    """A bad argument: the message names it and says how to fix it (eagerly; a check on traced values, such
+    as a time under ``jax.jit``, fires at run time with this class's tag)."""
+
+    code = "dgjax.InvalidArgument"
 
 
 class ModelError(DgjaxError, ValueError):
@@ -87,15 +91,15 @@ class NonFiniteError(RuntimeCheckError, FloatingPointError):
     code = "dgjax.NonFiniteError"
 
 
-_RUNTIME = {cls.code: cls for cls in (RuntimeCheckError, InfeasibleGuidance, LeftDataRange, ModeBifurcation,
-                                      LinearSolveFailed, MaxStepsReached, NonFiniteError)}
+_TAGGED = {cls.code: cls for cls in (InvalidArgument, RuntimeCheckError, InfeasibleGuidance, LeftDataRange,
+                                     ModeBifurcation, LinearSolveFailed, MaxStepsReached, NonFiniteError)}
 _TAG = re.compile(r"\[(dgjax\.[A-Za-z]+)\]")
 # diffrax's own failure messages (its RESULTS enumeration), the only untagged ones classified
 _DIFFRAX = (("maximum number of solver steps", MaxStepsReached),
             ("non-finite values", NonFiniteError))
 
 
-def tagged(cls: type[RuntimeCheckError], msg: str) -> str:
+def tagged(cls: type[DgjaxError], msg: str) -> str:
     """The message a run-time check of class ``cls`` carries: ``[tag] msg``."""
     return f"[{cls.code}] {msg}"
 
@@ -110,9 +114,11 @@ def classify(err: BaseException) -> BaseException:
         return err
     text = str(err)
     m = _TAG.search(text)
-    cls = _RUNTIME.get(m.group(1)) if m else None
-    if cls is None and (isinstance(err, eqx.EquinoxRuntimeError) or type(err).__name__ in _XLA_RUNTIME):
+    cls = _TAGGED.get(m.group(1)) if m else None
+    if cls is None and isinstance(err, (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)):
         cls = next((c for needle, c in _DIFFRAX if needle in text), cls)
+        if cls is None and (isinstance(err, eqx.EquinoxRuntimeError) or "EquinoxRuntimeError" in text):
+            cls = RuntimeCheckError  # another library's run-time check (equinox.error_if): its message, typed
     if cls is None:
         return err
     typed = cls(_clean(text))
@@ -120,13 +126,11 @@ def classify(err: BaseException) -> BaseException:
     return typed
 
 
-_XLA_RUNTIME = ("XlaRuntimeError", "JaxRuntimeError")
-
-
 def _clean(text: str) -> str:
     """The check's own message from a wrapped error's text (equinox appends a note on how to debug)."""
     m = _TAG.search(text)
-    body = text[m.start():] if m else text
+    # untagged (diffrax's): the message equinox raised, after its "Above is the stack ..." frames
+    body = text[m.end():] if m else text.rpartition("EquinoxRuntimeError: ")[2]
     return body.split("\n\n-------")[0].strip()
 
 
@@ -139,18 +143,27 @@ def typed_errors():
         typed = classify(e)
         if typed is e:
             raise
+        if isinstance(e, jax.errors.JaxRuntimeError):
+            _drain_runtime_tokens()
         raise typed from e
 
 
-def is_infeasible(err: BaseException) -> bool:
-    """True for an ``InfeasibleGuidance``, or the same check's error wrapped by a compiled program."""
-    return isinstance(classify(err), InfeasibleGuidance)
+def _drain_runtime_tokens() -> None:
+    """Forget the failed program's per-device runtime tokens. JAX keeps the last token of each device that
+    ran a program with host callbacks and re-raises its error at every later ``jax.effects_barrier()``
+    (and once more at exit) although the error was handled here."""
+    try:
+        jax.effects_barrier()
+    except Exception:  # noqa: BLE001 -- the error already raised; only its stale tokens go
+        from jax._src import dispatch
+
+        dispatch.runtime_tokens.clear()
 
 
-INFEASIBLE_MSG = tagged(InfeasibleGuidance, (
+INFEASIBLE_MSG = (
     "density guidance is infeasible here: the log-density head-room left at some sample (at most "
     "1/2 c_max |s|^2) is below what the requested rate demands over feasibility_tol units of log-SNR, so "
     "|s| -> 0 and eta blows up (MATH.md section 5, feasibility: the quantile form shifts log p by "
     "1/2 (lambda_max - lambda_min) sqrt(2D) Phi^{-1}(q), about D/2 at most). Move q toward 0.5 (or make the "
     "custom rate b push less), raise data_scale if the data's per-dimension std exceeds it, or pass "
-    "feasibility_tol=0 to disable this check (the result is then unreliable)."))
+    "feasibility_tol=0 to disable this check (the result is then unreliable).")

@@ -25,7 +25,7 @@ from jaxtyping import Array, Float
 
 from . import dynamics as dyn
 from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, check_output, check_score_fn, check_time,
-                      event_dim)
+                      entry_point, event_dim)
 from .divergence import DivergenceEstimator, Hutchinson, tracking_start
 from .solve import add_nfe, solve_term
 from .sampling.brownian import brownian_path, default_adjoint
@@ -49,6 +49,7 @@ def forward_rates(coeffs, s, lap, dim: int):
     return -coeffs.f * dim + coeffs.g2 * lap + 0.5 * coeffs.g2 * batch_dot(s, s)[None, :]
 
 
+@entry_point
 def forward_sde_logp(score: Callable, process, x: Float[Array, "N *shape"], *, key, steps: int,
                      divergence: DivergenceEstimator | None = None,
                      t_start=None, t_end=None, brownian: str = "auto") -> ForwardTrack:

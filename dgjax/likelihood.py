@@ -18,7 +18,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from . import dynamics as dyn
 from . import grids
-from ._checks import check_batch, check_finite, check_output, check_score_fn
+from ._checks import check_batch, check_finite, check_output, check_score_fn, entry_point
 from .quantization import Quantization
 from .divergence import DivergenceEstimator, Hutchinson, tracking_start
 from .sampling.sample import check_common
@@ -39,6 +39,7 @@ class Likelihood(eqx.Module):
     nfe: Array
 
 
+@entry_point
 def log_likelihood(score: Callable, process, x0: Float[Array, "N *shape"], *, key=None,
                    divergence: DivergenceEstimator | None = None,
                    solver=None, steps: int | None = None, rtol: float | None = None, atol: float | None = None,

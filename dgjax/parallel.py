@@ -5,6 +5,14 @@ sharded over a one-axis ``Mesh`` (``NamedSharding(mesh, PartitionSpec("batch"))`
 ``jax.jit`` with no other change: XLA's SPMD partitioner gives every device its rows, and the only
 cross-device traffic is the adaptive controller's error norm (a global reduction per step). Hence:
 
+* Errors as on one device. Every run-time check (infeasible guidance, leaving the data range, a mode
+  bifurcation, a failed linear solve, a NaN score, an exhausted step budget) raises at once on every device
+  and process (``_checks.check_value`` sees the program's device mesh at trace time and raises from every
+  device, where ``equinox.error_if`` would raise on device 0 only and leave the others waiting in the next
+  collective until XLA aborts the process). The entry points below raise the typed error
+  (``dgjax.errors``); under your own ``jax.jit`` (the only multi-device route of ``dg.denoise``,
+  ``dg.elbo`` and ``dg.forward_sde_logp``) wrap the call in ``dg.errors.typed_errors()`` to get the class.
+
 * Same result on any device count. The step sequence is chosen from the whole batch, exactly as on one
   device, and every random draw is a function of (key, global row): Hutchinson probes come from
   ``split(key, N)`` (one key per sample) and Brownian increments from draws of shape (N, *shape); with
@@ -50,6 +58,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._checks import all_finite, check_batch, check_finite, deferred_errors, raise_if_not_finite
+from .errors import InvalidArgument, typed_errors
 
 __all__ = ["batch_sharding", "shard_batch", "pad_batch", "host_slice", "host_local_batch", "sample_sharded",
            "log_likelihood_sharded", "score_alignment_sharded"]
@@ -58,7 +67,7 @@ __all__ = ["batch_sharding", "shard_batch", "pad_batch", "host_slice", "host_loc
 def _devices(devices) -> list:
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
-        raise ValueError("devices: an empty device list; pass None (all devices) or a list of jax devices")
+        raise InvalidArgument("devices: an empty device list; pass None (all devices) or a list of jax devices")
     return devices
 
 
@@ -70,7 +79,7 @@ def batch_sharding(devices: Sequence | None = None) -> NamedSharding:
 
 def _check_divisible(n: int, n_dev: int, name: str) -> None:
     if n % n_dev:
-        raise ValueError(f"{name}: the batch size {n} is not a multiple of the number of devices ({n_dev}); "
+        raise InvalidArgument(f"{name}: the batch size {n} is not a multiple of the number of devices ({n_dev}); "
                          f"pass pad=True (pads with copies of the last sample and trims every per-sample "
                          f"output back to {n}), use a batch of a multiple of {n_dev}, or pass devices=")
 
@@ -81,7 +90,7 @@ def pad_batch(x, n_to: int):
     x = jnp.asarray(x)
     n = x.shape[0]
     if n_to < n:
-        raise ValueError(f"n_to: cannot pad {n} rows down to {n_to}")
+        raise InvalidArgument(f"n_to: cannot pad {n} rows down to {n_to}")
     if n_to == n:
         return x
     return jnp.concatenate([x, jnp.broadcast_to(x[-1:], (n_to - n,) + x.shape[1:])], axis=0)
@@ -121,7 +130,7 @@ def shard_batch(x, devices: Sequence | None = None, *, pad: bool = False, name: 
     sharding = batch_sharding(devices)
     n_dev = sharding.mesh.size
     if getattr(x, "ndim", np.ndim(x)) < 1:
-        raise ValueError(f"{name}: must have a leading batch axis, shape (N, *shape); got a scalar")
+        raise InvalidArgument(f"{name}: must have a leading batch axis, shape (N, *shape); got a scalar")
     if isinstance(x, jax.Array) and not x.is_fully_addressable:  # a global multi-process array
         _check_divisible(x.shape[0], n_dev, name)
         if x.sharding.is_equivalent_to(sharding, x.ndim):
@@ -148,11 +157,11 @@ def host_slice(n_global: int, process_index: int | None = None, process_count: i
     idx = jax.process_index() if process_index is None else int(process_index)
     cnt = jax.process_count() if process_count is None else int(process_count)
     if not (isinstance(n_global, (int, np.integer)) and n_global >= 1):
-        raise ValueError(f"n_global: must be a positive integer; got {n_global!r}")
+        raise InvalidArgument(f"n_global: must be a positive integer; got {n_global!r}")
     if not 0 <= idx < cnt:
-        raise ValueError(f"process_index: must lie in [0, {cnt}); got {idx}")
+        raise InvalidArgument(f"process_index: must lie in [0, {cnt}); got {idx}")
     if n_global % cnt:
-        raise ValueError(f"n_global: {n_global} rows do not split evenly over {cnt} processes; use a multiple of "
+        raise InvalidArgument(f"n_global: {n_global} rows do not split evenly over {cnt} processes; use a multiple of "
                          f"{cnt} (and of the total device count, for shard_batch)")
     n_local = n_global // cnt
     return slice(idx * n_local, (idx + 1) * n_local)
@@ -217,10 +226,11 @@ def _prepare(x, devices, pad: bool, name: str):
 
 
 def _run(program, where: str, sharding, *args):
-    """Run a sharded program; on several devices its run-time checks are deferred (``_checks.deferred_errors``)
-    and a failed one is raised here, on every process, instead of aborting the program."""
+    """Run a sharded program and raise its failed run-time check as the typed error. dgjax's checks raise on
+    every device (``_checks.check_value``); the ``equinox.error_if`` checks of the libraries below are
+    deferred (``_checks.deferred_errors``) and a failed one is raised here, on every process."""
     n_dev = sharding.mesh.size
-    with deferred_errors(n_dev > 1):
+    with typed_errors(), deferred_errors(n_dev > 1):
         out, ok = program(*args)
     raise_if_not_finite(ok, where, n_dev)
     return out

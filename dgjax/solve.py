@@ -5,6 +5,11 @@ step-size controller (constant steps, or a PID controller for ``rtol``/``atol``)
 weights each leaf of the state equally (so the per-sample log-density is controlled as tightly as the
 (N, D) sample, rather than drowned in it by a plain RMS), and counts vector-field evaluations from
 diffrax's step statistics so that NFE can be reported.
+
+Failures are typed (``dgjax.errors``), for every entry point: an adaptive solve stops at its first step
+whose candidate state is not finite (``StopAtNonFinite``; a NaN score would otherwise make the PID
+controller's next step size NaN and spin to ``max_steps``) and raises ``NonFiniteError`` with the time
+reached; an exhausted step budget raises ``MaxStepsReached``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import diffrax as dfx
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_int, check_param
+from ._checks import all_finite, check_int, check_param, check_value, is_concrete
+from .errors import InvalidArgument, MaxStepsReached, NonFiniteError, RuntimeCheckError
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-5
@@ -55,6 +61,47 @@ def leafwise_rms_norm(y) -> jax.Array:
     return jnp.max(jnp.stack(leaves))
 
 
+class StopAtNonFinite(dfx.AbstractAdaptiveStepSizeController):
+    """An adaptive controller that ends the solve at the first step whose candidate state holds NaN or inf.
+
+    diffrax's PID controller rejects such a step, but its error norm is then NaN, so is the next step size,
+    and the solve runs on (every step rejected) until ``max_steps``. This wrapper returns diffrax's
+    ``RESULTS.dt_min_reached`` there instead (dgjax sets no ``dtmin``, so that result means this stop), which
+    ends the loop at once; ``solve_term`` raises it as ``NonFiniteError`` with the time reached.
+    """
+
+    controller: dfx.PIDController
+    rtol: Any
+    atol: Any
+    norm: Callable
+
+    def __init__(self, controller: dfx.PIDController):
+        self.controller = controller
+        self.rtol, self.atol, self.norm = controller.rtol, controller.atol, controller.norm
+
+    def wrap(self, direction):
+        return StopAtNonFinite(self.controller.wrap(direction))
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        return self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        keep, next_t0, next_t1, *out, result = self.controller.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state)
+        # the vector field failed on a finite step; or the next step size is not finite (the error norm was
+        # NaN: 0/0 where atol underflows): both would reject every later step
+        vector_field = ~all_finite(y1_candidate) & jnp.isfinite(t1 - t0)
+        step_size = ~jnp.isfinite(next_t1 - next_t0)
+        result = dfx.RESULTS.where(step_size, NONFINITE_STEP_SIZE, result)
+        return (keep, next_t0, next_t1, *out, dfx.RESULTS.where(vector_field, NONFINITE_VECTOR_FIELD, result))
+
+
+# the two stops of StopAtNonFinite, as results of diffrax's loop that dgjax's solves cannot give otherwise
+# (no dtmin, no ClipStepSizeController)
+NONFINITE_VECTOR_FIELD = dfx.RESULTS.dt_min_reached
+NONFINITE_STEP_SIZE = dfx.RESULTS.max_steps_rejected
+
+
 def controller(steps: int | None, rtol: float | None, atol: float | None, t0: float, t1: float):
     """(stepsize_controller, dt0, max_steps) from the user's steps / rtol / atol choice.
 
@@ -62,7 +109,7 @@ def controller(steps: int | None, rtol: float | None, atol: float | None, t0: fl
     neither: adaptive with rtol = atol = 1e-5.
     """
     if steps is not None and (rtol is not None or atol is not None):
-        raise ValueError("steps: give either steps (constant step size) or rtol/atol (adaptive), not both")
+        raise InvalidArgument("steps: give either steps (constant step size) or rtol/atol (adaptive), not both")
     if steps is not None:
         if isinstance(steps, jax.core.Tracer):  # a traced step count: the caller bounds it with max_steps
             return dfx.ConstantStepSize(), (t1 - t0) / steps, None
@@ -72,7 +119,7 @@ def controller(steps: int | None, rtol: float | None, atol: float | None, t0: fl
     atol = DEFAULT_ATOL if atol is None else atol
     check_param(0 < rtol < float("inf") and 0 < atol < float("inf"), "rtol",
                 f"rtol and atol must be finite positive numbers; got {rtol}, {atol}")
-    return dfx.PIDController(rtol=rtol, atol=atol, norm=leafwise_rms_norm), None, DEFAULT_MAX_STEPS
+    return StopAtNonFinite(dfx.PIDController(rtol=rtol, atol=atol, norm=leafwise_rms_norm)), None, DEFAULT_MAX_STEPS
 
 
 def vf_evals_per_solve(solver, num_steps) -> jax.Array:
@@ -112,11 +159,11 @@ def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, options
     tdtype = jax.tree_util.tree_leaves(y0)[0].dtype
     ts = None if isinstance(options.grid, str) and options.grid == "t" else options.grid
     if isinstance(ts, str):
-        raise ValueError(f"grid: the named grid {ts!r} needs the process; resolve it to times with "
+        raise InvalidArgument(f"grid: the named grid {ts!r} needs the process; resolve it to times with "
                          f"dgjax.grids.step_times (dg.sample and friends do) before calling solve")
     if ts is not None:
         if steps is not None or rtol is not None or atol is not None:
-            raise ValueError("grid: a grid of times fixes the steps; do not also pass steps or rtol/atol to solve")
+            raise InvalidArgument("grid: a grid of times fixes the steps; do not also pass steps or rtol/atol to solve")
         ts = jnp.asarray(ts, tdtype)
         ctrl, dt0, default_max = dfx.StepTo(ts), None, int(ts.shape[0]) - 1
         t0, t1 = ts[0], ts[-1]
@@ -125,16 +172,49 @@ def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, options
     t0, t1 = jnp.asarray(t0, tdtype), jnp.asarray(t1, tdtype)
     dt0 = None if dt0 is None else jnp.asarray(dt0, tdtype)
     if default_max is None and max_steps is None:
-        raise ValueError("max_steps: a traced number of constant steps needs a static max_steps bound")
+        raise InvalidArgument("max_steps: a traced number of constant steps needs a static max_steps bound")
     if max_steps is not None:
         check_int(max_steps, "max_steps")
+    if isinstance(ctrl, StopAtNonFinite):  # 1e-300 is 0 in float32: the error norm would be 0/0
+        for name in ("rtol", "atol"):
+            tol = getattr(ctrl, name)
+            tiny = float(jnp.finfo(tdtype).tiny)
+            check_param(not is_concrete(tol) or float(tol) >= tiny, name,
+                        f"{tol} underflows to 0 in {jnp.dtype(tdtype).name}; pass at least {tiny:g} (or enable "
+                        f"float64)")
     kwargs = {} if adjoint is None else {"adjoint": adjoint}
+    max_steps = default_max if max_steps is None else max_steps
     sol = dfx.diffeqsolve(
         term, solver, t0=t0, t1=t1, dt0=dt0, y0=y0, args=args, stepsize_controller=ctrl,
-        saveat=dfx.SaveAt(t1=True), max_steps=default_max if max_steps is None else max_steps, **kwargs,
+        saveat=dfx.SaveAt(t1=True), max_steps=max_steps, throw=False, **kwargs,
     )
     y1 = jax.tree_util.tree_map(lambda leaf: leaf[-1], sol.ys)
+    y1 = check_solve(y1, sol, t0, t1, max_steps)
     return y1, vf_evals_per_solve(solver, sol.stats["num_steps"]), sol.stats
+
+
+def check_solve(y1, sol, t0, t1, max_steps: int):
+    """Return ``y1``; raise the typed error for a diffrax solve that did not succeed (``throw=False``):
+    ``NonFiniteError`` where ``StopAtNonFinite`` ended it, ``MaxStepsReached``, else ``RuntimeCheckError``.
+    Eagerly the message gives the time the solve reached."""
+    span = f"from t = {float(t0):g} to {float(t1):g}" if is_concrete((t0, t1)) else "(traced times)"
+    reached = lambda: f"t = {float(sol.ts[-1]):.6g} after {int(sol.stats['num_steps'])} steps"  # noqa: E731
+    y1 = check_value(y1, sol.result == NONFINITE_STEP_SIZE,
+                     f"the adaptive solve {span} stopped: its next step size was NaN or inf (the error norm was "
+                     f"not finite, e.g. rtol/atol too small for the state's precision)", reached, cls=NonFiniteError)
+    y1 = check_value(y1, sol.result == NONFINITE_VECTOR_FIELD,
+                     f"the solve {span} stopped at its first non-finite step: the vector field (the score, or "
+                     f"the model behind it) returned NaN or inf there. Check the score near that time (its "
+                     f"parameters, its inputs, the time conditioning)", reached, cls=NonFiniteError)
+    y1 = check_value(y1, sol.result == dfx.RESULTS.max_steps_reached,
+                     f"the adaptive solve {span} spent its max_steps = {max_steps} steps before its end time: "
+                     f"raise max_steps, loosen rtol/atol, or pass steps= for constant steps", reached,
+                     cls=MaxStepsReached)
+    other = ~dfx.is_okay(sol.result)
+    for known in (NONFINITE_STEP_SIZE, NONFINITE_VECTOR_FIELD, dfx.RESULTS.max_steps_reached):
+        other = other & (sol.result != known)
+    return check_value(y1, other,
+                       f"the solve {span} failed in diffrax", reached, cls=RuntimeCheckError)
 
 
 def solve(vector_field: Callable, y0: Any, t0: float, t1: float, **kwargs):

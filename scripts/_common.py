@@ -257,14 +257,6 @@ def bits_per_dim(model, logp) -> np.ndarray:
     return np.asarray(dg.bits_per_dim(np.asarray(logp), model.shape, model.dataset.offset_bits))
 
 
-def is_infeasible(err: Exception) -> bool:
-    """Density guidance refuses infeasible upward q at run time (``dg.InfeasibleGuidance``; MATH 5); under
-    ``jax.jit`` XLA wraps it, which ``dgjax.errors.is_infeasible`` also recognises."""
-    from dgjax.errors import is_infeasible as infeasible
-
-    return infeasible(err)
-
-
 # ------------------------------------------------------------------------------------------------------
 # models and compiled solves (cached per process)
 # ------------------------------------------------------------------------------------------------------

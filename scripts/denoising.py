@@ -61,29 +61,29 @@ def _program(model_name: str, method: str, t: float, steps: int, sde_steps: int,
     return run
 
 
-def _stopped(e: Exception) -> bool:
-    return "bifurcates" in str(e) or "conjugate gradients" in str(e)
-
-
 def _denoise(model_name, method, t, x_t, key, steps, sde_steps, mode_solver="gmres"):
     """Run one method on the batch. Mode tracking stops the whole batch where one sample's mode bifurcates
     or vanishes (or the solve fails): then each sample is re-run alone and those that stop again are NaN."""
     import jax
     import jax.numpy as jnp
 
+    import dgjax as dg
+
     run = _program(model_name, method, t, steps, sde_steps, mode_solver)
+    # mode tracking stops at a bifurcation, or where its linear solve fails (typed run-time checks)
+    stopped = (dg.ModeBifurcation, dg.LinearSolveFailed) if method == "mode" else ()
     try:
-        return np.asarray(run(jnp.asarray(x_t), key)), 0
-    except Exception as e:  # noqa: BLE001 -- mode tracking stops at a bifurcation (equinox runtime error)
-        if method != "mode" or not _stopped(e):
-            raise
+        with dg.errors.typed_errors():
+            return np.asarray(run(jnp.asarray(x_t), key)), 0
+    except stopped:
+        pass
     out = np.full(x_t.shape, np.nan, np.float32)
     for i, k in enumerate(jax.random.split(key, x_t.shape[0])):
         try:
-            out[i] = np.asarray(run(jnp.asarray(x_t[i:i + 1]), k))[0]
-        except Exception as e:  # noqa: BLE001
-            if not _stopped(e):
-                raise
+            with dg.errors.typed_errors():
+                out[i] = np.asarray(run(jnp.asarray(x_t[i:i + 1]), k))[0]
+        except stopped:
+            pass
     return out, int(np.isnan(out).reshape(len(out), -1).any(1).sum())
 
 

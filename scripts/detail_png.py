@@ -39,6 +39,8 @@ def main(argv=None) -> dict:
     p.add_argument("--guided-q", type=float, nargs="*", default=None,
                    help="DG-ODE quantiles added to the pooled set (default 0.4 0.6)")
     args = p.parse_args(argv)
+    import dgjax as dg
+
     model = C.load_model(args.model)
     cfg = C.settings(args, full=dict(num=256, guided_q=[0.4, 0.6]), quick=dict(num=64, guided_q=[0.6]),
                      large=dict(num=128, batch=32), dim=model.dim)
@@ -57,10 +59,9 @@ def main(argv=None) -> dict:
     x_med = C.median_latents(model, x_T)
     for j, q in enumerate(cfg["guided_q"]):
         try:
-            x, tr = C.guided(args.model, x_med, q, C.rng_key(args.seed, 10 + j, 1), **kw)
-        except Exception as e:  # noqa: BLE001 -- only infeasible guidance is expected here
-            if not C.is_infeasible(e):
-                raise
+            with dg.errors.typed_errors():  # the check fires inside a jitted solve
+                x, tr = C.guided(args.model, x_med, q, C.rng_key(args.seed, 10 + j, 1), **kw)
+        except dg.InfeasibleGuidance:
             run.log(f"DG-ODE q={q:g}: infeasible on this model (dg refused it); left out")
             continue
         sets.append((f"dg_q{q:g}", x, C.encode(args.model, x, C.rng_key(args.seed, 10 + j, 2), **ekw), tr))

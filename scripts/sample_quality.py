@@ -110,6 +110,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threshold", type=float, default=0.9, help="classifier probability counted as confident")
     p.add_argument("--grid-cols", type=int, default=16, help="samples shown per grid row")
     args = p.parse_args(argv)
+    import dgjax as dg
+
     if args.q and not all(0 < q < 1 for q in args.q):
         p.error(f"--q: quantiles must lie in (0, 1); got {args.q}")
     if not 0 < args.threshold < 1:
@@ -144,10 +146,9 @@ def main(argv=None) -> dict:
             f"{type(model.process).__name__}); {n} latents per configuration, {solve}")
     for k, (label, q) in enumerate(configs):
         try:
-            x, lp = draw(args.model, model, x_T, q, C.rng_key(args.seed, k), cfg)
-        except Exception as e:  # infeasible upward guidance is refused at run time (MATH 5)
-            if not C.is_infeasible(e):
-                raise
+            with dg.errors.typed_errors():  # infeasible upward guidance is refused at run time (MATH 5)
+                x, lp = draw(args.model, model, x_T, q, C.rng_key(args.seed, k), cfg)
+        except dg.InfeasibleGuidance:
             run.log(f"{label}: infeasible (MATH 5), skipped")
             rows.append(dict(config=label, q=q, n=0, frac_confident=float("nan")))
             continue

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 import dgjax as dg
-from dgjax.solve import controller, leafwise_rms_norm, solve
+from dgjax.solve import StopAtNonFinite, controller, leafwise_rms_norm, solve
 
 
 @pytest.mark.parametrize("solver", [dfx.Euler(), dfx.Heun(), dfx.Midpoint(), dfx.Bosh3(), dfx.Tsit5(), dfx.Dopri5()],
@@ -53,7 +53,7 @@ def test_controller_choices():
     ctrl, dt0, max_steps = controller(10, None, None, 1.0, 0.0)
     assert isinstance(ctrl, dfx.ConstantStepSize) and dt0 == -0.1 and max_steps == 10
     ctrl, dt0, _ = controller(None, None, None, 1.0, 0.0)
-    assert isinstance(ctrl, dfx.PIDController) and dt0 is None
+    assert isinstance(ctrl, StopAtNonFinite) and isinstance(ctrl.controller, dfx.PIDController) and dt0 is None
     with pytest.raises(ValueError, match="steps"):
         controller(10, 1e-3, None, 1.0, 0.0)
     with pytest.raises(ValueError, match="steps"):

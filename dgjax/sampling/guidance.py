@@ -56,6 +56,7 @@ from .._checks import (batch_dot, bcast, check_batch, check_finite, check_param,
                        checked_shape, event_dim, is_concrete)
 from ..divergence import DivergenceEstimator, Hutchinson
 from ..errors import INFEASIBLE_MSG as _INFEASIBLE_MSG
+from ..errors import InfeasibleGuidance
 from .ode import ODESampler
 
 Array = jax.Array
@@ -103,7 +104,7 @@ def _check_feasible(v, coeffs, s_sq, kappa, data_scale: float, tol: float):
     alpha, sigma, _, _ = coeffs
     c_max = alpha**2 * data_scale**2 + sigma**2
     bad = (kappa > 0) & (c_max * s_sq < tol * kappa)
-    return eqx.error_if(v, jnp.any(bad), _INFEASIBLE_MSG)
+    return check_value(v, jnp.any(bad), _INFEASIBLE_MSG, cls=InfeasibleGuidance)
 
 
 def _chi_ppf_jax(p, dim: int):
@@ -330,7 +331,7 @@ class HighDensity(ODESampler):
         lo, hi = process.t_min, process.t_max
         msg = f"t_switch must lie in [{lo}, {hi}], the time range of {type(process).__name__}"
         if not is_concrete(self.t_switch):
-            ts = eqx.error_if(self.t_switch, ~((self.t_switch >= lo) & (self.t_switch <= hi)), msg)
+            ts = check_value(self.t_switch, ~((self.t_switch >= lo) & (self.t_switch <= hi)), msg)
             ts = jnp.clip(ts, t_end, t_start)  # phases of zero length where the switch lies outside the span
             return [(t_start, ts, dyn.pf_velocity), (ts, t_end, hd)]
         ts = float(self.t_switch)

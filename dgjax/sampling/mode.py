@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import lineax as lx
 
 from .. import dynamics as dyn
-from .._checks import bcast, check_param, event_dim
+from .._checks import bcast, check_param, check_value, event_dim
+from ..errors import LinearSolveFailed, ModeBifurcation
 from .base import Cost
 from .ode import ODESampler
 
@@ -122,9 +123,9 @@ def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_step
         return zi, rel, bad
 
     z, rel, bad_pd = jax.vmap(one)(x, grad_lap)
-    z = eqx.error_if(z, jnp.any(bad_pd), _BIFURCATION_MSG)
+    z = check_value(z, jnp.any(bad_pd), _BIFURCATION_MSG, cls=ModeBifurcation)
     bad_cg = ~(rel <= cg_tol)  # NaN (CG breakdown on an indefinite operator) counts as failure
-    return eqx.error_if(z, jnp.any(bad_cg & ~bad_pd), _CG_MSG)
+    return check_value(z, jnp.any(bad_cg & ~bad_pd), _CG_MSG, cls=LinearSolveFailed)
 
 
 def solver_hvps(linear_solver: str, steps: int) -> int:

@@ -11,9 +11,9 @@ from jaxtyping import Array, Float
 
 from .. import dynamics as dyn
 from .._checks import (check_batch, check_finite, check_int, check_key, check_param, check_per_sample, check_score_fn,
-                       check_time, check_value, is_concrete)
+                       check_time, check_value, entry_point, is_concrete)
 from ..divergence import DivergenceEstimator, Hutchinson
-from ..errors import typed_errors
+from ..errors import InvalidArgument, LeftDataRange
 from ..processes import Process
 from ..solve import SolveOptions
 from .base import AbstractSampler, Sample
@@ -21,6 +21,7 @@ from .ode import PFODE
 from .sde import SDESampler  # noqa: F401  (both runners are reached through AbstractSampler.integrate)
 
 
+@entry_point
 def sample(score: Callable, process, x_T: Float[Array, "N *shape"], *, sampler: AbstractSampler | None = None,
            key=None, track_logp: bool = False, divergence: DivergenceEstimator | None = None, solver=None,
            steps: int | None = None, rtol: float | None = None, atol: float | None = None, logp_T=None,
@@ -50,12 +51,15 @@ def sample(score: Callable, process, x_T: Float[Array, "N *shape"], *, sampler: 
         density guidance); default the prior ``process.prior_log_prob``.
       adjoint: a diffrax adjoint for gradients (default: diffrax's recursive checkpointing).
 
-    Returns: ``dg.Sample`` (x, logp, logp_T, logp_stderr, nfe, num_steps). Infeasible density guidance
-    raises ``dg.InfeasibleGuidance``.
+    Returns: ``dg.Sample`` (x, logp, logp_T, logp_stderr, nfe, num_steps). Errors are typed
+    (``dgjax.errors``): infeasible density guidance raises ``dg.InfeasibleGuidance``, samples leaving the
+    sampler's data range ``dg.LeftDataRange``, a NaN/inf ``dg.NonFiniteError``, an exhausted adaptive
+    step budget ``dg.MaxStepsReached`` (under your own ``jax.jit``, wrap the call in
+    ``dg.errors.typed_errors()`` to get these classes back).
     """
     sampler = PFODE() if sampler is None else sampler
     if not isinstance(sampler, AbstractSampler):
-        raise ValueError(f"sampler: expected a dgjax sampler such as dg.PFODE(); got {sampler!r}")
+        raise InvalidArgument(f"sampler: expected a dgjax sampler such as dg.PFODE(); got {sampler!r}")
     divergence = Hutchinson() if divergence is None else divergence
     options = SolveOptions(solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint, max_steps=max_steps,
                            grid=grid)
@@ -63,29 +67,29 @@ def sample(score: Callable, process, x_T: Float[Array, "N *shape"], *, sampler: 
     x_T = check_finite(check_batch(x_T, "x_T"), "x_T")
     t_start = process.t_max if t_start is None else t_start
     t_end = process.t_min if t_end is None else t_end
-    check_time(process, t_start, "t_start")
-    check_time(process, t_end, "t_end")
+    checked = (check_time(process, t_start, "t_start"), check_time(process, t_end, "t_end"))
+    if not is_concrete(checked):  # traced times: keep their run-time checks in the program (jit drops unused ones)
+        t_start, t_end = checked
     if is_concrete(jnp.asarray(t_start)) and is_concrete(jnp.asarray(t_end)) and not float(t_end) < float(t_start):
-        raise ValueError(f"t_end: sampling runs from noise to data, so t_end must be below t_start; got {t_end} >= {t_start}")
+        raise InvalidArgument(f"t_end: sampling runs from noise to data, so t_end must be below t_start; got {t_end} >= {t_start}")
     # traced times (under jit): the same check at run time
     x_T = check_value(x_T, ~(jnp.asarray(t_end) < jnp.asarray(t_start)),
                       "t_end: sampling runs from noise to data, so t_end must be below t_start (traced values)")
     check_score_fn(score, x_T, jnp.asarray(t_start, dtype=x_T.dtype))
     x = sampler.prepare(process, x_T)
     logp0 = initial_logp(process, x, logp_T) if track_logp else None
-    with typed_errors():
-        y, nfe, num_steps = sampler.integrate(score, process, x, key=key, track_logp=track_logp,
-                                              divergence=divergence, options=options, logp_T=logp0,
-                                              t_start=t_start, t_end=t_end)
+    y, nfe, num_steps = sampler.integrate(score, process, x, key=key, track_logp=track_logp,
+                                          divergence=divergence, options=options, logp_T=logp0,
+                                          t_start=t_start, t_end=t_end)
     return _check_range(sampler, make_sample(y, logp0, nfe, num_steps, track_logp))
 
 
 def check_common(process, divergence, key, options: SolveOptions) -> None:
     """Eager checks of the arguments shared by dg.sample and dg.log_likelihood (issue 15)."""
     if not isinstance(process, Process):
-        raise ValueError(f"process: expected a dgjax process such as dg.VP(); got {process!r}")
+        raise InvalidArgument(f"process: expected a dgjax process such as dg.VP(); got {process!r}")
     if not isinstance(divergence, DivergenceEstimator):
-        raise ValueError(f"divergence: expected dg.Hutchinson(num_probes) or dg.Exact(); got {divergence!r}")
+        raise InvalidArgument(f"divergence: expected dg.Hutchinson(num_probes) or dg.Exact(); got {divergence!r}")
     check_key(key)
     if options.steps is not None and not isinstance(options.steps, jax.core.Tracer):
         check_int(options.steps, "steps")  # before the step count is split between phases
@@ -109,7 +113,7 @@ def _check_range(sampler, out: Sample) -> Sample:
     msg = (f"{type(sampler).__name__}: the samples left the data range [-{r:g}, {r:g}] (more than 1% of their "
            f"entries beyond +-{1.05 * r:g}): the guidance pushed them off the data, and their log p is not a "
            f"density of data. Move q toward 0.5 (or make the rate push less), or pass data_range=None to accept it")
-    return eqx.tree_at(lambda o: o.x, out, check_value(x, frac > 0.01, msg))
+    return eqx.tree_at(lambda o: o.x, out, check_value(x, frac > 0.01, msg, cls=LeftDataRange))
 
 
 def initial_logp(process, x, logp_T):

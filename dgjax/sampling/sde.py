@@ -48,7 +48,7 @@ import numpy as np
 
 from .. import dynamics as dyn
 from .. import grids
-from .._checks import batch_dot, bcast, check_output, check_param, checked_shape, event_dim, is_concrete
+from .._checks import batch_dot, bcast, check_output, check_param, check_value, checked_shape, event_dim, is_concrete
 from ..divergence import tracking_start
 from ..solve import add_nfe, solve_term
 from .base import AbstractSampler, Cost
@@ -295,7 +295,7 @@ class StochasticDensityGuidance(SDESampler):
         inv_s_sq = 1.0 / jnp.maximum(s_sq, jnp.finfo(x.dtype).tiny)
         shs = batch_dot(s, jvp(s)) * inv_s_sq if need_shs else 0.0  # s^T H s / |s|^2
         phi_t = jnp.asarray(self.noise(t), x.dtype)
-        phi_t = eqx.error_if(phi_t, phi_t < 0, "noise: noise(t) returned a negative value; phi_tilde must be >= 0")
+        phi_t = check_value(phi_t, phi_t < 0, "noise: noise(t) returned a negative value; phi_tilde must be >= 0")
         phi2 = phi_t**2 * g2
         div_u = dyn.pf_divergence(coeffs, lap, d)  # (P, N)
         v_dg = self.guidance.velocity(coeffs, x, s, t=t, div_u=jnp.mean(div_u, axis=0))
@@ -356,7 +356,7 @@ def _check_window(level, lo, hi, names):
         check_param(float(level) >= 0, "level", f"must be >= 0; got {level}")
         check_param(float(lo) < float(hi), names[0], f"must be below {names[1]}; got {lo} >= {hi}")
         return level
-    return eqx.error_if(level, (level < 0) | (lo >= hi),
+    return check_value(level, (level < 0) | (lo >= hi),
                         f"noise window: level must be >= 0 and {names[0]} below {names[1]}")
 
 
