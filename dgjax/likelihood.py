@@ -22,7 +22,7 @@ from ._checks import check_batch, check_finite, check_output, check_score_fn, en
 from .quantization import Quantization
 from .divergence import DivergenceEstimator, Hutchinson, tracking_start
 from .sampling.sample import check_common
-from .solve import SolveOptions, add_nfe, solve
+from .solve import SolveOptions, add_nfe, solve, split_params
 
 Array = jax.Array
 
@@ -70,11 +70,13 @@ def log_likelihood(score: Callable, process, x0: Float[Array, "N *shape"], *, ke
     check_score_fn(score, x0, jnp.asarray(t0, dtype=x0.dtype))
     probes, change0 = tracking_start(divergence, key, x0)
     y0 = (x0, change0)
+    params, rebuild = split_params(score)  # through args: every adjoint differentiates w.r.t. the score's params
 
-    def vf(t, y, probes):
-        return dyn.augmented_rate(score, process, y[0], t, divergence, probes, dyn.pf_velocity)
+    def vf(t, y, args):
+        probes, params = args
+        return dyn.augmented_rate(rebuild(params), process, y[0], t, divergence, probes, dyn.pf_velocity)
 
-    (x_T, change), evals, _ = solve(vf, y0, t0, t1, args=probes, solver=solver, steps=steps, rtol=rtol,
+    (x_T, change), evals, _ = solve(vf, y0, t0, t1, args=(probes, params), solver=solver, steps=steps, rtol=rtol,
                                     atol=atol, adjoint=adjoint, max_steps=max_steps, grid=ts)
     x_T, change = check_output((x_T, change), "dg.log_likelihood: the PF-ODE encoding solve")
     prior = process.prior_log_prob if prior_log_prob is None else prior_log_prob

@@ -105,21 +105,20 @@ class GaussianMixture(eqx.Module):
         return g, inv_c, log_joint, r, s
 
     # -- public oracle functions -------------------------------------------------------------------
+    def _log_prob_at(self, process, x, t):
+        return logsumexp(self._components(process, x, t)[2], axis=-1)
+
+    def _score_at(self, process, x, t):
+        return jnp.reshape(self._score_flat(process, x, t)[4], x.shape)
+
     def log_prob(self, process):
-        """fn(x (N, *shape), t) -> log p_t(x) (N,)."""
-
-        def fn(x, t):
-            return logsumexp(self._components(process, x, t)[2], axis=-1)
-
-        return fn
+        """fn(x (N, *shape), t) -> log p_t(x) (N,); a pytree (``eqx.Partial``) whose leaves are the mixture's."""
+        return eqx.Partial(GaussianMixture._log_prob_at, self, process)
 
     def score(self, process):
-        """fn(x, t) -> grad log p_t(x), like x."""
-
-        def fn(x, t):
-            return jnp.reshape(self._score_flat(process, x, t)[4], x.shape)
-
-        return fn
+        """fn(x, t) -> grad log p_t(x), like x; a pytree (``eqx.Partial``) whose leaves are the mixture's
+        arrays, so gradients with respect to means and variances flow through every solve and adjoint."""
+        return eqx.Partial(GaussianMixture._score_at, self, process)
 
     def hvp(self, process):
         """fn(x, t, v) -> H v with H the Hessian of log p_t at x; v like x."""

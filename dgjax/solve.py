@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any, Callable
 
 import diffrax as dfx
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -215,6 +216,18 @@ def check_solve(y1, sol, t0, t1, max_steps: int):
         other = other & (sol.result != known)
     return check_value(y1, other,
                        f"the solve {span} failed in diffrax", reached, cls=RuntimeCheckError)
+
+
+def split_params(tree: Any) -> tuple[Any, Callable[[Any], Any]]:
+    """(params, rebuild) of a pytree the vector field uses (a score, a model, a sampler; a plain function has
+    no params): params = its inexact arrays, ``rebuild(params)`` the tree again.
+
+    Pass params to the solve in ``args`` and rebuild the score inside the vector field, so that nothing
+    being differentiated is closed over: diffrax's adjoints differentiate with respect to ``args``, and
+    ``diffrax.BacksolveAdjoint`` (memory flat in the number of steps) rejects closed-over tracers.
+    """
+    params, static = eqx.partition(tree, eqx.is_inexact_array)
+    return params, lambda p: eqx.combine(p, static)
 
 
 def solve(vector_field: Callable, y0: Any, t0: float, t1: float, **kwargs):

@@ -21,7 +21,7 @@ from .. import dynamics as dyn
 from .. import grids
 from .._checks import check_output, check_param, checked_shape, is_concrete
 from ..divergence import tracking_start
-from ..solve import add_nfe, solve
+from ..solve import add_nfe, solve, split_params
 from .base import AbstractSampler, Cost
 
 Array = jax.Array
@@ -78,10 +78,16 @@ class ODE(ODESampler):
         return [(t_start, t_end, velocity)]
 
 
-def _ode_vector_field(score, process, divergence, track: bool, needs_div: bool, velocity):
-    """The diffrax vector field of one phase: plain (y = x) or augmented (y = (x, logp (P, N)))."""
+def _ode_vector_field(rebuild, process, divergence, track: bool, needs_div: bool, phase: int, t_start, t_end):
+    """The diffrax vector field of one phase: plain (y = x) or augmented (y = (x, logp (P, N))).
 
-    def vf(t, y, probes):
+    args = (probes, params): the score and the sampler are rebuilt from ``params`` (``split_params``) and the
+    phase's velocity taken from the rebuilt sampler, so nothing differentiable is closed over."""
+
+    def vf(t, y, args):
+        probes, params = args
+        score, sampler = rebuild(params)
+        velocity = sampler.solve_phases(score, process, divergence, probes, t_start, t_end)[phase][2]
         if track:
             x, _ = y
             return dyn.augmented_rate(score, process, x, t, divergence, probes, velocity)
@@ -106,12 +112,13 @@ def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence,
     probes, logp0 = tracking_start(divergence, key, x, logp_T, draw=use_div)
     y = (x, logp0) if track_logp else x
     phases = sampler.solve_phases(score, process, divergence, probes, t_start, t_end)
+    params, rebuild = split_params((score, sampler))
     total_span = abs(t_start - t_end)
     nfe_per_eval = sampler.nfe_per_eval(track_logp, divergence, dim)
     steps, max_steps = options.steps, options.max_steps
     nfe, num_steps = jnp.asarray(0), jnp.asarray(0)
     steps, full_grid = grids.plan(process, t_start, t_end, steps, options.grid)
-    for k, (t0, t1, velocity) in enumerate(phases):
+    for k, (t0, t1, _) in enumerate(phases):
         phase_max_steps, ts = max_steps, None
         if full_grid is not None:  # the phases share one grid, each phase's boundary added (grids.restrict)
             if not (is_concrete(t0) and is_concrete(t1)):
@@ -129,8 +136,8 @@ def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence,
             frac = jnp.abs(jnp.asarray(t0, x.dtype) - jnp.asarray(t1, x.dtype)) / total_span
             phase_steps = jnp.maximum(1, jnp.round(steps * frac)).astype(jnp.int32)
             phase_max_steps = steps + 1 if max_steps is None else max_steps  # as above: room for a sliver
-        vf = _ode_vector_field(score, process, divergence, track_logp, needs_div, velocity)
-        y, evals, stats = solve(vf, y, t0, t1, args=probes, options=options, steps=phase_steps,
+        vf = _ode_vector_field(rebuild, process, divergence, track_logp, needs_div, k, t_start, t_end)
+        y, evals, stats = solve(vf, y, t0, t1, args=(probes, params), options=options, steps=phase_steps,
                                 max_steps=phase_max_steps, grid=ts)
         y = check_output(y, f"dg.sample: the ODE solve of phase {k + 1} of {len(phases)} ({type(sampler).__name__})")
         nfe = add_nfe(nfe, evals, nfe_per_eval)

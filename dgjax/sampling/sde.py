@@ -50,7 +50,7 @@ from .. import dynamics as dyn
 from .. import grids
 from .._checks import batch_dot, bcast, check_output, check_param, check_value, checked_shape, event_dim, is_concrete
 from ..divergence import tracking_start
-from ..solve import add_nfe, solve_term
+from ..solve import add_nfe, solve_term, split_params
 from .base import AbstractSampler, Cost
 from .brownian import BROWNIAN, brownian_path, default_adjoint  # noqa: F401 (BROWNIAN re-exported)
 from .guidance import DensityGuidance
@@ -425,14 +425,18 @@ def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence,
     path = brownian_path(sampler.brownian, k_bm, x.shape, x.dtype, span, steps, knots=ts)
     adjoint = default_adjoint(path, adjoint)
 
-    def coeff_fn(tau, y, probes):
+    params, rebuild = split_params((score, sampler))  # through args, as in run_ode
+
+    def coeff_fn(tau, y, args):
+        probes, params = args
+        score, sampler = rebuild(params)
         xx = y[0] if track_logp else y
         t = jnp.asarray(t_start, xx.dtype) - tau
         return sampler.coefficients(score, process, xx, t, divergence, probes, track_logp)
 
     term = _AugmentedSDETerm(coeff_fn, sampler.increment, path, track_logp)
     y0 = (x, logp0) if track_logp else x
-    y1, evals, stats = solve_term(term, y0, 0.0, span, args=probes, options=options, solver=solver,
+    y1, evals, stats = solve_term(term, y0, 0.0, span, args=(probes, params), options=options, solver=solver,
                                   adjoint=adjoint, steps=None if ts is not None else steps, grid=ts)
     y1 = check_output(y1, f"dg.sample: the SDE solve ({type(sampler).__name__})")
     nfe = add_nfe(0, evals, sampler.nfe_per_eval(track_logp, divergence, x[0].size))
