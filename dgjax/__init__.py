@@ -24,7 +24,7 @@ from .parametrizations import score_from, score_to
 from .processes import EDM, VE, VP, VPSDE, CustomProcess, LinearFlow, Process, VPCosine, VPLinear
 from .grids import GRIDS, step_times
 from .solve import SolveOptions
-from .external import ElementwiseTransform, batched, external_score, log_transform
+from .external import AbstractModel, ElementwiseTransform, ExternalScore, batched, external_score, log_transform
 from .models.galaxies import GALAXY_MODELS, GalaxyModel
 from .sampling import (ODE, PFODE, SDE, DensityGuidance, HighDensity, ModeTracking, NoiseWindow, NoiseWindowLogSNR,
                        ODESampler, ReverseSDE, Sample, SDESampler, StepBrownianPath, StochasticDensityGuidance,
@@ -50,7 +50,8 @@ __all__ = [
     "score_alignment_sharded", "shard_batch",
     "score_from", "score_to",
     "EDM", "VE", "VP", "LinearFlow", "Process", "VPCosine", "VPLinear", "VPSDE", "CustomProcess",
-    "GRIDS", "step_times", "SolveOptions", "ElementwiseTransform", "batched", "external_score", "log_transform",
+    "GRIDS", "step_times", "SolveOptions", "AbstractModel", "ExternalScore", "ElementwiseTransform", "batched",
+    "external_score", "log_transform",
     "GALAXY_MODELS", "GalaxyModel",
     "ODE", "PFODE", "ODESampler", "Sample", "sample",
     "SDE", "NoiseWindow", "NoiseWindowLogSNR", "ReverseSDE", "SDESampler", "StepBrownianPath", "StochasticDensityGuidance",

@@ -17,16 +17,59 @@ which ``ElementwiseTransform.data_log_prob(logp_y, y)`` applies (with x = T^{-1}
 
 from __future__ import annotations
 
+import abc
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .parametrizations import score_from
+from ._checks import check_param
+from .parametrizations import PARAMETRIZATIONS, score_from
+from .processes import Process
 
 Array = jax.Array
+
+
+class AbstractModel(eqx.Module):
+    """A score model with what it was trained for, as a pytree whose leaves are its parameters (everything
+    else static), so ``jax.grad(loss)(model)`` differentiates with respect to every parameter and
+    ``model.score`` (a bound method: a pytree holding the model) is a pure function of the model.
+
+    ``dg.sample(model, x_T, ...)`` and ``dg.log_likelihood(model, x, ...)`` take a model in place of
+    (score, process): they use its ``process`` and check guidance samplers against its ``data_range``.
+    Concrete models: ``dg.TrainedModel``, ``dg.GalaxyModel``.
+    """
+
+    process: eqx.AbstractVar[Process]
+    shape: eqx.AbstractVar[tuple]
+
+    @abc.abstractmethod
+    def score(self, x: Array, t) -> Array:
+        """grad_x log p_t(x) for x (N, *shape), t scalar or (N,)."""
+
+    @property
+    @abc.abstractmethod
+    def data_range(self) -> float | None:
+        """r when the model's data lie in [-r, r] (guidance samplers then report leaving it); None: unbounded."""
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+    def prior_sample(self, key, n: int) -> Array:
+        return self.process.prior_sample(key, (n,) + tuple(self.shape))
+
+
+class Opaque:
+    """A static value compared and hashed by identity (a network's non-array structure, which need not be
+    hashable), for ``eqx.field(static=True)``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
 
 
 def batched(net: Callable) -> Callable:
@@ -43,18 +86,35 @@ def batched(net: Callable) -> Callable:
     return fn
 
 
-def external_score(net: Callable, process, parametrization: str = "score", *, dtype=None) -> Callable:
+class ExternalScore(eqx.Module):
+    """``dg.external_score``'s score: ``score(x (N, *shape), t)`` from a per-sample ``net(y, t)``; a pytree whose
+    leaves are the network's (an Equinox module's arrays), so gradients and every adjoint reach them."""
+
+    net: Callable
+    process: Process = eqx.field(static=True)
+    parametrization: str = eqx.field(static=True)
+    dtype: Any = eqx.field(static=True, default=None)
+
+    def __call__(self, x: Array, t) -> Array:
+        fn = batched(self.net)
+        if self.dtype is not None:
+            inner = fn
+
+            def fn(x, t):  # compute in self.dtype, return x's dtype
+                return inner(x.astype(self.dtype), jnp.asarray(t).astype(self.dtype)).astype(x.dtype)
+
+        return score_from(fn, self.process, self.parametrization)(x, t)
+
+
+def external_score(net: Callable, process, parametrization: str = "score", *, dtype=None) -> ExternalScore:
     """A dgjax score from a per-sample network ``net(y, t)`` (scalar ``t``) predicting ``parametrization``
     ("eps", "x0", "v" or "score") for ``process``. ``dtype``: compute the network in this dtype (e.g. float32
-    for a float32-trained model under x64) and cast its output back to x's dtype."""
-    fn = batched(net)
-    if dtype is not None:
-        inner = fn
-
-        def fn(x, t):  # noqa: F811 -- the cast wrapper
-            return inner(x.astype(dtype), jnp.asarray(t).astype(dtype)).astype(x.dtype)
-
-    return score_from(fn, process, parametrization)
+    for a float32-trained model under x64) and cast its output back to x's dtype. The score is a pytree:
+    pass an Equinox module (or ``eqx.Partial``) as ``net`` for its parameters to be leaves (gradients with
+    ``eqx.filter_grad``); a closure's captured parameters stay invisible to ``jax.grad``."""
+    check_param(parametrization in PARAMETRIZATIONS, "parametrization",
+                f"unknown {parametrization!r}; choose one of {PARAMETRIZATIONS}")
+    return ExternalScore(net, process, parametrization, None if dtype is None else jnp.dtype(dtype))
 
 
 class ElementwiseTransform(eqx.Module):

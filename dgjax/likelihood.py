@@ -21,7 +21,8 @@ from . import grids
 from ._checks import check_batch, check_finite, check_output, check_score_fn, entry_point
 from .quantization import Quantization
 from .divergence import DivergenceEstimator, Hutchinson, tracking_start
-from .sampling.sample import check_common
+from .external import AbstractModel
+from .sampling.sample import check_common, from_model
 from .solve import SolveOptions, add_nfe, solve, split_params
 
 Array = jax.Array
@@ -40,19 +41,22 @@ class Likelihood(eqx.Module):
 
 
 @entry_point
-def log_likelihood(score: Callable, process, x0: Float[Array, "N *shape"], *, key=None,
+def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Array, "N *shape"] | None = None, *,
+                   key=None,
                    divergence: DivergenceEstimator | None = None,
                    solver=None, steps: int | None = None, rtol: float | None = None, atol: float | None = None,
                    prior_log_prob: Callable | None = None, adjoint=None, max_steps: int | None = None,
                    grid=None, encoder: str = "ode") -> Likelihood:
     """Model log-density of data ``x0`` (N, *shape), taken at t_min, by PF-ODE encoding to t_max.
 
-    Args mirror ``dg.sample`` (``grid``: where the constant steps go, see ``dgjax.grids``).
+    Args mirror ``dg.sample`` (``grid``: where the constant steps go, see ``dgjax.grids``); a model in place of
+    (score, process): ``dg.log_likelihood(model, x0, ...)`` (log p in the model's network space).
     ``prior_log_prob(x_T) -> (N,)`` defaults to ``process.prior_log_prob``.
     ``encoder="sde"``: encode with the forward SDE instead (MATH 4(e), ``dgjax.forward``): Euler-Maruyama in
     ``steps`` constant steps with any divergence estimator; unbiased over the Brownian path, noisy per path
     (``key`` required; ``logp_stderr`` is the spread across probes only).
     """
+    score, process, x0, _ = from_model(score, process, x0, "x0")
     divergence = Hutchinson() if divergence is None else divergence
     if encoder not in ("ode", "sde"):
         raise ValueError(f"encoder: must be 'ode' (PF-ODE) or 'sde' (forward SDE); got {encoder!r}")

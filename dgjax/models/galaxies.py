@@ -18,15 +18,16 @@ time). A missing or different galaxygrad raises ``ModelError`` naming the extra.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from ..external import ElementwiseTransform, external_score, log_transform
+from ..external import ElementwiseTransform, Opaque, external_score, log_transform
 from ..processes import VPSDE
+from .trained import Model
 
 GALAXY_MODELS = ("galaxies-hsc32", "galaxies-hsc64", "galaxies-ztf32", "galaxies-ztf64")
 GALAXYGRAD_VERSION = "0.1.5"
@@ -88,22 +89,31 @@ def _galaxygrad_scorenet():
     return scorenet
 
 
-@dataclass(frozen=True)
-class GalaxyModel:
-    """A galaxygrad network as a dgjax model: ``.score`` (batched score in y-space, x (N, H, W, 1)),
-    ``.process`` (``dg.VPSDE(1, 1, 10)``), ``.shape`` (H, W, 1), ``.network`` (the per-sample Equinox
-    module, (1, H, W), scalar t), ``.transform`` (y = log(x + 1) / 0.1), ``.name``, ``.dim``."""
+class GalaxyModel(Model):
+    """A galaxygrad network as a dgjax model, a pytree whose leaves are the network's parameters (``.params``:
+    the Equinox module's float arrays; its other fields are static): ``.score`` (batched score in y-space,
+    x (N, H, W, 1)), ``.process`` (``dg.VPSDE(1, 1, 10)``), ``.shape`` (H, W, 1), ``.network`` (the per-sample
+    Equinox module, (1, H, W), scalar t), ``.transform`` (y = log(x + 1) / 0.1), ``.name``, ``.dim``."""
 
-    name: str
-    network: Any
-    process: Any
-    shape: tuple
-    transform: ElementwiseTransform
-    score: Any = field(repr=False)
+    name: str = eqx.field(static=True)
+    params: Any
+    structure: Opaque = eqx.field(static=True)  # the network's non-array fields (activations, sizes)
+    process: Any = eqx.field(static=True)
+    shape: tuple = eqx.field(static=True)
+    transform: ElementwiseTransform = eqx.field(static=True)
+
+    def __init__(self, name: str, network, process, shape: tuple, transform: ElementwiseTransform):
+        params, structure = eqx.partition(network, eqx.is_inexact_array)
+        self.name, self.params, self.structure = name, params, Opaque(structure)
+        self.process, self.shape, self.transform = process, tuple(shape), transform
 
     @property
-    def dim(self) -> int:
-        return math.prod(self.shape)
+    def network(self):
+        return eqx.combine(self.params, self.structure.value)
+
+    def score(self, x, t):
+        """galaxygrad's score prediction in y-space (``dg.external_score``), x (N, H, W, 1)."""
+        return external_score(_PerSample(self.network), self.process, "score")(x, t)
 
     @property
     def config(self) -> dict:
@@ -118,9 +128,6 @@ class GalaxyModel:
         """None: the log-flux space y has no fixed bounds, so guidance is not range-checked."""
         return None
 
-    def prior_sample(self, key, n: int):
-        return self.process.prior_sample(key, (n,) + self.shape)
-
     def data_log_prob(self, logp_y, y):
         """log p of the flux x = exp(0.1 y) - 1 from the network-space log p_Y(y): + sum log|dy/dx|."""
         return self.transform.data_log_prob(logp_y, y)
@@ -129,17 +136,19 @@ class GalaxyModel:
         return self.transform.inverse(y)
 
 
+class _PerSample(eqx.Module):
+    """dgjax (H, W, 1) <-> galaxygrad (1, H, W); the network computes in float32."""
+
+    net: Any
+
+    def __call__(self, y, t):
+        out = self.net(jnp.transpose(y, (2, 0, 1)).astype(jnp.float32), t.astype(jnp.float32))
+        return jnp.transpose(out, (1, 2, 0)).astype(y.dtype)
+
+
 def load_galaxy_model(name: str) -> GalaxyModel:
     if name not in _NETS:
         raise ValueError(f"unknown galaxy model {name!r}; choose one of {GALAXY_MODELS}")
     scorenet = _galaxygrad_scorenet()
     attr, res = _NETS[name]
-    net = getattr(scorenet, attr)
-    process = galaxy_process()
-
-    def per_sample(y, t):  # dgjax (H, W, 1) <-> galaxygrad (1, H, W); the network computes in float32
-        out = net(jnp.transpose(y, (2, 0, 1)).astype(jnp.float32), t.astype(jnp.float32))
-        return jnp.transpose(out, (1, 2, 0)).astype(y.dtype)
-
-    score = external_score(per_sample, process, "score")
-    return GalaxyModel(name, net, process, (res, res, 1), log_transform(0.1, 1.0), score)
+    return GalaxyModel(name, getattr(scorenet, attr), galaxy_process(), (res, res, 1), log_transform(0.1, 1.0))

@@ -1,21 +1,25 @@
 """The trained-model object: a network bound to its (EMA) parameters, its forward process and its config.
 
-``TrainedModel.score`` is a pure ``score(x, t)`` made by ``dg.score_from(..., parametrization)`` with the
-config's parametrization ("eps" on ``VP``; "v", the velocity, on ``LinearFlow`` for flow-matching models),
-so every sampler, ``dg.log_likelihood`` and ``dg.score_alignment`` work on it unchanged.
+``TrainedModel`` is a pytree (an Equinox module) whose leaves are the parameters. ``TrainedModel.score`` is a
+pure ``score(x, t)`` of the model, ``dg.score_from(..., parametrization)`` with the config's parametrization
+("eps" on ``VP``; "v", the velocity, on ``LinearFlow`` for flow-matching models), so every sampler,
+``dg.log_likelihood`` and ``dg.score_alignment`` work on it unchanged, and gradients reach the parameters.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+import json
 from typing import Any
 
+import equinox as eqx
 import flax.linen as nn
 import jax.numpy as jnp
 
 from ..errors import ModelError
-from ..parametrizations import score_from
+from ..external import AbstractModel
+from ..likelihood import log_likelihood
+from ..parametrizations import PARAMETRIZATIONS, score_from
+from ..sampling import sample
 from ..processes import VP, LinearFlow
 from .networks import _compute_dtype, make_network, num_params
 
@@ -49,30 +53,55 @@ def process_to_config(process) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------
+# models: sampling and likelihood through the model
+# ------------------------------------------------------------------------------------------------------
+class Model(AbstractModel):
+    """A dgjax model's calls that carry what the model knows (its process; its data range, which guidance
+    samplers check: leaving it raises ``dg.LeftDataRange``): ``model.sample(x_T, ...)`` is
+    ``dg.sample(model, x_T, ...)`` and ``model.log_likelihood(x, ...)`` is ``dg.log_likelihood(model, x, ...)``
+    (keyword arguments as theirs)."""
+
+    def sample(self, x_T, **kwargs):
+        return sample(self, x_T, **kwargs)
+
+    def log_likelihood(self, x, **kwargs):
+        return log_likelihood(self, x, **kwargs)
+
+
+class _Config(dict):
+    """A model's config (a JSON dict) as a static pytree field: hashed by its JSON text, so jit caches on it."""
+
+    def __hash__(self):
+        return hash(json.dumps(self, sort_keys=True, default=str))
+
+
+# ------------------------------------------------------------------------------------------------------
 # trained models
 # ------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class TrainedModel:
-    """A network with its parameters: ``.process``, ``.score`` (pure score(x, t)), ``.shape`` (per sample),
-    ``.params`` (EMA parameters), ``.config`` (dict), ``.network`` (the flax module), ``.apply(x, t)``
-    (the eps prediction), ``.dataset`` (the data set it was trained on, with its transform)."""
+class TrainedModel(Model):
+    """A network with its parameters, as a pytree: ``.params`` (the EMA parameters) are its leaves; the rest is
+    static: ``.network`` (the flax module), ``.config`` (dict), ``.process``, ``.shape`` (per sample),
+    ``.parametrization``. ``.score(x, t)`` (a pure function of the model), ``.apply(x, t)`` (the eps or v
+    prediction), ``.dataset`` (the data set it was trained on, with its transform).
+    ``jax.grad(lambda m: loss(m))(model)`` is a ``TrainedModel`` whose ``params`` are the gradients."""
 
-    network: nn.Module
+    network: nn.Module = eqx.field(static=True)
     params: Any
-    config: dict
-    process: Any = None
-    shape: tuple = ()
-    parametrization: str = "eps"
-    _score: Any = field(default=None, repr=False)
+    config: dict = eqx.field(static=True)
+    process: Any = eqx.field(static=True)
+    shape: tuple = eqx.field(static=True)
+    parametrization: str = eqx.field(static=True)
 
-    def __post_init__(self):
-        object.__setattr__(self, "process", process_from_config(self.config.get("process")))
-        object.__setattr__(self, "shape", tuple(self.config["shape"]))
-        object.__setattr__(self, "parametrization", self.config.get("parametrization", "eps"))
-        try:
-            object.__setattr__(self, "_score", score_from(self.apply, self.process, self.parametrization))
-        except ValueError as e:
-            raise ModelError(f"model config: {e}") from e
+    def __init__(self, network: nn.Module, params, config: dict):
+        self.network = network
+        self.params = params
+        self.config = _Config(config)
+        self.process = process_from_config(config.get("process"))
+        self.shape = tuple(config["shape"])
+        self.parametrization = config.get("parametrization", "eps")
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise ModelError(f"model config: parametrization: unknown {self.parametrization!r}; choose one of "
+                             f"{PARAMETRIZATIONS}")
 
     def apply(self, x, t):
         """The network's prediction (``.parametrization``: eps, or the velocity v for flow models) at
@@ -81,9 +110,9 @@ class TrainedModel:
         out = self.network.apply({"params": self.params}, x.astype(jnp.float32), lam, train=False)
         return out.astype(x.dtype)
 
-    @property
-    def score(self):
-        return self._score
+    def score(self, x, t):
+        """The score from the network's prediction (``dg.score_from``, MATH.md section 2), like x."""
+        return score_from(self.apply, self.process, self.parametrization)(x, t)
 
     @property
     def compute_dtype(self):
@@ -107,10 +136,6 @@ class TrainedModel:
                             self.config)
 
     @property
-    def dim(self) -> int:
-        return math.prod(self.shape)
-
-    @property
     def name(self) -> str:
         return self.config.get("name", "model")
 
@@ -123,13 +148,10 @@ class TrainedModel:
     @property
     def data_range(self) -> float | None:
         """r when the model's data lie in [-r, r] (1 for dequantised image data; None for continuous toys):
-        pass it to ``dg.DensityGuidance(..., data_range=...)`` to be told when guidance leaves the data."""
+        ``dg.sample(model, ...)`` / ``model.sample`` give it to guidance samplers, which then report leaving it."""
         from ..data import Dequantize
 
         return 1.0 if isinstance(self.dataset.transform, Dequantize) else None
-
-    def prior_sample(self, key, n: int):
-        return self.process.prior_sample(key, (n,) + self.shape)
 
     def __repr__(self):
         return (f"TrainedModel(name={self.name!r}, arch={self.config.get('arch')!r}, shape={self.shape}, "

@@ -62,6 +62,12 @@ class AbstractSampler(eqx.Module):
         """Transform the starting latent (e.g. rescale it); default: unchanged."""
         return x_T
 
+    def with_data_range(self, data_range: float | None) -> "AbstractSampler":
+        """This sampler checking its samples against the data range [-r, r] of the model it samples
+        (``dg.sample(model, ...)``): guidance samplers override it (unless given their own range); the rest
+        keep to the model's data and are returned unchanged."""
+        return self
+
     @abc.abstractmethod
     def cost(self, track: bool) -> Cost:
         """The sampler's cost per vector-field evaluation (module docstring)."""

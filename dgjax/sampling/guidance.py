@@ -273,6 +273,13 @@ class DensityGuidance(ODESampler):
         self.feasibility_tol = float(feasibility_tol)
         self.needs_divergence = rate is not None
 
+    def with_data_range(self, data_range: float | None) -> "DensityGuidance":
+        """This guidance with ``data_range`` (kept as is when it has its own)."""
+        if self.data_range is not None or data_range is None:
+            return self
+        return DensityGuidance(self.q, self.rate, self.start_at_median, data_scale=self.data_scale,
+                               feasibility_tol=self.feasibility_tol, data_range=data_range)
+
     def prepare(self, process, x_T):
         """Rescale each latent to the median chi radius sigma_T chi.ppf(0.5, D) (sigma_T at t_max)."""
         if not self.start_at_median:

@@ -14,6 +14,7 @@ from .._checks import (check_batch, check_finite, check_int, check_key, check_pa
                        check_time, check_value, entry_point, is_concrete)
 from ..divergence import DivergenceEstimator, Hutchinson
 from ..errors import InvalidArgument, LeftDataRange
+from ..external import AbstractModel
 from ..processes import Process
 from ..solve import SolveOptions
 from .base import AbstractSampler, Sample
@@ -22,7 +23,8 @@ from .sde import SDESampler  # noqa: F401  (both runners are reached through Abs
 
 
 @entry_point
-def sample(score: Callable, process, x_T: Float[Array, "N *shape"], *, sampler: AbstractSampler | None = None,
+def sample(score: Callable | AbstractModel, process=None, x_T: Float[Array, "N *shape"] | None = None, *,
+           sampler: AbstractSampler | None = None,
            key=None, track_logp: bool = False, divergence: DivergenceEstimator | None = None, solver=None,
            steps: int | None = None, rtol: float | None = None, atol: float | None = None, logp_T=None,
            t_start: float | None = None, t_end: float | None = None, adjoint=None,
@@ -30,8 +32,10 @@ def sample(score: Callable, process, x_T: Float[Array, "N *shape"], *, sampler: 
     """Integrate a sampler from ``x_T`` at t_start (default t_max) down to t_end (default t_min).
 
     Args:
-      score: pure ``score(x (N, *shape), t) -> like x``.
-      process: the forward process (``dg.VP()`` etc.).
+      score: pure ``score(x (N, *shape), t) -> like x``; or a model (``dg.TrainedModel``, ``dg.GalaxyModel``):
+        ``dg.sample(model, x_T, ...)`` samples with the model's score and process, and guidance samplers
+        check its data range (``model.data_range``: leaving it raises ``dg.LeftDataRange``).
+      process: the forward process (``dg.VP()`` etc.); omitted with a model.
       x_T: (N, *shape) starting latents (finite).
       sampler: ``dg.PFODE()`` (default), ``dg.ODE(drift)``, a guidance sampler, or a stochastic one
         (``dg.ReverseSDE()``, ``dg.SDE(drift, diffusion)``, ``dg.StochasticDensityGuidance(q, noise)``).
@@ -60,6 +64,9 @@ def sample(score: Callable, process, x_T: Float[Array, "N *shape"], *, sampler: 
     sampler = PFODE() if sampler is None else sampler
     if not isinstance(sampler, AbstractSampler):
         raise InvalidArgument(f"sampler: expected a dgjax sampler such as dg.PFODE(); got {sampler!r}")
+    score, process, x_T, data_range = from_model(score, process, x_T, "x_T")
+    if data_range is not None:
+        sampler = sampler.with_data_range(data_range)
     divergence = Hutchinson() if divergence is None else divergence
     options = SolveOptions(solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint, max_steps=max_steps,
                            grid=grid)
@@ -82,6 +89,23 @@ def sample(score: Callable, process, x_T: Float[Array, "N *shape"], *, sampler: 
                                           divergence=divergence, options=options, logp_T=logp0,
                                           t_start=t_start, t_end=t_end)
     return _check_range(sampler, make_sample(y, logp0, nfe, num_steps, track_logp))
+
+
+def from_model(score, process, x, name: str):
+    """(score, process, x, data_range) from ``f(model, x, ...)`` or ``f(score, process, x, ...)``.
+
+    A model (``AbstractModel``) stands for its score and process; its data range (None when unbounded) goes to
+    guidance samplers."""
+    if isinstance(score, AbstractModel):
+        if x is None and not isinstance(process, Process):  # f(model, x)
+            process, x = None, process
+        check_param(process is None or process == score.process, "process",
+                    f"a model brings its own process ({score.process!r}); omit process or pass that one; got "
+                    f"{process!r}")
+        check_param(x is not None, name, "missing: pass the batch after the model")
+        return score.score, score.process, x, score.data_range
+    check_param(x is not None, name, "missing: pass score, process and the batch (or a model and the batch)")
+    return score, process, x, None
 
 
 def check_common(process, divergence, key, options: SolveOptions) -> None:

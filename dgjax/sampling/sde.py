@@ -276,6 +276,9 @@ class StochasticDensityGuidance(SDESampler):
     def q(self):
         return self.guidance.q
 
+    def with_data_range(self, data_range: float | None) -> "StochasticDensityGuidance":
+        return eqx.tree_at(lambda s: s.guidance, self, self.guidance.with_data_range(data_range))
+
     def cost(self, track):
         return Cost(divergence_passes=1, extra_jvps=int(self.exact or track))  # Lap; s^T H s
 

@@ -1,0 +1,130 @@
+"""Models as pytrees (issue 23, item 5): a loaded model's parameters are its leaves and everything else is static,
+so ``jax.grad(loss)(model)`` differentiates with respect to every parameter and ``model.score`` is a pure function
+of the model; model-aware calls (``model.sample``, ``model.log_likelihood``, ``dg.sample(model, ...)``) carry the
+model's process and data range, so density guidance leaving the data is reported by the library as by the CLI.
+
+The gradient is checked against a central difference of the same function along a random unit direction in
+parameter space (float32: the step is large enough that rounding of log p, about |log p| 1e-7, is small against
+the difference, and small enough that the cubic term is negligible; the function is smooth in the parameters)."""
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dgjax as dg
+
+KEY = jax.random.key(0)
+
+
+def _mean_logp(x):
+    def f(model):  # fixed probes (KEY), two constant Heun steps: small and fast, smooth in the parameters
+        return jnp.mean(model.log_likelihood(x, key=KEY, solver=dfx.Heun(), steps=2).logp)
+
+    return f
+
+
+def _check_grad_along_random_direction(model, x, eps):
+    f = _mean_logp(x)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    g = eqx.filter_jit(eqx.filter_grad(f))(model)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    v = [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)]
+    norm = jnp.sqrt(sum(jnp.sum(u * u) for u in v))
+    v = jax.tree_util.tree_unflatten(treedef, [u / norm for u in v])
+    directional = sum(jnp.sum(a * b) for a, b in zip(jax.tree_util.tree_leaves(eqx.filter(g, eqx.is_inexact_array)),
+                                                       jax.tree_util.tree_leaves(v)))
+    f_at = eqx.filter_jit(lambda p: f(eqx.combine(p, static)))
+    plus = f_at(jax.tree_util.tree_map(lambda p, u: p + eps * u, params, v))
+    minus = f_at(jax.tree_util.tree_map(lambda p, u: p - eps * u, params, v))
+    central = (plus - minus) / (2 * eps)
+    assert abs(float(directional)) > 1e-3, directional  # a direction that moves log p at all
+    assert abs(float(directional) - float(central)) <= 0.01 * abs(float(central)), (directional, central)
+    return g
+
+
+def test_trained_model_is_a_pytree_of_its_parameters():
+    m = dg.load_model("digits")
+    assert isinstance(m, dg.AbstractModel) and isinstance(m, eqx.Module)
+    leaves = jax.tree_util.tree_leaves(m)
+    assert len(leaves) == len(jax.tree_util.tree_leaves(m.params))
+    assert all(isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in leaves)
+    # the score is a pure function of the model: a pytree holding the very same parameter arrays
+    score_leaves = jax.tree_util.tree_leaves(m.score)
+    assert len(score_leaves) == len(leaves) and all(a is b for a, b in zip(score_leaves, leaves))
+    # rebuilding from other leaves changes the score (nothing closed over)
+    x = jnp.asarray(m.dataset.split("test", 2))
+    zeroed = jax.tree_util.tree_map(jnp.zeros_like, m)
+    assert not np.allclose(m.score(x, 0.5), zeroed.score(x, 0.5))
+
+
+def test_grad_wrt_digits_model_matches_central_difference():
+    m = dg.load_model("digits")
+    g = _check_grad_along_random_direction(m, jnp.asarray(m.dataset.split("test", 2)), eps=1e-2)
+    assert isinstance(g, dg.TrainedModel)  # jax.grad's result has the model's structure
+    # plain jax.grad works too: every leaf of the model is a parameter
+    g2 = jax.jit(jax.grad(_mean_logp(jnp.asarray(m.dataset.split("test", 2)))))(m)
+    np.testing.assert_allclose(jax.tree_util.tree_leaves(g2)[0], jax.tree_util.tree_leaves(g)[0], rtol=1e-4,
+                               atol=1e-6)
+
+
+@pytest.mark.slow
+def test_grad_wrt_digits_flow_model_matches_central_difference():
+    m = dg.load_model("digits-flow")
+    _check_grad_along_random_direction(m, jnp.asarray(m.dataset.split("test", 2)), eps=1e-2)
+
+
+@pytest.mark.slow
+def test_grad_wrt_galaxy_model_matches_central_difference():
+    pytest.importorskip("galaxygrad")
+    m = dg.load_model("galaxies-hsc32")
+    assert isinstance(m, dg.AbstractModel)
+    assert all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in jax.tree_util.tree_leaves(m))
+    y = m.prior_sample(jax.random.key(2), 2) * 0.1 + 0.5  # a smooth point in the network's y-space
+    _check_grad_along_random_direction(m, y, eps=1e-2)
+
+
+def test_density_guidance_through_the_model_reports_leaving_the_data_range():
+    """dg.sample(model, ...) and model.sample(...) give the model's data range to density guidance: at q = 0.1
+    on digits the samples leave [-1, 1] (the CLI refuses the row; the library raises dg.LeftDataRange)."""
+    m = dg.load_model("digits")
+    x_T = m.prior_sample(jax.random.key(3), 8)
+    with pytest.raises(dg.LeftDataRange):
+        m.sample(x_T, sampler=dg.DensityGuidance(0.1), steps=16)
+    with pytest.raises(dg.LeftDataRange):
+        dg.sample(m, x_T, sampler=dg.DensityGuidance(0.1), steps=16)
+    # the score and process alone know no data range: the same call returns (as documented)
+    out = dg.sample(m.score, m.process, x_T, sampler=dg.DensityGuidance(0.1), steps=16)
+    assert float(jnp.mean(jnp.abs(out.x) > 1.05)) > 0.01
+    # the model's own sampler (PF-ODE) stays in range and agrees with the (score, process) call
+    a = m.sample(x_T, steps=16).x
+    np.testing.assert_allclose(a, dg.sample(m.score, m.process, x_T, steps=16).x, rtol=1e-5, atol=1e-5)
+
+
+def test_model_calls_take_the_models_process():
+    m = dg.load_model("digits")
+    x = jnp.asarray(m.dataset.split("test", 2))
+    a = m.log_likelihood(x, key=KEY, solver=dfx.Heun(), steps=2).logp
+    b = dg.log_likelihood(m.score, m.process, x, key=KEY, solver=dfx.Heun(), steps=2).logp
+    c = dg.log_likelihood(m, x, key=KEY, solver=dfx.Heun(), steps=2).logp
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(c, b, rtol=1e-6)
+    with pytest.raises(ValueError, match="process"):
+        dg.log_likelihood(m, dg.VE(), x, key=KEY)
+
+
+def test_external_score_is_a_pytree_of_the_network():
+    net = eqx.nn.MLP(3, 2, 8, 1, key=jax.random.key(4))
+
+    def per_sample(y, t):
+        return net(jnp.concatenate([y, t[None]]))
+
+    module = eqx.Partial(lambda n, y, t: n(jnp.concatenate([y, t[None]])), net)
+    score = dg.external_score(module, dg.VP(), "eps")
+    assert any(leaf is net.layers[0].weight for leaf in jax.tree_util.tree_leaves(score))
+    x = jax.random.normal(jax.random.key(5), (4, 2))
+    np.testing.assert_allclose(score(x, 0.3), dg.score_from(dg.batched(per_sample), dg.VP(), "eps")(x, 0.3),
+                               rtol=1e-6)
