@@ -76,6 +76,11 @@ def _number(kind, lo=None, lo_open=False, hi=None, hi_open=False, what=None):
 
 
 POS_INT = _number(int, 1)
+# jax.random.key takes any int64, but the data order (dgjax.data) uses the seed's low 32 bits: one range for all
+SEED = _number(int, 0, hi=2**32 - 1)
+# diffrax counts steps in int32; 10 million network evaluations per sample is far beyond any useful run
+MAX_STEPS_LIMIT = 10**7
+MAX_STEPS = _number(int, 1, hi=MAX_STEPS_LIMIT)
 NONNEG_INT = _number(int, 0)
 POS_FLOAT = _number(float, 0, lo_open=True)
 NONNEG_FLOAT = _number(float, 0)
@@ -106,6 +111,10 @@ def _train(args) -> int:
                       importance=importance, seed=args.seed, eval_every=args.eval_every,
                       eval_num=args.eval_num, final_eval_num=args.final_eval_num, ckpt_every=args.ckpt_every,
                       keep=args.keep)
+    if args.export:  # checked before training, not after hours of it
+        export_dir = os.path.dirname(os.path.abspath(args.export))
+        if not os.path.isdir(export_dir) or not os.access(export_dir, os.W_OK):
+            return _fail(f"--export {args.export!r}: directory {export_dir!r} does not exist or is not writable")
     command = "dgjax " + " ".join(args.argv)
     try:
         result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
@@ -136,39 +145,79 @@ def _progress(total, desc, disable=False):
 
 
 def _sample(args) -> int:
+    """dgjax sample: checks, one guided solve per q (``_sample_rows``), the PNG grid and the table."""
+    import jax
+
+    from .data import auto_scale, save_labelled_grid
+
+    error = _sample_check_args(args)
+    if error:
+        return _fail(error)
+    model = _load(args.model)
+    if len(model.shape) != 3:
+        return _fail(f"dgjax sample writes image grids; model {args.model!r} has non-image shape {model.shape}")
+    scale = args.scale or auto_scale(model.shape[0])
+    _sample_check_memory(model, args.num, len(args.q), scale, args.probes)  # before anything is computed
+    x_T = model.prior_sample(jax.random.key(args.seed), args.num)  # the same latents in every row
+    start = time.perf_counter()
+    rows, table = _sample_rows(args, model, x_T)
+    elapsed = time.perf_counter() - start
+    if rows:  # only the rows that were sampled: a failed row is reported below, never drawn as a grey row
+        import numpy as np
+
+        labels = [f"q={q:g}  mean log p {logp.mean():.1f}" for q, logp, _, err in table if err is None]
+        save_labelled_grid(args.out, np.stack(rows), model.dataset.transform, labels, scale=scale,
+                           title=f"{getattr(model, 'name', args.model)}: density guidance, one latent per column")
+    _sample_report(args, model, table, elapsed)
+    return 0 if all(err is None for *_, err in table) else 1
+
+
+def _sample_check_args(args) -> str | None:
+    """The first problem with ``dgjax sample``'s options that needs no model, or None."""
+    if not args.out.lower().endswith(".png"):
+        return f"--out {args.out!r}: dgjax sample writes a PNG image; give a file name ending in .png"
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+        return f"--out {args.out!r}: directory {out_dir!r} does not exist or is not writable"
+    return None
+
+
+def _sample_check_memory(model, num: int, rows: int, scale: int, probes: int) -> None:
+    """Refuse (``InvalidArgument``) a ``--num``/``--scale`` whose lower-bound memory need exceeds the device's.
+
+    Sampling: per latent, the Tsit5 state and its 7 stages, the probes and the rows kept (4 bytes per
+    value), plus the network's widest activation twice (a layer's input and output: H W channels for a
+    UNet, the hidden width for an MLP). The grid: its RGB pixels twice (the upscaled grid and the page)."""
+    from ._memory import check_fits_in_memory
+
+    h, w, _ = model.shape
+    kw = model.config.get("arch_kwargs", {}) if hasattr(model, "config") else {}
+    arch = model.config.get("arch") if hasattr(model, "config") else None
+    widest = h * w * kw.get("channels", 32) if arch == "unet" else kw.get("width", 0) if arch == "mlp" else 0
+    per_latent = 4 * (model.dim * (9 + probes + rows) + 2 * widest)
+    check_fits_in_memory(num * per_latent, f"--num {num}: sampling {num} latents",
+                         "lower --num (each row samples all --num latents at once)")
+    pixels = (rows * (h + 1) + 1) * scale * (num * (w + 1) + 1) * scale
+    check_fits_in_memory(2 * 3 * pixels, f"--scale {scale} with --num {num}: the PNG grid of {pixels:,} pixels",
+                         "lower --scale or --num")
+
+
+def _sample_rows(args, model, x_T) -> tuple[list, list]:
+    """One density-guided solve per q from the latents ``x_T``: (rows, table); rows holds the samples of
+    each q that succeeded, table one (q, log p, NFE, error message or None) per q."""
+    import logging
+
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     import dgjax as dg
 
-    from .data import save_labelled_grid
-    from .models import ModelError
+    from .errors import InfeasibleGuidance, LeftDataRange, MaxStepsReached, typed_errors
+    from .sampling.guidance import log_density_shift
 
-    qs = args.q
-    for q in qs:
-        if not 0.0 < q < 1.0:
-            return _fail(f"--q: every q must lie in (0, 1) (the log-density quantile); got {q}")
-    if args.num < 1:
-        return _fail(f"--num must be >= 1; got {args.num}")
-    if not args.out.lower().endswith(".png"):
-        return _fail(f"--out {args.out!r}: dgjax sample writes a PNG image; give a file name ending in .png")
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
-        return _fail(f"--out {args.out!r}: directory {out_dir!r} does not exist or is not writable")
-    try:
-        model = _load(args.model)
-    except (ValueError, OSError) as e:
-        return _fail(str(e))
-    if len(model.shape) != 3:
-        return _fail(f"dgjax sample writes image grids; model {args.model!r} has non-image shape {model.shape}")
-    process, dim = model.process, model.dim
-    ds = model.dataset
-    x_T = model.prior_sample(jax.random.key(args.seed), args.num)  # the same latents in every row
+    process, dim, data_range = model.process, model.dim, model.data_range  # rows leaving the data: reported
     kwargs = dict(steps=args.steps) if args.steps else dict(rtol=args.rtol, atol=args.rtol, max_steps=args.max_steps)
-    data_range = model.data_range  # rows that leave the data are reported, not drawn
-    import logging
-
     logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)  # errors are summarised in the table
 
     @jax.jit
@@ -178,14 +227,10 @@ def _sample(args) -> int:
                         divergence=dg.Hutchinson(args.probes), **kwargs)
         return out.x, out.logp, out.nfe
 
-    from .errors import InfeasibleGuidance, LeftDataRange, MaxStepsReached, typed_errors
-    from .sampling.guidance import log_density_shift
-
     shift = lambda q: float(log_density_shift(process, q, dim))  # noqa: E731
     rows, table = [], []
-    start = time.perf_counter()
-    bar = _progress(len(qs), "sampling (first row compiles)", disable=args.no_progress)
-    for i, q in enumerate(qs):
+    bar = _progress(len(args.q), "sampling (first row compiles)", disable=args.no_progress)
+    for i, q in enumerate(args.q):
         try:
             with typed_errors():  # under jax.jit the run-time checks arrive wrapped by XLA
                 x, logp, nfe = run(x_T, jnp.full((args.num,), q, jnp.float32), jax.random.key(args.seed + 1 + i))
@@ -209,14 +254,18 @@ def _sample(args) -> int:
             table.append((q, None, None, msg))
         bar.update(1)
     bar.close()
-    elapsed = time.perf_counter() - start
-    if rows:  # only the rows that were sampled: a failed row is reported below, never drawn as a grey row
-        labels = [f"q={q:g}  mean log p {logp.mean():.1f}" for q, logp, _, err in table if err is None]
-        try:
-            save_labelled_grid(args.out, np.stack(rows), ds.transform, labels, scale=args.scale,
-                               title=f"{getattr(model, 'name', args.model)}: density guidance, one latent per column")
-        except ValueError as e:
-            return _fail(str(e))
+    return rows, table
+
+
+def _sample_report(args, model, table, elapsed: float) -> None:
+    """Print ``dgjax sample``'s table: one line per q (mean log p, bits/dim, DG rate shift, NFE, or the error)."""
+    import numpy as np
+
+    import dgjax as dg
+
+    from .sampling.guidance import log_density_shift
+
+    ds, dim = model.dataset, model.dim
     mode = f"{args.steps} Tsit5 steps" if args.steps else f"adaptive Tsit5, rtol=atol={args.rtol:g}"
     print(f"density guidance (DG-ODE) on model {model.name!r} ({model.config.get('data')}, shape {model.shape}, "
           f"D={dim}), {args.num} samples per q from the same {args.num} latents (seed {args.seed}), {mode}, "
@@ -227,8 +276,9 @@ def _sample(args) -> int:
             print(f"{q:>6.3g}  {err}")
             continue
         bpd = float(np.mean(dg.bits_per_dim(logp, model.shape, ds.offset_bits)))
+        shift = float(log_density_shift(model.process, q, dim))
         print(f"{q:>6.3g} {logp.mean():>11.2f} {logp.std():>8.2f} {-logp.mean():>12.2f} {bpd:>9.3f} "
-              f"{shift(q):>+14.2f} {nfe:>6d}")
+              f"{shift:>+14.2f} {nfe:>6d}")
     done = [q for q, _, _, err in table if err is None]
     if done:
         print(f"grid: {args.out} ({len(done)} rows, one per sampled q top to bottom: {', '.join(f'{q:g}' for q in done)}; "
@@ -243,7 +293,6 @@ def _sample(args) -> int:
               f"dequantisation offset ({ds.offset_bits:.3f} bits); 'DG rate shift' is what the guidance adds to the PF-ODE's "
               "log-density rate (-div u) over the path, 1/2 (lambda_max - lambda_min) sqrt(2D) Phi^-1(q); the final log p "
               "also differs because -div u is integrated along a different path")
-    return 0 if len(done) == len(table) else 1
 
 
 def _likelihood(args) -> int:
@@ -316,8 +365,8 @@ def _likelihood_ode(args, model, ds, data) -> int:
     result = dg.evaluate_likelihood(
         model.score, model.process, data, key=jax.random.key(args.seed), dequantization=deq,
         quantization=ds.quantization, batch_size=args.batch_size, divergence=dg.Hutchinson(args.probes),
-        options=dg.SolveOptions(rtol=args.rtol, atol=args.rtol), checkpoint_dir=args.checkpoint_dir,
-        progress=not args.no_progress)
+        options=dg.SolveOptions(rtol=args.rtol, atol=args.rtol, max_steps=args.max_steps),
+        checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
     se = result.bits_stderr
     print(f"model {model.name!r} on {ds.name} {args.split} ({result.num_examples} examples; "
           f"{_protocol_text(deq)}; {args.probes} Hutchinson probe(s) per encoding, adaptive Tsit5 "
@@ -362,14 +411,15 @@ def _likelihood_galaxy(args, model) -> int:
     n = args.num or 16
     k1, k2 = jax.random.split(jax.random.key(args.seed))
     x = jax.jit(lambda k: dg.sample(model.score, model.process, model.prior_sample(k, n), rtol=args.rtol,
-                                    atol=args.rtol).x)(k1)
+                                    atol=args.rtol, max_steps=args.max_steps).x)(k1)
     try:
         _dequantization(args, None)
     except ValueError as e:
         return _fail(str(e))
     result = dg.evaluate_likelihood(model.score, model.process, x, key=k2, dequantization=None,
                                     batch_size=args.batch_size, divergence=dg.Hutchinson(args.probes),
-                                    options=dg.SolveOptions(rtol=args.rtol, atol=args.rtol),
+                                    options=dg.SolveOptions(rtol=args.rtol, atol=args.rtol,
+                                                            max_steps=args.max_steps),
                                     checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
                                     to_data_space=model.data_log_prob)
     flux = result.data_space
@@ -395,7 +445,7 @@ def _align(args) -> int:
     process = model.process
     if not process.t_min < args.t_end < process.t_max:
         return _fail(f"--t-end must lie strictly inside ({process.t_min}, {process.t_max}); got {args.t_end}")
-    kwargs = dict(steps=args.steps) if args.steps else dict(rtol=args.rtol, atol=args.rtol)
+    kwargs = dict(steps=args.steps) if args.steps else dict(rtol=args.rtol, atol=args.rtol, max_steps=args.max_steps)
 
     @jax.jit
     def run(x_T, key):
@@ -422,15 +472,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgjax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
+    for add in (_add_demo, _add_train, _add_sample, _add_likelihood, _add_align):
+        add(sub)
+    return parser
+
+
+def _add_demo(sub) -> None:
+    """``dgjax demo``: its options."""
     demo = sub.add_parser("demo", help="PF-ODE sampling of a 2-D Gaussian mixture: tracked vs exact log p")
     demo.add_argument("--num-samples", type=POS_INT, default=8, help="number of samples (default 8)")
     demo.add_argument("--process", default="vp", choices=["vp", "vplinear", "cosine", "ve", "edm", "flow"],
                       help="forward process (default vp: log-SNR linear in [-10, 10])")
     demo.add_argument("--rtol", type=POS_FLOAT, default=1e-6, help="rtol = atol of the adaptive Tsit5 solve (default 1e-6)")
-    demo.add_argument("--seed", type=NONNEG_INT, default=0, help="PRNG seed (default 0)")
+    demo.add_argument("--seed", type=SEED, default=0, help="PRNG seed (default 0)")
     demo.add_argument("--x64", action="store_true", help="run in float64")
     demo.set_defaults(func=_demo)
 
+
+def _add_train(sub) -> None:
+    """``dgjax train``: its options."""
     from .data import DATASETS
 
     tr = sub.add_parser("train", help="train a score network (eps-prediction on VP; --objective flow: flow matching)",
@@ -465,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--importance", default=None, choices=["adaptive", "uniform"],
                     help="noise-level sampling: adaptive importance sampling (Kingma & Gao 2023; default for "
                          "--objective eps) or uniform in log-SNR (uniform in t for --objective flow, its only choice)")
-    tr.add_argument("--seed", type=NONNEG_INT, default=0, help="seed: the data order and all randomness are functions of (seed, step)")
+    tr.add_argument("--seed", type=SEED, default=0, help="seed: the data order and all randomness are functions of (seed, step)")
     tr.add_argument("--eval-every", type=POS_INT, default=500, help="steps between held-out bits/dim evaluations")
     tr.add_argument("--eval-num", type=POS_INT, default=32, help="test examples in each periodic evaluation")
     tr.add_argument("--final-eval-num", type=POS_INT, default=256, help="test examples in the final evaluation")
@@ -481,6 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.set_defaults(func=_train)
 
+
+def _add_sample(sub) -> None:
+    """``dgjax sample``: its options."""
     sm = sub.add_parser("sample", help="density-guided samples over a sweep of q: a PNG grid and a log p table",
                         description="Sample a trained model with density guidance (DG-ODE, MATH.md section 5) for "
                         "each q, from the same latents (rescaled to the median radius), tracking log p. Writes one "
@@ -498,16 +561,21 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--num", type=POS_INT, default=8, help="samples per q (grid columns)")
     sm.add_argument("--steps", type=POS_INT, default=None, help="constant Tsit5 steps (default: adaptive, see --rtol)")
     sm.add_argument("--rtol", type=POS_FLOAT, default=1e-3, help="rtol = atol of the adaptive solve")
-    sm.add_argument("--max-steps", type=POS_INT, default=1000, help="adaptive solve: give up after this many steps")
+    sm.add_argument("--max-steps", type=MAX_STEPS, default=1000, help="adaptive solve: give up after this many steps")
     sm.add_argument("--probes", type=POS_INT, default=1, help="Hutchinson probes for the tracked log p")
     sm.add_argument("--feasibility-tol", type=NONNEG_FLOAT, default=1.0,
                     help="guidance feasibility check tolerance in log-SNR units (0 disables it)")
-    sm.add_argument("--seed", type=NONNEG_INT, default=0, help="PRNG seed of the latents and probes")
+    sm.add_argument("--seed", type=SEED, default=0, help="PRNG seed of the latents and probes")
     sm.add_argument("--out", default="samples.png", help="output PNG")
     sm.add_argument("--scale", type=POS_INT, default=None,
                     help="nearest-neighbour upscaling of each image (default: about 64 pixels a side, x8 for digits)")
     sm.add_argument("--no-progress", action="store_true", help="no progress bar")
     sm.set_defaults(func=_sample)
+
+
+def _add_likelihood(sub) -> None:
+    """``dgjax likelihood``: its options."""
+    from .data import DATASETS
 
     lk = sub.add_parser("likelihood", help="bits/dim of a model on a data-set split (PF-ODE encoding)",
                         description="Held-out bits/dim: -log p(x)/(D ln 2) + log2(K/2) for K-level data, uniformly "
@@ -521,7 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--num", type=POS_INT, default=None, help="examples (default: the whole split, 256 for drawn sets)")
     lk.add_argument("--batch-size", type=POS_INT, default=64, help="examples per solve")
     lk.add_argument("--rtol", type=POS_FLOAT, default=1e-3, help="rtol = atol of the adaptive encoding solve")
-    lk.add_argument("--seed", type=NONNEG_INT, default=0, help="seed of the dequantisation noise and probes")
+    lk.add_argument("--seed", type=SEED, default=0, help="seed of the dequantisation noise and probes")
+    lk.add_argument("--max-steps", type=MAX_STEPS, default=16384,
+                    help="adaptive solves: give up after this many steps")
     lk.add_argument("--method", default="ode", choices=["ode", "sde", "elbo"],
                     help="log p by PF-ODE encoding, by the forward-SDE encoder (MATH 4(e)), or the ELBO (MATH 10)")
     lk.add_argument("--steps", type=POS_INT, default=1000, help="Euler-Maruyama steps of --method sde")
@@ -542,6 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--no-progress", action="store_true", help="no progress bar")
     lk.set_defaults(func=_likelihood)
 
+
+def _add_align(sub) -> None:
+    """``dgjax align``: its options."""
     al = sub.add_parser("align", help="score-alignment fraction of a model's latents (MATH.md section 6)",
                         description="Push the prior score forward along the PF-ODE (tangent ODE, one JVP per step) "
                         "and report the fraction of latents where <s_{t_end}(x_{t_end}), w_{t_end}> > 0.",
@@ -553,13 +626,13 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--t-end", type=POS_FLOAT, default=0.05, help="time where alignment is measured")
     al.add_argument("--steps", type=POS_INT, default=None, help="constant Tsit5 steps (default adaptive, see --rtol)")
     al.add_argument("--rtol", type=POS_FLOAT, default=1e-3, help="rtol = atol of the adaptive solve")
+    al.add_argument("--max-steps", type=MAX_STEPS, default=16384, help="adaptive solve: give up after this many steps")
     al.add_argument("--score-free", action="store_true", help="track omega by its score-free rate (Hutchinson)")
     al.add_argument("--prior-direction", action="store_true",
                     help="push the Gaussian prior's score -x_T/sigma_T^2 instead of the model's s_T(x_T)")
-    al.add_argument("--seed", type=NONNEG_INT, default=0, help="PRNG seed of the latents")
+    al.add_argument("--seed", type=SEED, default=0, help="PRNG seed of the latents")
     al.add_argument("--no-progress", action="store_true", help="no progress bar")
     al.set_defaults(func=_align)
-    return parser
 
 
 def main(argv=None) -> int:

@@ -237,3 +237,66 @@ def test_prior_sample_beyond_memory_is_refused_up_front():
         dg.VP().prior_sample(jax.random.key(0), (n, 64))
     assert time.time() - t < 5
     assert dg.VP().prior_sample(jax.random.key(0), (3, 64)).shape == (3, 64)
+
+
+# ------------------------------------------------------------------------------------------------------
+# the command line refuses what cannot work before it starts
+# ------------------------------------------------------------------------------------------------------
+def _one_line_error(capsys, *needles):
+    """The last stderr line is dgjax's one-line error naming ``needles`` (argparse prints its usage above)."""
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("dgjax") and "error:" in last, err
+    assert all(n in last for n in needles), last
+    return last
+
+
+@pytest.mark.parametrize("command", ["demo", "sample", "train", "likelihood", "align"])
+def test_cli_seed_beyond_its_range_is_refused(command, capsys):
+    assert main([command, "--seed", str(2**63)]) == 2
+    _one_line_error(capsys, "--seed")
+
+
+def test_train_config_seed_beyond_its_range_is_refused():
+    from dgjax.training import TrainConfig, train
+
+    with pytest.raises(ValueError, match="seed: must be an int in"):
+        train(TrainConfig(data="moons", arch="mlp", arch_kwargs=dict(width=8, depth=1), seed=2**63), None,
+              progress=False)
+
+
+@pytest.mark.parametrize("command", ["sample", "likelihood", "align"])
+def test_cli_max_steps_beyond_its_range_is_refused(command, capsys):
+    assert main([command, "--max-steps", "99999999999"]) == 2
+    _one_line_error(capsys, "--max-steps")
+
+
+@pytest.mark.parametrize("argv,needle", [(["--num", "1000000000"], "--num 1000000000"),
+                                         (["--scale", "100000"], "--scale 100000")])
+def test_cli_sample_sizes_beyond_memory_are_refused_before_sampling(tmp_path, argv, needle, capsys):
+    import time
+
+    t = time.time()
+    assert main(["sample", "--out", str(tmp_path / "g.png"), "--no-progress"] + argv) == 2
+    line = _one_line_error(capsys, needle, "GiB of memory")
+    assert time.time() - t < 10, line
+    assert not os.path.exists(tmp_path / "g.png")
+
+
+def test_align_and_likelihood_honour_max_steps(tmp_path, capsys):
+    msgpack, _ = _saved(tmp_path)
+    for command in ("align", "likelihood"):  # a 2-step budget at rtol 1e-9 is spent: the typed error says so
+        assert main([command, "--model", str(msgpack), "--num", "2", "--rtol", "1e-9", "--max-steps", "2",
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "unrecognized arguments" not in err
+        if command == "align":  # (likelihood's message for it is the typed-errors item's)
+            assert "maximum number of solver steps" in err
+
+
+def test_train_export_into_a_missing_directory_is_refused_before_training(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", "moons", "--arch", "mlp", "--steps", "2", "--out", str(run),
+                 "--export", "/nonexistent/dir/model", "--no-progress"]) == 2
+    _one_line_error(capsys, "--export")
+    assert not run.exists()

@@ -63,6 +63,8 @@ class TrainConfig:
                  "use importance='uniform' with objective='flow'")
         for k in ("steps", "batch_size", "num_bins", "eval_every", "eval_num", "ckpt_every", "keep", "final_eval_num"):
             need(isinstance(getattr(self, k), int) and getattr(self, k) >= 1, k, "must be an int >= 1")
+        need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**32, "seed",
+             "must be an int in [0, 2^32 - 1] (the data order uses its 32 bits)")
         need(self.lr > 0, "lr", "must be > 0")
         need(0 <= self.ema_decay < 1, "ema_decay", "must lie in [0, 1)")
         need(0 <= self.hist_decay < 1, "hist_decay", "must lie in [0, 1)")
