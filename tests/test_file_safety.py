@@ -290,8 +290,7 @@ def test_align_and_likelihood_honour_max_steps(tmp_path, capsys):
                      "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert "unrecognized arguments" not in err
-        if command == "align":  # (likelihood's message for it is the typed-errors item's)
-            assert "maximum number of solver steps" in err
+        assert "max_steps = 2 steps" in err, err
 
 
 def test_train_export_into_a_missing_directory_is_refused_before_training(tmp_path, capsys):
