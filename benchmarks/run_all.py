@@ -27,6 +27,8 @@ compiling run; NFE counts score evaluations per sample, a JVP counting as one mo
 
 Models: the Gaussian-mixture oracle in D = 3072 (5 components: every row), the shipped ``digits`` UNet
 (D = 64: the baseline comparison), and a small Flax MLP (D = 3072: guidance and tracking costs).
+- Issue 25 (bench_grad_memory.py): XLA's temp bytes of ``jax.grad`` of the mean log-likelihood (oracle) at 8, 32
+  and 128 constant Tsit5 steps under RecursiveCheckpointAdjoint and BacksolveAdjoint (compiled, not run).
 Per-sampler tables with more settings: bench_guidance.py, bench_sde.py, bench_alignment.py,
 bench_pfode_accuracy.py.
 """
@@ -44,9 +46,11 @@ import dgjax as dg
 
 try:
     from benchmarks._common import interleaved_best, small_flax_score, save_json
+    from benchmarks.bench_grad_memory import grad_memory_rows, print_rows as print_grad_memory
     from benchmarks.bench_tracking_cost import accuracy_rows, cost_rows
 except ImportError:  # run as a script from benchmarks/
     from _common import interleaved_best, small_flax_score, save_json
+    from bench_grad_memory import grad_memory_rows, print_rows as print_grad_memory
     from bench_tracking_cost import accuracy_rows, cost_rows
 
 P = dg.VP()
@@ -253,9 +257,14 @@ def main(argv=None):
     rsde_accuracy = accuracy_rows(dim=32, n=16, nfe=120) if quick else accuracy_rows()
     rows += alignment_corr(repeats, dim=16, n=32, steps=8) if quick else alignment_corr(repeats)
     done("oracle: tracking cost (N = 64) and reverse-SDE schemes at 1000 NFE")
+    # issue 25: peak (XLA temp) memory of a gradient through log p against the steps, both adjoints (compiled only)
+    grad_memory = (grad_memory_rows((8, 32), dim=192, n=4, digits=False) if quick
+                   else grad_memory_rows((8, 32, 128), dim=gm.dim, n=8, digits=False))
+    done("gradient memory against steps (both adjoints)")
 
     if quick:  # the trained model's rows need its compile time: full runs only
         print_table(rows)
+        print_grad_memory(grad_memory)
         return rows
 
     # the shipped digits model, D = 64
@@ -283,11 +292,12 @@ def main(argv=None):
     done("Flax MLP: sampler ratios")
 
     print_table(rows)
+    print_grad_memory(grad_memory)
     for label, det in details.items():
         print(f"\n[{label}] every configuration: NFE, wall s, mean |err|/dim")
         for k, (nf, t, e) in det.items():
             print(f"  {k:<14} {nf:>6d} {t:>8.3f} {e:>10.2e}")
-    save_json(args.json, dict(rows=rows, details=details, rsde_accuracy=rsde_accuracy))
+    save_json(args.json, dict(rows=rows, details=details, rsde_accuracy=rsde_accuracy, grad_memory=grad_memory))
     return rows
 
 
