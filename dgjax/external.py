@@ -114,7 +114,16 @@ def external_score(net: Callable, process, parametrization: str = "score", *, dt
     ``eqx.filter_grad``); a closure's captured parameters stay invisible to ``jax.grad``."""
     check_param(parametrization in PARAMETRIZATIONS, "parametrization",
                 f"unknown {parametrization!r}; choose one of {PARAMETRIZATIONS}")
-    return ExternalScore(net, process, parametrization, None if dtype is None else jnp.dtype(dtype))
+    check_param(isinstance(process, Process), "process",
+                f"expected a process object such as dg.VP() or dg.LinearFlow(); got {process!r:.60}")
+    if dtype is not None:  # an integer or bool dtype would truncate every input silently
+        try:
+            dtype = jnp.dtype(dtype)
+        except TypeError:
+            dtype = None
+        check_param(dtype is not None and jnp.issubdtype(dtype, jnp.floating), "dtype",
+                    "expected a floating dtype such as jnp.float32 (the network's compute precision)")
+    return ExternalScore(net, process, parametrization, dtype)
 
 
 class ElementwiseTransform(eqx.Module):

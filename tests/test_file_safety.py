@@ -299,3 +299,18 @@ def test_train_export_into_a_missing_directory_is_refused_before_training(tmp_pa
                  "--export", "/nonexistent/dir/model", "--no-progress"]) == 2
     _one_line_error(capsys, "--export")
     assert not run.exists()
+
+
+# ------------------------------------------------------------------------------------------------------
+# external_score: a float compute dtype and a process object
+# ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [dict(dtype=np.int32), dict(dtype=bool), dict(dtype="foo"), dict(process="VP")])
+def test_external_score_refuses_a_non_float_dtype_or_a_process_name(bad):
+    import dgjax as dg
+    from dgjax.errors import InvalidArgument
+
+    kwargs = dict(process=dg.VP(), **bad) if "process" not in bad else dict(bad)
+    process = kwargs.pop("process")
+    with pytest.raises(InvalidArgument, match="dtype|process"):
+        dg.external_score(lambda y, t: -y, process, **kwargs)
+    assert dg.external_score(lambda y, t: -y, dg.VP(), dtype=np.float32) is not None
