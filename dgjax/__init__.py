@@ -21,8 +21,8 @@ from .oracle import GaussianMixture, random_mixture
 from .parallel import (batch_sharding, host_local_batch, host_slice, log_likelihood_sharded, pad_batch, sample_sharded,
                        score_alignment_sharded, shard_batch)
 from .parametrizations import score_from, score_to
-from .processes import EDM, VE, VP, VPSDE, CustomProcess, LinearFlow, Process, VPCosine, VPLinear
-from .grids import GRIDS, step_times
+from .processes import PROCESSES, EDM, VE, VP, VPSDE, CustomProcess, LinearFlow, Process, VPCosine, VPLinear
+from .grids import GRIDS, AbstractGrid, EDMGrid, LogSNRGrid, TimesGrid, UniformGrid, step_times
 from .solve import SolveOptions
 from .external import AbstractModel, ElementwiseTransform, ExternalScore, batched, external_score, log_transform
 from .models.galaxies import GALAXY_MODELS, GalaxyModel
@@ -49,9 +49,9 @@ __all__ = [
     "batch_sharding", "host_local_batch", "host_slice", "log_likelihood_sharded", "pad_batch", "sample_sharded",
     "score_alignment_sharded", "shard_batch",
     "score_from", "score_to",
-    "EDM", "VE", "VP", "LinearFlow", "Process", "VPCosine", "VPLinear", "VPSDE", "CustomProcess",
-    "GRIDS", "step_times", "SolveOptions", "AbstractModel", "ExternalScore", "ElementwiseTransform", "batched",
-    "external_score", "log_transform",
+    "EDM", "VE", "VP", "LinearFlow", "Process", "VPCosine", "VPLinear", "VPSDE", "CustomProcess", "PROCESSES",
+    "GRIDS", "AbstractGrid", "EDMGrid", "LogSNRGrid", "TimesGrid", "UniformGrid", "step_times", "SolveOptions",
+    "AbstractModel", "ExternalScore", "ElementwiseTransform", "batched", "external_score", "log_transform",
     "GALAXY_MODELS", "GalaxyModel",
     "ODE", "PFODE", "ODESampler", "Sample", "sample",
     "SDE", "NoiseWindow", "NoiseWindowLogSNR", "ReverseSDE", "SDESampler", "StepBrownianPath", "StochasticDensityGuidance",

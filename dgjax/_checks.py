@@ -53,6 +53,21 @@ def check_time(process, t, name: str = "t", *, closed: bool = True):
     return check_value(t, jnp.any(bad), msg, lambda: t, cls=InvalidArgument)
 
 
+def check_span(process, t_from, t_to, x, *, names: tuple[str, str], why: str, decreasing: bool = True):
+    """Both ends of a solve in [t_min, t_max] and in the solve's direction: ``t_to`` below ``t_from`` (toward the
+    data: sampling, denoising) or above it (``decreasing=False``: toward the noise, the forward SDE). Raises
+    ``InvalidArgument`` now for concrete times, at run time under jit. Returns (x, t_from, t_to): traced times
+    come back carrying their range checks and x the order check (jit drops checks whose output is unused)."""
+    a, b = names
+    checked = (check_time(process, t_from, a), check_time(process, t_to, b))
+    if not is_concrete(checked):
+        t_from, t_to = checked
+    tf, tt = jnp.asarray(t_from), jnp.asarray(t_to)
+    bad = ~(tt < tf) if decreasing else ~(tt > tf)
+    msg = f"{b}: {why}, so {b} must be {'below' if decreasing else 'above'} {a}"
+    return check_value(x, bad, msg, lambda: f"{b} = {float(tt)}, {a} = {float(tf)}"), t_from, t_to
+
+
 def check_batch(x, name: str = "x"):
     """``x`` must be an array with a leading batch axis: shape (N, *shape)."""
     x = jnp.asarray(x)

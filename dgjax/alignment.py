@@ -59,7 +59,7 @@ from . import dynamics as dyn
 from . import grids
 from ._checks import batch_dot, check_batch, check_finite, check_output, check_score_fn, entry_point, is_concrete
 from .divergence import DivergenceEstimator, Exact, Hutchinson, tracking_start
-from .solve import add_nfe, solve
+from .solve import SolveOptions, add_nfe, merge_options, solve
 
 Array = jax.Array
 
@@ -203,7 +203,7 @@ def score_alignment(score: Callable, process, x_T: Float[Array, "N *shape"], t_e
                     w_T=None, divergence: DivergenceEstimator | None = None, solver=None,
                     steps: int | None = None, rtol: float | None = None, atol: float | None = None,
                     redraw_probes: bool | None = None, return_details: bool = False, adjoint=None,
-                    max_steps: int | None = None, grid=None):
+                    max_steps: int | None = None, grid=None, options: SolveOptions | None = None):
     """Score alignment <s_{t_end}(x_{t_end}), w_{t_end}> of latents x_T (MATH.md section 6).
 
     Solves the PF-ODE together with its tangent ODE dw/dt = J_u(x_t) w from t_max down to ``t_end``
@@ -242,70 +242,82 @@ def score_alignment(score: Callable, process, x_T: Float[Array, "N *shape"], t_e
         0.30%; Tsit5 x 1000 0.884 / 1.4% vs 0.9993 / 0.01%; Heun x 1000 0.884 / 1.4% vs 0.9988 / 0.01%;
         Euler x 1000 0.893 / 1.4% vs 0.9967 / 0.02%. Independent redraws (Gaussian probes, or the
         Rademacher ones before the Hadamard cycle) reach Tsit5 x 1000 0.996 / 0.16%.
-      solver, steps, grid, rtol, atol, adjoint, max_steps: as in ``dg.sample`` (default adaptive Tsit5 with
-        rtol = atol = 1e-5; the error norm weighs x, w and omega equally).
+      solver, steps, grid, rtol, atol, adjoint, max_steps, options: as in ``dg.sample`` (default adaptive Tsit5
+        with rtol = atol = 1e-5; the error norm weighs x, w and omega equally).
       return_details: return a ``dg.Alignment`` (value, cosine, aligned_fraction, x_end, w_end, w_T,
         stderr, nfe, num_steps) instead of the (N,) value.
 
     Returns: the alignment, shape (N,); or ``dg.Alignment`` when ``return_details``.
     Alignment holds at x_T where the value is > 0 (``Alignment.aligned_fraction`` over the batch).
     """
+    options = merge_options(options, solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint,
+                            max_steps=max_steps, grid=grid)
     x_T = check_finite(check_batch(x_T, "x_T"), "x_T")
     t_end = _check_t_end(process, t_end)
-    t_max = process.t_max
     if divergence is None:
         divergence = Hutchinson()
     elif not isinstance(divergence, (Exact, Hutchinson)):  # the second-order traces are computed here
         raise ValueError(f"divergence: expected dg.Hutchinson(...) or dg.Exact(); got {divergence!r}")
-    t_T = jnp.asarray(t_max, dtype=x_T.dtype)
+    t_T = jnp.asarray(process.t_max, dtype=x_T.dtype)
     check_score_fn(score, x_T, t_T)
-    dim = x_T[0].size
-    steps_given = steps
-    steps, ts = grids.plan(process, t_max, t_end, steps, grid)
+    constant = options.steps is not None or options.grid is not None  # constant steps (a count or a grid)
+    steps, ts = grids.plan(process, process.t_max, t_end, options.steps, options.grid)
+    options = options.replace(steps=steps, grid=ts)  # what solve steps to: a count (uniform in t) or the times
 
-    nfe_init = 0
-    s_T = None
-    if w_T is None or score_free:
-        s_T = score(x_T, t_T)
-        nfe_init = 1
+    s_T = score(x_T, t_T) if (w_T is None or score_free) else None
+    nfe_init = 0 if s_T is None else 1
     w0 = s_T if w_T is None else _prepare_w_T(w_T, x_T, process)
-
     if score_free:
-        omega_T = batch_dot(s_T, w0)
-        probes, omega0 = tracking_start(divergence, key, x_T, omega_T)
-        constant = steps_given is not None or ts is not None
-        if redraw_probes is None:  # default: the measured rule (docstring)
-            redraw_probes = constant
-        # Exact has no probes to redraw; redraw = the step plan (count or grid times) the step index comes from
-        redraw = (np.asarray(ts) if ts is not None else steps) if (redraw_probes and probes is not None) else None
-        if redraw_probes and not constant:
-            raise ValueError("redraw_probes: fresh probes per evaluation need constant steps (pass steps=...); "
-                             "an adaptive controller cannot step a vector field that changes at random")
-        y0 = (x_T, w0, omega0)
-        (x_end, w_end, omega), evals, stats = solve(
-            _score_free_field(score, process, divergence, redraw, (t_max, t_end)), y0, t_max, t_end,
-            args=jax.random.fold_in(key, 1) if redraw is not None else probes, solver=solver,
-            steps=steps, rtol=rtol, atol=atol, adjoint=adjoint, max_steps=max_steps, grid=ts)
-        # the result is omega; x_end (details only) may carry a NaN the score-free form never reads (Tsit5's
-        # last stage sits at t_end and enters x with weight 0)
-        omega = check_output(omega, "dg.score_alignment: the score-free solve")
-        value, stderr = dyn.mean_and_stderr(omega)
-        cosine = None
-        per_eval, nfe_final = 2 + 2 * divergence.num_jvps(dim), 0
+        redraw = _redraw_plan(redraw_probes, constant, divergence, options)
+        (x_end, w_end, value, stderr), evals, stats = _score_free_solve(score, process, x_T, t_end, w0, s_T, key,
+                                                                       divergence, redraw, options)
+        cosine, per_eval, nfe_final = None, 2 + 2 * divergence.num_jvps(x_T[0].size), 0
     else:
-        (x_end, w_end), evals, stats = solve(
-            _tangent_field(score, process), (x_T, w0), t_max, t_end, solver=solver, steps=steps, rtol=rtol,
-            atol=atol, adjoint=adjoint, max_steps=max_steps, grid=ts)
-        x_end, w_end = check_output((x_end, w_end), "dg.score_alignment: the tangent solve")
-        s_end = score(x_end, jnp.asarray(t_end, dtype=x_T.dtype))
-        value = check_output(batch_dot(s_end, w_end), "dg.score_alignment: the score at t_end")
-        denom = _flat_norm(s_end) * _flat_norm(w_end)
-        cosine = jnp.where(denom > 0, value / jnp.where(denom > 0, denom, 1.0), 0.0)
-        stderr = jnp.zeros_like(value)
-        per_eval, nfe_final = 2, 1
+        (x_end, w_end, value, cosine), evals, stats = _tangent_solve(score, process, x_T, t_end, w0, options)
+        stderr, per_eval, nfe_final = jnp.zeros_like(value), 2, 1
 
     if not return_details:
         return value
     nfe = add_nfe(nfe_init + nfe_final, evals, per_eval)
     return Alignment(value=value, cosine=cosine, aligned_fraction=jnp.mean(value > 0), x_end=x_end,
                      w_end=w_end, w_T=w0, stderr=stderr, nfe=nfe, num_steps=stats["num_steps"])
+
+
+def _redraw_plan(redraw_probes: bool | None, constant: bool, divergence, options: SolveOptions):
+    """What the score-free field draws fresh probes from at each step: None (probes fixed along the path: adaptive
+    steps, ``dg.Exact()``, or ``redraw_probes=False``), the number of uniform steps, or the grid's times."""
+    if redraw_probes is None:  # default: the measured rule (score_alignment's docstring)
+        redraw_probes = constant
+    if redraw_probes and not constant:
+        raise ValueError("redraw_probes: fresh probes per evaluation need constant steps (pass steps=...); "
+                         "an adaptive controller cannot step a vector field that changes at random")
+    if not redraw_probes or isinstance(divergence, Exact):  # Exact has no probes to redraw
+        return None
+    return np.asarray(options.grid) if options.grid is not None else options.steps
+
+
+def _score_free_solve(score, process, x_T, t_end, w0, s_T, key, divergence, redraw, options):
+    """The score-free form: omega_t = <s_t(x_t), w_t> by its rate 1/2 g^2 div_x(J_s(x) w) along the PF-ODE and
+    its tangent, from omega_T = <s_T(x_T), w_T>. Returns ((x_end, w_end, value (N,), stderr (N,)), evals, stats)."""
+    probes, omega0 = tracking_start(divergence, key, x_T, batch_dot(s_T, w0))
+    field = _score_free_field(score, process, divergence, redraw, (process.t_max, t_end))
+    args = jax.random.fold_in(key, 1) if redraw is not None else probes
+    (x_end, w_end, omega), evals, stats = solve(field, (x_T, w0, omega0), process.t_max, t_end, args=args,
+                                                options=options)
+    # the result is omega; x_end (details only) may carry a NaN the score-free form never reads (Tsit5's last
+    # stage sits at t_end and enters x with weight 0)
+    omega = check_output(omega, "dg.score_alignment: the score-free solve")
+    return (x_end, w_end, *dyn.mean_and_stderr(omega)), evals, stats
+
+
+def _tangent_solve(score, process, x_T, t_end, w0, options):
+    """The score form: the PF-ODE and its tangent dw/dt = J_u(x_t) w to t_end, read out as <s_{t_end}, w_{t_end}>.
+    Returns ((x_end, w_end, value (N,), cosine (N,)), evals, stats)."""
+    (x_end, w_end), evals, stats = solve(_tangent_field(score, process), (x_T, w0), process.t_max, t_end,
+                                         options=options)
+    x_end, w_end = check_output((x_end, w_end), "dg.score_alignment: the tangent solve")
+    s_end = score(x_end, jnp.asarray(t_end, dtype=x_T.dtype))
+    value = check_output(batch_dot(s_end, w_end), "dg.score_alignment: the score at t_end")
+    denom = _flat_norm(s_end) * _flat_norm(w_end)
+    cosine = jnp.where(denom > 0, value / jnp.where(denom > 0, denom, 1.0), 0.0)
+    return (x_end, w_end, value, cosine), evals, stats

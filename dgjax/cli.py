@@ -28,8 +28,9 @@ def _demo(args) -> int:
     import dgjax as dg
 
     dtype = jnp.float64 if args.x64 else jnp.float32
-    process = {"vp": dg.VP(), "vplinear": dg.VPLinear(), "cosine": dg.VPCosine(), "ve": dg.VE(),
-               "edm": dg.EDM(), "flow": dg.LinearFlow()}[args.process]
+    from dgjax.processes import process_constructor
+
+    process = process_constructor(args.process)()
     mixture = dg.GaussianMixture(
         jnp.array([0.2, 0.3, 0.5], dtype),
         jnp.array([[-1.5, 1.0], [1.5, 1.0], [0.0, -1.2]], dtype),

@@ -14,16 +14,18 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from . import dynamics as dyn
-from ._checks import bcast, check_batch, check_finite, check_param, check_time, entry_point, is_concrete
-from .divergence import Hutchinson, tracking_start
+from . import grids
+from ._checks import bcast, check_batch, check_finite, check_param, check_span, check_time, entry_point
+from .divergence import Hutchinson
+from .parametrizations import x0_from_score
 from .sampling.base import Sample
 from .sampling.guidance import HighDensity
 from .sampling.mode import ModeTracking
 from .sampling.ode import PFODE
 from .sampling.sample import sample
 from .sampling.sde import ReverseSDE
-from .solve import solve
+from .likelihood import log_likelihood
+from .solve import SolveOptions, merge_options
 
 Array = jax.Array
 
@@ -57,31 +59,19 @@ def posterior_mean(score: Callable, process, x_t: Float[Array, "N *shape"],
     """
     x_t = check_finite(check_batch(x_t, "x_t"), "x_t")
     t = check_time(process, jnp.asarray(t, x_t.dtype), "t")
-    s = score(x_t, t)
-    return (x_t + bcast(process.sigma(t) ** 2, x_t) * s) / bcast(process.alpha(t), x_t)
+    return x0_from_score(bcast(process.alpha(t), x_t), bcast(process.sigma(t), x_t), x_t, score(x_t, t))
 
 
 # ------------------------------------------------------------------------------------------------------
 # dg.denoise
 # ------------------------------------------------------------------------------------------------------
-def _logp_at(score, process, x, t, divergence, key, solver, steps, rtol, atol):
-    """log p_t(x) by PF-ODE encoding from t to t_max (MATH 4): log p_T(x_T) + int_t^T div u."""
-    probes, change0 = tracking_start(divergence, key, x)
-
-    def vf(tt, y, probes):
-        return dyn.augmented_rate(score, process, y[0], tt, divergence, probes, dyn.pf_velocity)
-
-    (x_T, change), evals, _ = solve(vf, (x, change0), t, process.t_max, args=probes,
-                                    solver=solver, steps=steps, rtol=rtol, atol=atol)
-    return jnp.mean(process.prior_log_prob(x_T)[None, :] - change, axis=0)
-
-
 @entry_point
 def denoise(score: Callable, process, x_t: Float[Array, "N *shape"], t: ArrayLike | Float[Array, " N"], *,
             method: str = "mean", t_end=None, key=None,
             track_logp: bool = False, divergence=None, solver=None, steps: int | None = None, grid=None,
             rtol: float | None = None, atol: float | None = None, logp_t=None,
-            sampler_kwargs: dict | None = None) -> Sample:
+            sampler_kwargs: dict | None = None, adjoint=None, max_steps: int | None = None,
+            options: SolveOptions | None = None) -> Sample:
     """Denoise x_t observed at time t down to t_end (default t_min): MATH 9, Cartoonists Fig. 1.
 
     Methods:
@@ -97,8 +87,11 @@ def denoise(score: Callable, process, x_t: Float[Array, "N *shape"], t: ArrayLik
         (t_min, t_max]; t_end: a time below t (default t_min).
       key: PRNG key (Hutchinson probes; the SDE's Brownian path for ``"sample"``).
       track_logp: also return log p_{t_end} of the result tracked along the path (MATH 4), started from
-        log p_t(x_t) measured by PF-ODE encoding from t to t_max (same solver settings).
-      divergence, solver, steps, rtol, atol: as ``dg.sample``; ``grid`` (step grids) is not supported yet.
+        log p_t(x_t) measured by PF-ODE encoding from t to t_max (``dg.log_likelihood(..., t_start=t)``, same
+        solver settings; a named grid is placed on [t, t_max] for it, an explicit ``dg.TimesGrid`` cannot be:
+        pass ``logp_t`` with one).
+      divergence, solver, steps, grid, rtol, atol, adjoint, max_steps, options: as ``dg.sample`` (the grid runs
+        from t to t_end).
       logp_t: (N,) log p_t(x_t) to start the tracking from (default: measured as above).
       sampler_kwargs: options of ``dg.ModeTracking`` (cg_steps, cg_tol, check, symmetrize, linear_solver) for
         ``"mode"``.
@@ -107,16 +100,12 @@ def denoise(score: Callable, process, x_t: Float[Array, "N *shape"], t: ArrayLik
     """
     if method not in METHODS:
         raise ValueError(f"method: must be one of {METHODS}; got {method!r}")
-    if grid is not None:
-        raise NotImplementedError("grid: step grids are not supported by dg.denoise yet; use steps=... or rtol/atol")
+    options = merge_options(options, solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint,
+                            max_steps=max_steps, grid=grid)
     x_t = check_finite(check_batch(x_t, "x_t"), "x_t")
     check_param(jnp.ndim(t) == 0, "t", f"must be a scalar time; got shape {jnp.shape(t)}")
     t_end = process.t_min if t_end is None else t_end
-    check_time(process, t, "t")
-    check_time(process, t_end, "t_end")
-    if is_concrete(jnp.asarray(t)) and is_concrete(jnp.asarray(t_end)) and not float(t_end) < float(t):
-        raise ValueError(f"t_end: denoising runs from t toward the data, so t_end must be below t; got t_end = "
-                         f"{t_end} >= t = {t}")
+    x_t, t, t_end = check_span(process, t, t_end, x_t, names=("t", "t_end"), why="denoising runs from t toward the data")
     if method == "mean":
         if track_logp:
             raise ValueError("track_logp: the posterior mean is not reached along a path; measure its log-density "
@@ -134,8 +123,12 @@ def denoise(score: Callable, process, x_t: Float[Array, "N *shape"], t: ArrayLik
     else:
         sampler = ReverseSDE()
     if track_logp and logp_t is None:
-        ode_solver = None if (method == "sample" and key is not None) else solver
-        logp_t = _logp_at(score, process, x_t, t, divergence, k_logp, ode_solver, steps, rtol, atol)
+        if isinstance(grids.as_grid(options.grid), grids.TimesGrid):
+            raise ValueError("grid: with track_logp, log p_t(x_t) is measured by encoding from t to t_max, which an "
+                             "explicit grid of times (t to t_end) does not cover: pass logp_t=... or a named grid")
+        # the SDE's Euler-Maruyama default is no ODE solver: the encoding then uses the ODE default (Tsit5)
+        enc = options.replace(solver=None) if (method == "sample" and key is not None) else options
+        logp_t = log_likelihood(score, process, x_t, key=k_logp, divergence=divergence, t_start=t, options=enc).logp
     run_key = k_run if (key is not None) else None
     return sample(score, process, x_t, sampler=sampler, key=run_key, track_logp=track_logp, divergence=divergence,
-                  solver=solver, steps=steps, rtol=rtol, atol=atol, logp_T=logp_t, t_start=t, t_end=t_end)
+                  options=options, logp_T=logp_t, t_start=t, t_end=t_end)

@@ -52,8 +52,7 @@ def elbo_integrand(score: Callable, process, x, t, eps, antithetic: bool):
     t_min = jnp.asarray(process.t_min, dtype)
     c = process.coefficients(t)
     sigma = c.sigma
-    a = c.alpha / process.alpha(t_min)
-    v = sigma**2 - a**2 * process.sigma(t_min) ** 2
+    a, v, _ = process.transition(t_min, t)
     sv = jnp.sqrt(jnp.maximum(v, 0.0))
     xa = bcast(a, x) * x
     if antithetic:  # +eps and -eps in one score call (one batch of 2N: one network in the compiled program)
@@ -113,8 +112,7 @@ def elbo(score: Callable, process, x: Float[Array, "N *shape"], *, key, num_samp
 
     _, h = jax.lax.scan(body, None, (t, eps_keys))  # (M, N)
     integral = (lam_hi - lam_lo) * h  # per-draw estimates of int ... dt
-    a_T = process.alpha(t_max) / process.alpha(t_min)
-    v_T = process.sigma(t_max) ** 2 - a_T**2 * process.sigma(t_min) ** 2
+    a_T, v_T, _ = process.transition(t_min, t_max)
     if prior_log_prob is None:  # E[log N(a_T x + sqrt(v_T) eps; 0, sigma_T^2 I)], closed form
         var = process.sigma(t_max) ** 2
         prior = -0.5 * d * jnp.log(2 * jnp.pi * var) - 0.5 * (a_T**2 * batch_dot(x, x) + v_T * d) / var

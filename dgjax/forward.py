@@ -24,10 +24,11 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from . import dynamics as dyn
-from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, check_output, check_score_fn, check_time,
+from . import grids
+from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, check_output, check_score_fn, check_span,
                       entry_point, event_dim)
 from .divergence import DivergenceEstimator, Hutchinson, tracking_start
-from .solve import add_nfe, solve_term
+from .solve import SolveOptions, add_nfe, merge_options, solve_term
 from .sampling.brownian import brownian_path, default_adjoint
 from .sampling.sde import _AugmentedSDETerm
 
@@ -50,35 +51,48 @@ def forward_rates(coeffs, s, lap, dim: int):
 
 
 @entry_point
-def forward_sde_logp(score: Callable, process, x: Float[Array, "N *shape"], *, key, steps: int,
+def forward_sde_logp(score: Callable, process, x: Float[Array, "N *shape"], *, key, steps: int | None = None,
                      divergence: DivergenceEstimator | None = None,
-                     t_start=None, t_end=None, brownian: str = "auto") -> ForwardTrack:
+                     t_start=None, t_end=None, brownian: str = "auto", grid=None, adjoint=None,
+                     max_steps: int | None = None, options: SolveOptions | None = None) -> ForwardTrack:
     """Run the forward SDE from x at t_start (default t_min) to t_end (default t_max) with Euler-Maruyama in
     ``steps`` constant steps, tracking the change of log p_t(x_t) by MATH 4(e).
 
-    Args: score ``score(x, t)``; x (N, *shape); key (Brownian path and probes); steps >= 1; divergence
-    ``dg.Hutchinson()`` (default) or ``dg.Exact()``; brownian ``"auto"`` (default: ``"steps"``, one key per
-    step), ``"unsafe"`` or ``"virtual"`` (``dgjax/sampling/brownian.py``).
+    Args: score ``score(x, t)``; x (N, *shape); key (Brownian path and probes); steps >= 1 (or the length of an
+    explicit grid); divergence ``dg.Hutchinson()`` (default) or ``dg.Exact()``; brownian ``"auto"`` (default:
+    ``"steps"``, one key per step), ``"unsafe"`` or ``"virtual"`` (``dgjax/sampling/brownian.py``); grid, adjoint,
+    max_steps, options as ``dg.sample`` (the solver is Euler-Maruyama: ``solver`` may only be ``diffrax.Euler()``,
+    and the steps are constant, so no rtol/atol; default grid uniform in t).
     Returns ``ForwardTrack``. NFE per sample: steps * (1 + the estimator's JVPs).
     """
-    steps = check_int(steps, "steps")  # constant Euler-Maruyama steps
+    options = merge_options(options, steps=steps, grid=grid, adjoint=adjoint, max_steps=max_steps)
+    if options.rtol is not None or options.atol is not None:
+        raise ValueError("rtol: the forward SDE takes constant Euler-Maruyama steps (steps=...); drop rtol/atol")
+    if options.solver is not None and not isinstance(options.solver, dfx.Euler):
+        raise ValueError(f"solver: the forward SDE is integrated with Euler-Maruyama (diffrax.Euler()); got "
+                         f"{options.solver!r}")
     if key is None:
         raise ValueError("key: the forward SDE needs a PRNG key (key=jax.random.key(...)) for its Brownian path")
     divergence = Hutchinson() if divergence is None else divergence
     x = check_finite(check_batch(x, "x"), "x")
     t_start = process.t_min if t_start is None else t_start
     t_end = process.t_max if t_end is None else t_end
-    check_time(process, t_start, "t_start")
-    check_time(process, t_end, "t_end")
-    if not float(t_start) < float(t_end):
-        raise ValueError(f"t_end: the forward SDE runs from data to noise, so t_end must exceed t_start; got "
-                         f"{t_end} <= {t_start}")
+    x, t_start, t_end = check_span(process, t_start, t_end, x, names=("t_start", "t_end"), why="the forward SDE runs from data to noise",
+                   decreasing=False)
+    # constant steps, uniform in t unless a grid is given (the Brownian path is keyed on the steps)
+    if options.steps is None and not isinstance(grids.as_grid(options.grid), grids.TimesGrid):
+        raise ValueError("steps: the forward SDE takes constant Euler-Maruyama steps: pass steps=... (e.g. 1000)")
+    steps, ts = grids.plan(process, t_start, t_end, options.steps, "t" if options.grid is None else options.grid)
+    if ts is not None:
+        steps = len(ts) - 1
+    steps = check_int(steps, "steps")
     check_score_fn(score, x, jnp.asarray(t_start, x.dtype))
     k_bm, k_probe = jax.random.split(key)
     probes, change0 = tracking_start(divergence, k_probe, x)
     dim = event_dim(x)
-    # the path's steps are the solve's: [t_start, t_end] in `steps` steps, one key each
-    path = brownian_path(brownian, k_bm, x.shape, x.dtype, float(t_end) - float(t_start), steps, t0=float(t_start))
+    # the path's steps are the solve's: [t_start, t_end] in `steps` steps (or the grid's), one key each
+    path = brownian_path(brownian, k_bm, x.shape, x.dtype, float(t_end) - float(t_start), steps, knots=ts,
+                         t0=float(t_start))
 
     def coeff_fn(t, y, probes):
         xx = y[0]
@@ -93,22 +107,20 @@ def forward_sde_logp(score: Callable, process, x: Float[Array, "N *shape"], *, k
 
     term = _AugmentedSDETerm(coeff_fn, increment, path, True)
     y0 = (x, change0)
-    adjoint = default_adjoint(path)
-    (x_T, change), evals, _ = solve_term(term, y0, t_start, t_end, args=probes, solver=dfx.Euler(), steps=steps,
-                                         adjoint=adjoint)
+    (x_T, change), evals, _ = solve_term(term, y0, t_start, t_end, args=probes, options=options, solver=dfx.Euler(),
+                                         steps=None if ts is not None else steps, grid=ts,
+                                         adjoint=default_adjoint(path, options.adjoint))
     x_T, change = check_output((x_T, change), "dg.forward_sde_logp: the forward-SDE solve")
     mean, se = dyn.mean_and_stderr(change)
     nfe = add_nfe(0, evals, 1 + divergence.num_jvps(dim))
     return ForwardTrack(x_T, mean, se, nfe)
 
 
-def sde_log_likelihood(score: Callable, process, x0, *, key, steps: int | None, divergence=None,
-                       prior_log_prob: Callable | None = None):
-    """log p_{t_min}(x0) by the stochastic encoder: ``log p_T(x_T) - (r_T - r_{t_min})`` along one forward-SDE
+def sde_log_likelihood(score: Callable, process, x0, *, key, divergence=None, prior_log_prob: Callable | None = None,
+                       t_start=None, options: SolveOptions):
+    """log p_{t_start}(x0) by the stochastic encoder: ``log p_T(x_T) - (r_T - r_{t_start})`` along one forward-SDE
     path (MATH 4(e)). Returns (logp (N,), stderr across probes (N,), x_T, logp_T (N,), nfe)."""
-    if steps is None:
-        raise ValueError("steps: encoder='sde' uses constant Euler-Maruyama steps: pass steps=... (e.g. 1000)")
-    tr = forward_sde_logp(score, process, x0, key=key, steps=steps, divergence=divergence)
+    tr = forward_sde_logp(score, process, x0, key=key, divergence=divergence, t_start=t_start, options=options)
     prior = process.prior_log_prob if prior_log_prob is None else prior_log_prob
     logp_T = prior(tr.x_T)
     return logp_T - tr.change, tr.change_stderr, tr.x_T, logp_T, tr.nfe

@@ -9,7 +9,9 @@ coordinate of the process (lambda_t = log-SNR, s_t = sigma_t / alpha_t = exp(-la
     "edm"      uniform in s_t^(1/rho), rho = 7   (Karras et al. 2022, eq. 5, written in s = sigma/alpha so it
                                                   applies to any process; for EDM itself s = sigma = t)
 
-or an explicit array of times (strictly monotone, from t0 to t1, inside [t_min, t_max]).
+or an explicit array of times (strictly monotone, from t0 to t1, inside [t_min, t_max]). The grids are small
+objects, as diffrax's ``StepTo``: ``UniformGrid()``, ``LogSNRGrid()``, ``EDMGrid(rho=7)``, ``TimesGrid(times)``;
+the strings "t", "log_snr", "edm" and a plain array are shorthands for them, resolved here (``as_grid``) only.
 
 Each process names its default grid in ``Process.default_grid`` (chosen by ``benchmarks/bench_grids.py``,
 stated in each process's docstring); ``grid=None`` with ``steps`` uses it. Grid times are computed in
@@ -19,12 +21,15 @@ makes strictly decreasing in t; the endpoints are t0 and t1 exactly.
 
 from __future__ import annotations
 
+import abc
+import dataclasses
+import functools
 from typing import Any
 
 import jax
 import numpy as np
 
-from ._checks import check_int
+from ._checks import check_int, check_param
 
 GRIDS = ("t", "log_snr", "edm")
 EDM_RHO = 7.0
@@ -39,65 +44,145 @@ def _log_snr64(process, t: np.ndarray) -> np.ndarray:
         return np.asarray(process.log_snr(np.asarray(t, np.float64)), np.float64)
 
 
-def _invert_log_snr(process, lam: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """t with lambda_t = lam on [lo, hi] (lambda decreasing in t), by 100 steps of vectorised bisection."""
-    a = np.full(lam.shape, lo, np.float64)
-    b = np.full(lam.shape, hi, np.float64)
-    for _ in range(100):
-        m = 0.5 * (a + b)
-        above = _log_snr64(process, m) > lam  # lambda(m) > target: target lies later in t
-        a, b = np.where(above, m, a), np.where(above, b, m)
-    return 0.5 * (a + b)
+@functools.partial(jax.jit, static_argnums=0)  # compiled once per process (its fields are static)
+def _time_of_log_snr(process, lam):
+    return process.time_of_log_snr(lam)
 
 
-def _ascending(process, lo: float, hi: float, steps: int, grid: str) -> np.ndarray:
-    """steps + 1 times from lo to hi (lo < hi), uniform in the grid's coordinate."""
-    u = np.linspace(0.0, 1.0, steps + 1)
-    if grid == "t":
-        ts = lo + (hi - lo) * u
-    else:
-        lam_lo, lam_hi = _log_snr64(process, np.array([lo, hi]))
-        if not lam_lo > lam_hi:
-            raise ValueError(f"grid: {grid!r} needs a log-SNR strictly decreasing in t, but {type(process).__name__} "
-                             f"has lambda({lo}) = {lam_lo} <= lambda({hi}) = {lam_hi}; use grid='t' or an array")
-        if grid == "log_snr":
-            lam = lam_lo + (lam_hi - lam_lo) * u
-        else:  # edm: s = exp(-lambda / 2), uniform in s^(1/rho)
-            a, b = np.exp(-lam_lo / (2 * EDM_RHO)), np.exp(-lam_hi / (2 * EDM_RHO))
-            lam = -2.0 * EDM_RHO * np.log(a + (b - a) * u)
-        ts = _invert_log_snr(process, lam[1:-1], lo, hi)
-        ts = np.concatenate([[lo], ts, [hi]])
-    ts[0], ts[-1] = lo, hi
-    if not np.all(np.diff(ts) > 0):
-        raise ValueError(f"grid: the {grid!r} grid with steps={steps} on [{lo}, {hi}] has repeated times "
-                         f"(too many steps for float64 resolution there); use fewer steps or another grid")
-    return ts
+def _time_of_log_snr64(process, lam: np.ndarray) -> np.ndarray:
+    """``process.time_of_log_snr`` in float64, as concrete numbers (also while a caller is being traced)."""
+    with _x64(), jax.ensure_compile_time_eval():
+        return np.asarray(_time_of_log_snr(process, np.asarray(lam, np.float64)), np.float64)
 
 
-def resolve_grid(process, grid, steps) -> Any:
-    """The grid to use: None (adaptive / uniform-t constant steps), a grid name, or a float64 array.
+def _by_log_snr(process, lo: float, hi: float, u: np.ndarray, name: str, lam_of) -> np.ndarray:
+    """Times on [lo, hi] with lambda_t = ``lam_of(lam_lo, lam_hi, u)`` for the fractions u (0 and 1 map to lo, hi)."""
+    lam_lo, lam_hi = _log_snr64(process, np.array([lo, hi]))
+    if not lam_lo > lam_hi:
+        raise ValueError(f"grid: {name} needs a log-SNR strictly decreasing in t, but {type(process).__name__} "
+                         f"has lambda({lo}) = {lam_lo} <= lambda({hi}) = {lam_hi}; use dg.UniformGrid() or an array")
+    ts = _time_of_log_snr64(process, lam_of(lam_lo, lam_hi, u[1:-1]))
+    return np.concatenate([[lo], ts, [hi]])
 
-    Validates the combination of ``steps`` and ``grid`` (clear errors for an unknown name, a grid without
-    steps, a non-1-D array).
-    """
+
+class AbstractGrid(abc.ABC):
+    """Where the constant steps of a solve go (``grid=`` of ``dg.sample`` and the other entry points)."""
+
+    @abc.abstractmethod
+    def ascending(self, process, lo: float, hi: float, steps: int | None) -> np.ndarray:
+        """The step ends from lo to hi (lo < hi), float64, strictly increasing, lo and hi exactly."""
+
+
+@dataclasses.dataclass(frozen=True)
+class UniformGrid(AbstractGrid):
+    """Uniform in t (shorthand "t"): constant steps, traceable step counts and ends (diffrax ConstantStepSize)."""
+
+    def ascending(self, process, lo, hi, steps):
+        return lo + (hi - lo) * np.linspace(0.0, 1.0, check_int(steps, "steps") + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSNRGrid(AbstractGrid):
+    """Uniform in the log-SNR lambda_t (shorthand "log_snr"; the published code's choice)."""
+
+    def ascending(self, process, lo, hi, steps):
+        u = np.linspace(0.0, 1.0, check_int(steps, "steps") + 1)
+        return _by_log_snr(process, lo, hi, u, "LogSNRGrid", lambda a, b, v: a + (b - a) * v)
+
+
+@dataclasses.dataclass(frozen=True)
+class EDMGrid(AbstractGrid):
+    """Uniform in s_t^(1/rho), s = sigma/alpha = exp(-lambda/2) (shorthand "edm", rho = 7; Karras et al. 2022,
+    eq. 5)."""
+
+    rho: float = EDM_RHO
+
+    def __post_init__(self):
+        check_param(isinstance(self.rho, (int, float)) and 0 < self.rho < float("inf"), "rho",
+                    f"must be a finite positive number; got {self.rho!r}")
+
+    def ascending(self, process, lo, hi, steps):
+        u = np.linspace(0.0, 1.0, check_int(steps, "steps") + 1)
+        rho = float(self.rho)
+
+        def lam_of(lam_lo, lam_hi, v):
+            a, b = np.exp(-lam_lo / (2 * rho)), np.exp(-lam_hi / (2 * rho))
+            return -2.0 * rho * np.log(a + (b - a) * v)
+
+        return _by_log_snr(process, lo, hi, u, f"EDMGrid(rho={rho:g})", lam_of)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TimesGrid(AbstractGrid):
+    """An explicit grid: the times (1-D, at least 2, strictly monotone, finite) a solve steps to, in either
+    direction; it must run between the solve's ends and lie inside the process's [t_min, t_max]."""
+
+    times: np.ndarray
+
+    def __post_init__(self):
+        arr = np.asarray(self.times, dtype=np.float64)
+        if arr.ndim != 1 or arr.shape[0] < 2:
+            raise ValueError(f"grid: an explicit grid must be a 1-D array of at least 2 times; got shape {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError("grid: the explicit grid contains NaN or inf")
+        d = np.diff(arr)
+        if not (np.all(d > 0) or np.all(d < 0)):
+            raise ValueError("grid: an explicit grid must be strictly monotone (all times increasing or all "
+                             "decreasing, no repeats)")
+        object.__setattr__(self, "times", arr)
+
+    @property
+    def steps(self) -> int:
+        return self.times.shape[0] - 1
+
+    def ascending(self, process, lo, hi, steps):
+        ts = np.sort(self.times)
+        out = (ts < process.t_min) | (ts > process.t_max)
+        if np.any(out):
+            raise ValueError(f"grid: times {ts[out][:3]} leave [{process.t_min}, {process.t_max}], the time range "
+                             f"of {type(process).__name__}")
+        if not (np.isclose(ts[0], lo, rtol=1e-9, atol=1e-12) and np.isclose(ts[-1], hi, rtol=1e-9, atol=1e-12)):
+            raise ValueError(f"grid: an explicit grid must run from one end of the solve to the other ({lo} and "
+                             f"{hi}, in either direction); it spans [{ts[0]}, {ts[-1]}]")
+        return ts
+
+
+_SHORTHANDS = {"t": UniformGrid, "log_snr": LogSNRGrid, "edm": EDMGrid}
+
+
+def as_grid(grid) -> AbstractGrid | None:
+    """The grid object for ``grid``: None stays None; "t", "log_snr", "edm" are ``UniformGrid()``, ``LogSNRGrid()``,
+    ``EDMGrid()``; an array of times is ``TimesGrid(times)``; a grid object is itself. The one place the shorthands
+    are resolved."""
+    if grid is None or isinstance(grid, AbstractGrid):
+        return grid
+    if isinstance(grid, str):
+        if grid not in _SHORTHANDS:
+            raise ValueError(f"grid: unknown grid {grid!r}; choose one of {GRIDS}, a dg.UniformGrid(), "
+                             f"dg.LogSNRGrid(), dg.EDMGrid(rho), or an array of times (dg.TimesGrid)")
+        return _SHORTHANDS[grid]()
+    if isinstance(grid, jax.core.Tracer):
+        raise ValueError("grid: the times of an explicit grid must be concrete (not traced under jit)")
+    return TimesGrid(grid)
+
+
+def resolve_grid(process, grid, steps) -> AbstractGrid | None:
+    """The grid to use: None (adaptive), or a grid object (the process's ``default_grid`` when only ``steps`` is
+    given). Validates the combination of ``steps`` and ``grid`` (a named grid needs steps; an explicit one's
+    length fixes them)."""
     if grid is None:
         if steps is None:
             return None
         grid = getattr(process, "default_grid", "t")
-    if isinstance(grid, str):
-        if grid not in GRIDS:
-            raise ValueError(f"grid: unknown grid {grid!r}; choose one of {GRIDS} or pass an array of times")
-        if steps is None:
-            raise ValueError(f"grid: grid={grid!r} places constant steps, so it needs steps=... (the number of "
-                             f"steps); for adaptive steps drop grid=")
-        return grid
-    arr = np.asarray(grid, dtype=np.float64)
-    if arr.ndim != 1 or arr.shape[0] < 2:
-        raise ValueError(f"grid: an explicit grid must be a 1-D array of at least 2 times; got shape {arr.shape}")
-    if steps is not None and steps != arr.shape[0] - 1:
-        raise ValueError(f"steps: an explicit grid of {arr.shape[0]} times makes {arr.shape[0] - 1} steps; "
-                         f"got steps={steps} (drop steps= or make them agree)")
-    return arr
+    g = as_grid(grid)
+    if isinstance(g, TimesGrid):
+        if steps is not None and steps != g.steps:
+            raise ValueError(f"steps: an explicit grid of {g.steps + 1} times makes {g.steps} steps; "
+                             f"got steps={steps} (drop steps= or make them agree)")
+    elif steps is None:
+        raise ValueError(f"grid: {g!r} places constant steps, so it needs steps=... (the number of steps); for "
+                         f"adaptive steps drop grid=")
+    return g
 
 
 def step_times(process, t0: float, t1: float, steps: int | None = None, grid: Any = None) -> np.ndarray | None:
@@ -121,26 +206,11 @@ def step_times(process, t0: float, t1: float, steps: int | None = None, grid: An
     if t0 == t1:
         raise ValueError(f"grid: the solve has zero length (t0 = t1 = {t0})")
     lo, hi = min(t0, t1), max(t0, t1)
-    if isinstance(g, str):
-        ts = _ascending(process, lo, hi, check_int(steps, "steps"), g)
-    else:
-        ts = g
-        if not np.all(np.isfinite(ts)):
-            raise ValueError("grid: the explicit grid contains NaN or inf")
-        out = (ts < process.t_min) | (ts > process.t_max)
-        if np.any(out):
-            raise ValueError(f"grid: times {ts[out][:3]} leave [{process.t_min}, {process.t_max}], the time range "
-                             f"of {type(process).__name__}")
-        d = np.diff(ts)
-        if not (np.all(d > 0) or np.all(d < 0)):
-            raise ValueError("grid: an explicit grid must be strictly monotone (all times increasing or all "
-                             "decreasing, no repeats)")
-        ts = np.sort(ts)
-        if not (np.isclose(ts[0], lo, rtol=1e-9, atol=1e-12) and np.isclose(ts[-1], hi, rtol=1e-9, atol=1e-12)):
-            raise ValueError(f"grid: an explicit grid must run from {t0} to {t1} (the solve's ends); it spans "
-                             f"[{ts[0]}, {ts[-1]}]")
-        ts = ts.copy()
-        ts[0], ts[-1] = lo, hi
+    ts = np.array(g.ascending(process, lo, hi, steps), dtype=np.float64)
+    ts[0], ts[-1] = lo, hi
+    if not np.all(np.diff(ts) > 0):
+        raise ValueError(f"grid: the {g!r} grid with steps={steps} on [{lo}, {hi}] has repeated times "
+                         f"(too many steps for float64 resolution there); use fewer steps or another grid")
     return ts if t0 < t1 else ts[::-1].copy()
 
 
@@ -159,9 +229,9 @@ def plan(process, t0, t1, steps, grid):
     """(steps, ts) for ``solve``: uniform-in-t and adaptive solves keep ``steps`` (diffrax ConstantStepSize,
     traceable step counts and ends); other grids give ``ts`` (diffrax StepTo) and steps None."""
     g = resolve_grid(process, grid, steps)
-    if g is None or (isinstance(g, str) and g == "t"):
+    if g is None or isinstance(g, UniformGrid):
         return steps, None
     if isinstance(steps, jax.core.Tracer) or isinstance(t0, jax.core.Tracer) or isinstance(t1, jax.core.Tracer):
-        raise ValueError(f"grid: a {g if isinstance(g, str) else 'explicit'!r} grid needs a concrete number of steps "
-                         f"and concrete solve ends (not traced under jit); pass grid='t' for traced ones")
+        raise ValueError(f"grid: {g!r} needs a concrete number of steps and concrete solve ends (not traced under "
+                         f"jit); pass dg.UniformGrid() (grid='t') for traced ones")
     return None, step_times(process, t0, t1, steps, g)

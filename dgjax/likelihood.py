@@ -18,12 +18,12 @@ from jaxtyping import Array, ArrayLike, Float
 
 from . import dynamics as dyn
 from . import grids
-from ._checks import check_batch, check_finite, check_output, check_score_fn, entry_point
+from ._checks import check_batch, check_finite, check_output, check_score_fn, check_span, entry_point
 from .quantization import Quantization
 from .divergence import DivergenceEstimator, Hutchinson, tracking_start
 from .external import AbstractModel
 from .sampling.sample import check_common, from_model
-from .solve import SolveOptions, add_nfe, solve, split_params
+from .solve import SolveOptions, add_nfe, merge_options, solve, split_params
 
 Array = jax.Array
 
@@ -46,11 +46,14 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
                    divergence: DivergenceEstimator | None = None,
                    solver=None, steps: int | None = None, rtol: float | None = None, atol: float | None = None,
                    prior_log_prob: Callable | None = None, adjoint=None, max_steps: int | None = None,
-                   grid=None, encoder: str = "ode") -> Likelihood:
-    """Model log-density of data ``x0`` (N, *shape), taken at t_min, by PF-ODE encoding to t_max.
+                   grid=None, encoder: str = "ode", t_start: float | None = None,
+                   options: SolveOptions | None = None) -> Likelihood:
+    """Model log-density of data ``x0`` (N, *shape), taken at t_start (default t_min), by PF-ODE encoding to t_max.
 
-    Args mirror ``dg.sample`` (``grid``: where the constant steps go, see ``dgjax.grids``); a model in place of
-    (score, process): ``dg.log_likelihood(model, x0, ...)`` (log p in the model's network space).
+    Args mirror ``dg.sample`` (``grid``: where the constant steps go, see ``dgjax.grids``; ``options``: a
+    ``dg.SolveOptions`` whose fields the keywords given override); a model in place of (score, process):
+    ``dg.log_likelihood(model, x0, ...)`` (log p in the model's network space). ``t_start``: the time of ``x0``
+    (a scalar below t_max; ``dg.denoise`` measures log p_t(x_t) with it).
     ``prior_log_prob(x_T) -> (N,)`` defaults to ``process.prior_log_prob``.
     ``encoder="sde"``: encode with the forward SDE instead (MATH 4(e), ``dgjax.forward``): Euler-Maruyama in
     ``steps`` constant steps with any divergence estimator; unbiased over the Brownian path, noisy per path
@@ -60,17 +63,20 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
     divergence = Hutchinson() if divergence is None else divergence
     if encoder not in ("ode", "sde"):
         raise ValueError(f"encoder: must be 'ode' (PF-ODE) or 'sde' (forward SDE); got {encoder!r}")
-    check_common(process, divergence, key, SolveOptions(steps=steps, rtol=rtol, atol=atol))
+    options = merge_options(options, solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint,
+                            max_steps=max_steps, grid=grid)
+    check_common(process, divergence, key, options)
+    t0, t1 = (process.t_min if t_start is None else t_start), process.t_max
     if encoder == "sde":
         from .forward import sde_log_likelihood
-        if solver is not None or rtol is not None or atol is not None or grid is not None:
-            raise ValueError("encoder: 'sde' uses Euler-Maruyama with constant steps uniform in t; drop "
-                             "solver/rtol/atol/grid")
-        return Likelihood(*sde_log_likelihood(score, process, x0, key=key, steps=steps, divergence=divergence,
-                                              prior_log_prob=prior_log_prob))
+        if options.solver is not None or options.rtol is not None or options.atol is not None:
+            raise ValueError("encoder: 'sde' uses Euler-Maruyama with constant steps; drop solver/rtol/atol")
+        return Likelihood(*sde_log_likelihood(score, process, x0, key=key, divergence=divergence,
+                                              prior_log_prob=prior_log_prob, t_start=t0, options=options))
     x0 = check_finite(check_batch(x0, "x0"), "x0")
-    t0, t1 = process.t_min, process.t_max
-    steps, ts = grids.plan(process, t0, t1, steps, grid)  # validate the grid before drawing probes
+    x0, t0, t1 = check_span(process, t0, t1, x0, names=("t_start", "t_max"),
+                            why="encoding runs from the data to the noise", decreasing=False)
+    steps, ts = grids.plan(process, t0, t1, options.steps, options.grid)  # validate the grid before drawing probes
     check_score_fn(score, x0, jnp.asarray(t0, dtype=x0.dtype))
     probes, change0 = tracking_start(divergence, key, x0)
     y0 = (x0, change0)
@@ -80,8 +86,7 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
         probes, params = args
         return dyn.augmented_rate(rebuild(params), process, y[0], t, divergence, probes, dyn.pf_velocity)
 
-    (x_T, change), evals, _ = solve(vf, y0, t0, t1, args=(probes, params), solver=solver, steps=steps, rtol=rtol,
-                                    atol=atol, adjoint=adjoint, max_steps=max_steps, grid=ts)
+    (x_T, change), evals, _ = solve(vf, y0, t0, t1, args=(probes, params), options=options, steps=steps, grid=ts)
     x_T, change = check_output((x_T, change), "dg.log_likelihood: the PF-ODE encoding solve")
     prior = process.prior_log_prob if prior_log_prob is None else prior_log_prob
     logp_T = prior(x_T)

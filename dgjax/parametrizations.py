@@ -29,6 +29,45 @@ def _coefficients(process, t, x):
     return jax.tree_util.tree_map(lambda v: bcast(v, x), process.coefficients(t))
 
 
+def x0_from_score(alpha, sigma, x, s):
+    """Tweedie's formula E[x_0 | x_t] = (x_t + sigma_t^2 s(x_t, t)) / alpha_t (MATH 2, 9); alpha, sigma broadcast
+    against x."""
+    return (x + sigma**2 * s) / alpha
+
+
+def score_from_x0(alpha, sigma, x, x0):
+    """Tweedie's formula solved for the score: s = (alpha_t x0 - x_t) / sigma_t^2 (MATH 2)."""
+    return (alpha * x0 - x) / sigma**2
+
+
+# the conversions at t (Coefficients c broadcast against x): prediction -> score, and score -> prediction
+_TO_SCORE = {
+    "eps": lambda c, x, eps: -eps / c.sigma,
+    "x0": lambda c, x, x0: score_from_x0(c.alpha, c.sigma, x, x0),
+    "v": lambda c, x, v: 2.0 * (c.f * x - v) / c.g2,
+}
+_FROM_SCORE = {
+    "eps": lambda c, x, s: -c.sigma * s,
+    "x0": lambda c, x, s: x0_from_score(c.alpha, c.sigma, x, s),
+    "v": lambda c, x, s: c.f * x - 0.5 * c.g2 * s,
+}
+
+
+def _convert(fn: Callable, process, parametrization: str, rules: dict) -> Callable:
+    """``fn(x, t)`` followed by ``rules[parametrization](coefficients at t, x, fn(x, t))`` (identity for "score")."""
+    if parametrization not in PARAMETRIZATIONS:
+        raise ValueError(f"parametrization: unknown {parametrization!r}; choose one of {PARAMETRIZATIONS}")
+
+    def converted(x, t):
+        t = jnp.asarray(t, dtype=x.dtype)
+        out = fn(x, t)
+        if parametrization == "score":
+            return out
+        return rules[parametrization](_coefficients(process, t, x), x, out)
+
+    return converted
+
+
 def score_from(model_fn: Callable, process, parametrization: str = "eps") -> Callable:
     """Wrap ``model_fn(x (N, *shape), t scalar or (N,)) -> prediction like x`` as ``score(x, t)``.
 
@@ -37,39 +76,9 @@ def score_from(model_fn: Callable, process, parametrization: str = "eps") -> Cal
       process: the forward process the model was trained for (gives alpha, sigma, f, g2).
       parametrization: what the model predicts: "eps", "x0", "v" (velocity d/dt x_t) or "score".
     """
-    if parametrization not in PARAMETRIZATIONS:
-        raise ValueError(f"parametrization: unknown {parametrization!r}; choose one of {PARAMETRIZATIONS}")
-
-    def score(x, t):
-        t = jnp.asarray(t, dtype=x.dtype)
-        pred = model_fn(x, t)
-        if parametrization == "score":
-            return pred
-        c = _coefficients(process, t, x)
-        if parametrization == "eps":
-            return -pred / c.sigma
-        if parametrization == "x0":
-            return (c.alpha * pred - x) / c.sigma**2
-        return 2.0 * (c.f * x - pred) / c.g2
-
-    return score
+    return _convert(model_fn, process, parametrization, _TO_SCORE)
 
 
 def score_to(score: Callable, process, parametrization: str) -> Callable:
     """The inverse conversion: express a score function as an eps / x0 / v / score predictor."""
-    if parametrization not in PARAMETRIZATIONS:
-        raise ValueError(f"parametrization: unknown {parametrization!r}; choose one of {PARAMETRIZATIONS}")
-
-    def model(x, t):
-        t = jnp.asarray(t, dtype=x.dtype)
-        s = score(x, t)
-        if parametrization == "score":
-            return s
-        c = _coefficients(process, t, x)
-        if parametrization == "eps":
-            return -c.sigma * s
-        if parametrization == "x0":
-            return (x + c.sigma**2 * s) / c.alpha
-        return c.f * x - 0.5 * c.g2 * s
-
-    return model
+    return _convert(score, process, parametrization, _FROM_SCORE)

@@ -18,7 +18,8 @@ array of times and act elementwise.
 from __future__ import annotations
 
 import math
-from typing import Callable, ClassVar, NamedTuple
+import inspect
+from typing import Callable, ClassVar, Mapping, NamedTuple
 
 import equinox as eqx
 import jax
@@ -38,6 +39,15 @@ class Coefficients(NamedTuple):
     sigma: Array
     f: Array
     g2: Array
+
+
+class Transition(NamedTuple):
+    """The Gaussian kernel between two times s <= t of one forward path (MATH.md sections 9, 10):
+    x_t | x_s ~ N(a x_s, v I), with c = v / a^2 the variance measured at s's scale."""
+
+    a: Array
+    v: Array
+    c: Array
 
 
 class Process(eqx.Module):
@@ -80,20 +90,41 @@ class Process(eqx.Module):
         return 2.0 * (self.log_alpha(t) - self.log_sigma(t))
 
     def time_of_log_snr(self, lam) -> Array:
-        """t with lambda_t = lam, the inverse of ``log_snr`` (decreasing in t), for lam of any shape: bisection
-        on [t_min, t_max] (optimistix), to 1e-14 in float64 and 1e-6 in float32; traceable."""
-        import optimistix as optx
-
+        """t with lambda_t = lam, the inverse of ``log_snr`` (decreasing in t), for lam of any shape: 100 steps of
+        vectorised bisection on [t_min, t_max] (to the dtype's resolution), its derivative 1 / lambda'(t);
+        traceable, and concrete under ``jax.ensure_compile_time_eval`` (``dgjax.grids`` uses it so)."""
         lam = jnp.asarray(lam, dtype=jnp.result_type(lam, float))
-        tol = 1e-14 if lam.dtype == jnp.float64 else 1e-6
-        lo, hi = jnp.asarray(self.t_min, lam.dtype), jnp.asarray(self.t_max, lam.dtype)
 
-        def one(l):
-            return optx.root_find(lambda tt, ll: self.log_snr(tt) - ll, optx.Bisection(rtol=tol, atol=tol),
-                                  0.5 * (lo + hi), args=l, options={"lower": lo, "upper": hi}, max_steps=256,
-                                  throw=False).value
+        @jax.custom_jvp
+        def invert(l):
+            def halve(_, ab):
+                a, b = ab
+                m = 0.5 * (a + b)
+                later = self.log_snr(m) > l  # lambda(m) above the target: the root lies later in t
+                return jnp.where(later, m, a), jnp.where(later, b, m)
 
-        return jax.vmap(one)(lam.reshape(-1)).reshape(lam.shape)
+            ends = (jnp.full(l.shape, self.t_min, l.dtype), jnp.full(l.shape, self.t_max, l.dtype))
+            a, b = jax.lax.fori_loop(0, 100, halve, ends)
+            return 0.5 * (a + b)
+
+        @invert.defjvp
+        def _(primals, tangents):
+            t = invert(primals[0])
+            dlam_dt = jax.jvp(self.log_snr, (t,), (jnp.ones_like(t),))[1]
+            return t, tangents[0] / dlam_dt
+
+        return invert(lam)
+
+    def transition(self, s, t) -> Transition:
+        """``Transition(a, v, c)`` of x_t | x_s for s <= t (MATH 9): a = alpha_t / alpha_s,
+        v = sigma_t^2 - a^2 sigma_s^2, c = v / a^2. The denoising density p(x_s | x_t) and the ELBO's
+        x_t | x_{t_min} both use it. c is computed as ``alpha_s^2 (exp(-lambda_t) - exp(-lambda_s))``
+        (= sigma_t^2 / a^2 - sigma_s^2), clipped at 0: >= 0 for s <= t and exactly 0 at s = t. s, t scalars
+        or arrays (broadcast)."""
+        a = self.alpha(t) / self.alpha(s)
+        v = self.sigma(t) ** 2 - a**2 * self.sigma(s) ** 2
+        c = self.alpha(s) ** 2 * (jnp.exp(-self.log_snr(t)) - jnp.exp(-self.log_snr(s)))
+        return Transition(a, v, jnp.maximum(c, 0.0))
 
     def f(self, t) -> Array:
         """Drift coefficient f(t) = d/dt log alpha_t of the forward SDE dx = f x dt + g dW."""
@@ -188,32 +219,6 @@ class VP(Process):
         return 0.5 * _log_sigmoid(-self._lam(t))
 
 
-class VPLinear(Process):
-    """Variance preserving with linear beta (DDPM / score-SDE):
-    log alpha_t = -1/2 (beta_min t + 1/2 (beta_max - beta_min) t^2), sigma = sqrt(1 - alpha^2), t in [t_min, 1].
-    Default step grid (``steps=`` without ``grid=``): "log_snr" (benchmarks/bench_grids.py, Heun x64 oracle
-    error 1.1e-3 nats/dim, t 1.7e-3, edm 2.0e-3).
-    """
-
-    default_grid: ClassVar[str] = "log_snr"
-
-    beta_min: float = eqx.field(static=True)
-    beta_max: float = eqx.field(static=True)
-
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3):
-        _check_finite_params(beta_min=beta_min, beta_max=beta_max, t_min=t_min)
-        check_param(0 < beta_min <= beta_max, "beta_min", f"need 0 < beta_min <= beta_max, got {beta_min}, {beta_max}")
-        check_param(0 < t_min < 1, "t_min", f"must lie in (0, 1) (sigma is 0 at t = 0), got {t_min}")
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
-        self.t_min, self.t_max = float(t_min), 1.0
-
-    def log_alpha(self, t):
-        return -0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2)
-
-    def log_sigma(self, t):
-        return _half_log1m_exp2(self.log_alpha(t))
-
-
 class VPCosine(Process):
     """Variance preserving cosine schedule (Nichol & Dhariwal):
     alpha_t = cos(pi/2 (t+s)/(1+s)) / cos(pi/2 s/(1+s)), sigma = sqrt(1 - alpha^2).
@@ -271,6 +276,14 @@ class EDM(Process):
         check_param(0 < sigma_min < sigma_max, "sigma_min", f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.t_min, self.t_max = float(sigma_min), float(sigma_max)
 
+    @property
+    def sigma_min(self) -> float:
+        return self.t_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.t_max
+
     def log_alpha(self, t):
         return jnp.zeros_like(t)
 
@@ -317,6 +330,7 @@ class VPSDE(Process):
     T: float = eqx.field(static=True)
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0, t_min: float = 1e-3):
+        _check_finite_params(beta_min=beta_min, beta_max=beta_max, T=T, t_min=t_min)
         check_param(0 < beta_min <= beta_max, "beta_min", f"need 0 < beta_min <= beta_max, got {beta_min}, {beta_max}")
         check_param(T > 0, "T", f"must be positive, got {T}")
         check_param(0 < t_min < T, "t_min", f"must lie in (0, T) (sigma is 0 at t = 0), got {t_min} with T = {T}")
@@ -328,6 +342,14 @@ class VPSDE(Process):
 
     def log_sigma(self, t):
         return _half_log1m_exp2(self.log_alpha(t))
+
+
+def VPLinear(beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3) -> VPSDE:  # noqa: N802 (a class name)
+    """Variance preserving with linear beta (DDPM / score-SDE) on [t_min, 1]: ``VPSDE(beta_min, beta_max, 1.0,
+    t_min)``, log alpha_t = -1/2 (beta_min t + 1/2 (beta_max - beta_min) t^2), sigma = sqrt(1 - alpha^2).
+    A name for the VPSDE it is (so ``type(VPLinear())`` is ``VPSDE``). Default step grid "log_snr"
+    (benchmarks/bench_grids.py, Heun x64 oracle error 1.1e-3 nats/dim, t 1.7e-3, edm 2.0e-3)."""
+    return VPSDE(beta_min, beta_max, 1.0, t_min)
 
 
 class CustomProcess(Process):
@@ -371,4 +393,48 @@ class CustomProcess(Process):
         return self.log_sigma_fn(t) + jnp.zeros_like(t)
 
 
-ALL_PROCESSES = (VP, VPLinear, VPCosine, VE, EDM, LinearFlow, VPSDE)
+# ------------------------------------------------------------------------------------------------------
+# the process registry: name <-> constructor <-> config (model files, the CLI and the tests use it)
+# ------------------------------------------------------------------------------------------------------
+PROCESSES: dict[str, Callable[..., Process]] = {
+    "VP": VP, "VPLinear": VPLinear, "VPCosine": VPCosine, "VE": VE, "EDM": EDM, "LinearFlow": LinearFlow,
+    "VPSDE": VPSDE,
+}
+"""The named processes: ``PROCESSES[name](**config)`` builds one (``VPLinear`` builds a ``VPSDE``)."""
+_ALIASES = {"cosine": "VPCosine", "flow": "LinearFlow"}  # the CLI's short names
+
+
+def process_constructor(name: str) -> Callable[..., Process]:
+    """The constructor registered under ``name`` (case-insensitive; also "cosine" and "flow")."""
+    by_lower = {k.lower(): k for k in PROCESSES} | _ALIASES
+    key = by_lower.get(str(name).lower())
+    if key is None:
+        raise ValueError(f"process: unknown process {name!r}; choose one of {sorted(PROCESSES)}")
+    return PROCESSES[key]
+
+
+def process_fields(name: str) -> tuple[str, ...]:
+    """The keyword arguments (config fields) of the process registered under ``name``."""
+    return tuple(inspect.signature(process_constructor(name)).parameters)
+
+
+def process_from_config(cfg: Mapping) -> Process:
+    """``{"name": NAME, **fields}`` -> the process (``process_to_config``'s inverse). Unknown names or fields
+    raise ValueError naming the accepted ones."""
+    cfg = dict(cfg)
+    name = cfg.pop("name", None)
+    if name is None:
+        raise ValueError(f"process: a process config needs a 'name' (one of {sorted(PROCESSES)}); got {cfg}")
+    fields = process_fields(name)
+    unknown = sorted(set(cfg) - set(fields))
+    if unknown:
+        raise ValueError(f"process: unknown process field(s) {unknown} for {name}; it takes {', '.join(fields)}")
+    return process_constructor(name)(**cfg)
+
+
+def process_to_config(process: Process) -> dict:
+    """``{"name": class name, **the constructor's arguments}`` for a registered process class."""
+    name = type(process).__name__
+    if PROCESSES.get(name) is not type(process):
+        raise ValueError(f"process: {name} is not a registered process ({sorted(PROCESSES)}); it has no config")
+    return {"name": name, **{k: getattr(process, k) for k in process_fields(name)}}

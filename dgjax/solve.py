@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from ._checks import all_finite, check_int, check_param, check_value, is_concrete
 from .errors import InvalidArgument, MaxStepsReached, NonFiniteError, RuntimeCheckError
+from .grids import AbstractGrid, UniformGrid
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-5
@@ -38,9 +39,13 @@ class SolveOptions:
     steps: number of constant steps; or rtol/atol for the adaptive PID controller (default adaptive,
       rtol = atol = 1e-5). adjoint: a diffrax adjoint (None: diffrax's default). max_steps: the solve's
       step bound (None: ``steps`` for constant steps, 16384 for adaptive ones).
-    grid: where the constant steps go (``dgjax.grids``): "t", "log_snr", "edm", an array of times, or None
-      (the process's ``default_grid`` when ``steps`` is given). Samplers resolve a named grid against the
+    grid: where the constant steps go (``dgjax.grids``): ``dg.UniformGrid()``, ``dg.LogSNRGrid()``,
+      ``dg.EDMGrid(rho)``, ``dg.TimesGrid(times)`` (or the shorthands "t", "log_snr", "edm", an array of times),
+      or None (the process's ``default_grid`` when ``steps`` is given). Samplers resolve a grid against the
       process (``grids.plan``) and hand ``solve_term`` the times, which diffrax steps to exactly (``StepTo``).
+    Every entry point (``dg.sample``, ``dg.log_likelihood``, ``dg.denoise``, ``dg.score_alignment``,
+    ``dg.forward_sde_logp``) takes one as ``options=`` and its fields as keywords; a keyword given (not None)
+    overrides the object's field (``merge_options``).
     To add an option: add a field here (with a default) and read it in ``solve_term``.
     """
 
@@ -54,6 +59,16 @@ class SolveOptions:
 
     def replace(self, **changes) -> "SolveOptions":
         return dataclasses.replace(self, **changes)
+
+
+def merge_options(options: SolveOptions | None, **keywords) -> SolveOptions:
+    """``options`` (default ``SolveOptions()``) with each keyword that is not None put over its field: the
+    entry points' keywords (solver, steps, rtol, atol, adjoint, max_steps, grid) override ``options=``."""
+    if options is None:
+        options = SolveOptions()
+    elif not isinstance(options, SolveOptions):
+        raise InvalidArgument(f"options: expected a dg.SolveOptions(...) (or None); got {options!r}")
+    return options.replace(**{k: v for k, v in keywords.items() if v is not None})
 
 
 def leafwise_rms_norm(y) -> jax.Array:
@@ -158,9 +173,10 @@ def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, options
     solver = dfx.Tsit5() if solver is None else solver
     # time in the state's precision: diffrax promotes the state to the time dtype (float64 under x64)
     tdtype = jax.tree_util.tree_leaves(y0)[0].dtype
-    ts = None if isinstance(options.grid, str) and options.grid == "t" else options.grid
-    if isinstance(ts, str):
-        raise InvalidArgument(f"grid: the named grid {ts!r} needs the process; resolve it to times with "
+    ts = None if isinstance(options.grid, UniformGrid) or (isinstance(options.grid, str) and options.grid == "t") \
+        else options.grid
+    if isinstance(ts, (str, AbstractGrid)):
+        raise InvalidArgument(f"grid: the grid {ts!r} needs the process; resolve it to times with "
                          f"dgjax.grids.step_times (dg.sample and friends do) before calling solve")
     if ts is not None:
         if steps is not None or rtol is not None or atol is not None:

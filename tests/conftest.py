@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import dgjax as dg
+from dgjax.processes import PROCESSES
 
-ALL_PROCESSES = [dg.VP(), dg.VPLinear(), dg.VPCosine(), dg.VE(), dg.EDM(), dg.LinearFlow()]
-PROCESS_IDS = [type(p).__name__ for p in ALL_PROCESSES]
+# every registered process at its defaults, but VPSDE (whose defaults make the VPLinear before it)
+PROCESS_IDS = [name for name in PROCESSES if name != "VPSDE"]
+ALL_PROCESSES = [PROCESSES[name]() for name in PROCESS_IDS]
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ LAYERS = [
     ("core", {"_checks", "_io", "errors", "processes", "parametrizations", "dynamics", "divergence", "oracle",
               "external", "quantization"}),
     ("solve", {"solve", "grids"}),
-    ("sampling", {"sampling", "denoising"}),
-    ("diagnostics", {"likelihood", "alignment", "parallel", "forward", "elbo", "evaluation"}),
+    ("sampling", {"sampling"}),
+    # denoising measures log p_t(x_t) with dg.log_likelihood
+    ("diagnostics", {"likelihood", "denoising", "alignment", "parallel", "forward", "elbo", "evaluation"}),
     ("models", {"data", "models"}),
     ("training", {"training"}),
     ("edges", {"cli", "__init__"}),
@@ -130,7 +131,7 @@ def test_public_names_unchanged():
 # documented signatures (API.md): the leading parameters, in order, and the keyword options with defaults
 SIGNATURES = {
     "sample": ["score", "process", "x_T", "sampler", "key", "track_logp", "divergence", "solver", "steps", "rtol",
-               "atol", "logp_T", "t_start", "t_end", "adjoint", "max_steps", "grid"],
+               "atol", "logp_T", "t_start", "t_end", "adjoint", "max_steps", "grid", "options"],
     "DensityGuidance": ["q", "rate", "start_at_median", "data_scale", "feasibility_tol", "data_range"],
     "HighDensity": ["t_switch"],
     "StochasticDensityGuidance": ["q", "noise", "exact", "rate", "start_at_median", "brownian", "guidance_kwargs"],

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import dgjax as dg
-from dgjax.sampling.mode import denoising_coefficients
 
 PROC = dg.VP()
 
@@ -22,7 +21,7 @@ def _mixture(d, key=3):
 @jax.jit
 def newton_mode(mix, x_t, t, s, y0, iters=40):
     """Newton's method on log p_s(y) - |x_t - a y|^2 / (2 v), dense Hessian (independent of the ODE)."""
-    a, v, _ = denoising_coefficients(PROC, jnp.asarray(t), jnp.asarray(s))
+    a, v, _ = PROC.transition(jnp.asarray(s), jnp.asarray(t))
     sc = mix.score(PROC)
 
     def grad1(y, x):
@@ -243,7 +242,7 @@ def test_mode_tracking_follows_newton_mode_under_the_galaxy_process(x64):
     score = mix.score(proc)
 
     def grad1(y, x, t, s):
-        a, v, _ = denoising_coefficients(proc, jnp.asarray(t), jnp.asarray(s))
+        a, v, _ = proc.transition(jnp.asarray(s), jnp.asarray(t))
         return score(y[None], s)[0] + a * (x - a * y) / v
 
     @jax.jit

@@ -16,11 +16,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ..errors import ModelError
+from .. import processes
 from ..external import AbstractModel
 from ..likelihood import log_likelihood
 from ..parametrizations import PARAMETRIZATIONS, score_from
 from ..sampling import sample
-from ..processes import VP, LinearFlow
 from .networks import _compute_dtype, make_network, num_params
 
 FORMAT = "dgjax-model-1"
@@ -29,27 +29,25 @@ FORMAT = "dgjax-model-1"
 # ------------------------------------------------------------------------------------------------------
 # processes in configs
 # ------------------------------------------------------------------------------------------------------
+MODEL_PROCESSES = ("VP", "LinearFlow")  # LinearFlow: flow-matching models (dgjax train --objective flow)
+
+
 def process_from_config(cfg: dict):
+    """A model config's process through the registry (``dgjax.processes.process_from_config``), limited to the
+    processes dgjax trains and loads models on; errors are ``ModelError``."""
     cfg = dict(cfg or {"name": "VP"})
-    name = cfg.pop("name", "VP")
-    if name not in ("VP", "LinearFlow"):  # LinearFlow: flow-matching models (dgjax train --objective flow)
-        raise ModelError(f"process {name!r}: dgjax trains and loads models on the VP log-SNR process or on "
+    cfg.setdefault("name", "VP")
+    if cfg["name"] not in MODEL_PROCESSES:
+        raise ModelError(f"process {cfg['name']!r}: dgjax trains and loads models on the VP log-SNR process or on "
                          f"LinearFlow (flow matching) only (the networks are conditioned on lambda)")
-    fields = {"lambda_min", "lambda_max"} if name == "VP" else {"eps"}
-    unknown = sorted(set(cfg) - fields)
-    if unknown:
-        raise ModelError(f"model config: unknown process field(s) {unknown}; a {name} process takes "
-                         f"{' and '.join(sorted(fields))}")
     try:
-        return VP(**cfg) if name == "VP" else LinearFlow(**cfg)
+        return processes.process_from_config(cfg)
     except (TypeError, ValueError) as e:
         raise ModelError(f"model config: invalid process {cfg}: {e}") from e
 
 
 def process_to_config(process) -> dict:
-    if isinstance(process, LinearFlow):
-        return {"name": "LinearFlow", "eps": process.eps}
-    return {"name": "VP", "lambda_min": process.lambda_min, "lambda_max": process.lambda_max}
+    return processes.process_to_config(process)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -139,6 +139,12 @@ def chi_radius(q, dim: int):
     return _chi_ppf_jax(q, dim)
 
 
+def prior_radius(process, q, dim: int):
+    """The latent radius of prior guidance at quantile q (MATH 5): ``sigma_T chi.ppf(1 - q, df=D)``; q = 0.5 is
+    the median radius density guidance starts from. q scalar or (N,)."""
+    return process.sigma(process.t_max) * chi_radius(1.0 - q, dim)
+
+
 def _rescale(x_T, radius):
     """Rescale each row of x_T to the given norm (scalar or (N,))."""
     norm = jnp.sqrt(batch_dot(x_T, x_T))
@@ -209,8 +215,7 @@ def prior_guidance(process, x_T: Float[Array, "N *shape"], q) -> Float[Array, "N
     """
     x_T = check_finite(check_batch(x_T, "x_T"), "x_T")
     q = _q_for_batch(_check_q(q), x_T)
-    r = chi_radius(1.0 - q, event_dim(x_T))
-    return _rescale(x_T, process.sigma(process.t_max) * r)
+    return _rescale(x_T, prior_radius(process, q, event_dim(x_T)))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -284,7 +289,7 @@ class DensityGuidance(ODESampler):
         """Rescale each latent to the median chi radius sigma_T chi.ppf(0.5, D) (sigma_T at t_max)."""
         if not self.start_at_median:
             return x_T
-        return _rescale(x_T, process.sigma(process.t_max) * float(stats.chi.ppf(0.5, df=event_dim(x_T))))
+        return _rescale(x_T, prior_radius(process, 0.5, event_dim(x_T)))
 
     def log_density_shift(self, process, dim: int, t_start=None, t_end=None):
         """``log_density_shift(process, self.q, dim, t_start, t_end)`` (MATH 5, feasibility)."""

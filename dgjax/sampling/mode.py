@@ -3,7 +3,7 @@ mode of the denoising density p(x_s | x_t) from an observed x_t at s = t down to
 ``dgjax.denoising``, wraps it).
 
 For s < t the denoising density is ``p(x_s = y | x_t) ∝ p_s(y) N(x_t; a y, v I)`` with
-``a = alpha_t / alpha_s`` and ``v = sigma_t^2 - a^2 sigma_s^2``. Its mode y_s follows
+``a = alpha_t / alpha_s`` and ``v = sigma_t^2 - a^2 sigma_s^2`` (``process.transition(s, t)``). Its mode y_s follows
 
     dy/ds = f y - g^2 s(y) - 1/2 g^2 H_q^{-1} grad Lap(y),     H_q = H(y) - (a^2 / v) I,
 
@@ -25,6 +25,7 @@ gets it, with the divergence estimator and the solve's probes, through ``ODESamp
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import equinox as eqx
@@ -52,27 +53,31 @@ _CG_MSG = (
     "cg_tol.")
 
 
-def denoising_coefficients(process, t, s):
-    """(a, v, c) of p(x_s | x_t): a = alpha_t / alpha_s, v = sigma_t^2 - a^2 sigma_s^2, c = v / a^2 (MATH 9).
+def krylov_solver(linear_solver: str, steps: int, cg_tol: float, dim: int) -> lx.AbstractLinearSolver:
+    """The lineax solver a ``ModeTracking`` shorthand names, for the system scaled to |b| = 1: it stops once every
+    entry of the residual is below 0.1 cg_tol / sqrt(D) (so |r| <= 0.1 cg_tol |b|), after at most ``steps``
+    iterations (iterating past convergence would break CG down, 0/0). GMRES: one Krylov cycle of ``steps``
+    vectors (lineax's first "step" only forms the residual, so max_steps=2 is one real cycle; max_steps=1 would
+    return the zero initial guess). BiCGStab: up to ``steps`` iterations of 2 HVPs (steps // 2 left it 1e-7 short
+    of the D = 8 oracle's exact z)."""
+    atol = 0.1 * cg_tol / math.sqrt(dim)
+    if linear_solver == "cg":
+        return lx.CG(rtol=0.0, atol=atol, max_steps=steps)
+    if linear_solver == "gmres":
+        return lx.GMRES(rtol=0.0, atol=atol, max_steps=2, restart=steps)
+    return lx.BiCGStab(rtol=0.0, atol=atol, max_steps=steps)
 
-    c is computed as ``sigma_t^2 / a^2 - sigma_s^2 = alpha_s^2 (sigma_t^2/alpha_t^2 - sigma_s^2/alpha_s^2)``
-    = alpha_s^2 (exp(-lambda_t) - exp(-lambda_s)), which is >= 0 for s <= t and exactly 0 at s = t.
-    """
-    a = process.alpha(t) / process.alpha(s)
-    v = process.sigma(t) ** 2 - a**2 * process.sigma(s) ** 2
-    c = process.alpha(s) ** 2 * (jnp.exp(-process.log_snr(t)) - jnp.exp(-process.log_snr(s)))
-    return a, v, jnp.maximum(c, 0.0)
 
-
-def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_steps: int, cg_tol: float,
-                    check: str, symmetrize: bool = False, linear_solver: str = "cg"):
+def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_steps: int | None = None, cg_tol: float,
+                    check: str, symmetrize: bool = False, linear_solver: str | lx.AbstractLinearSolver = "cg"):
     """z = (I - c H)^{-1} grad Lap(x) per sample (MATH 9), with the checks described in ``ModeTracking``.
 
     score_fn(z (N, *shape)) -> like z; laplacian_fn(z) -> (N,) (per sample, so the gradient of the sum is
     the per-sample gradient). c scalar >= 0. Returns z like x.
-    H is the score's Jacobian J (``symmetrize=False``) or its symmetric part (J + J^T)/2; the solve is
-    lineax ``CG`` (``linear_solver="cg"``, needs I - c H symmetric positive definite), ``GMRES`` (one Krylov
-    cycle of ``cg_steps`` vectors, no restart) or ``BiCGStab`` (at most ``cg_steps`` iterations of 2 HVPs).
+    H is the score's Jacobian J (``symmetrize=False``) or its symmetric part (J + J^T)/2; the solve is the lineax
+    solver ``linear_solver`` (``lx.CG``, which needs I - c H symmetric positive definite, ``lx.GMRES`` or
+    ``lx.BiCGStab``, on the system scaled to |b| = 1), or the one its shorthand "cg", "gmres", "bicgstab" names
+    with ``cg_steps`` and ``cg_tol`` (``krylov_solver``). ``cg_tol`` is the accepted relative residual either way.
     Cost in score-evaluation units: the Laplacian estimate and its gradient (see ``ModeTracking.cost``),
     the solver's HVPs (``solver_hvps``; each two with ``symmetrize``), one HVP for the residual check, D HVPs
     for ``check="dense"``.
@@ -80,6 +85,8 @@ def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_step
     grad_lap = jax.grad(lambda z: jnp.sum(laplacian_fn(z)))(x)
     c = jnp.asarray(c, x.dtype)
     d, shape = event_dim(x), x.shape[1:]
+    solver = (krylov_solver(linear_solver, d if cg_steps is None else cg_steps, cg_tol, d)
+              if isinstance(linear_solver, str) else linear_solver)
 
     def one(xi, bi):  # per sample (vmapped): CG on I - c H_i, matrix-free with JVPs of the score
         one_score = lambda z: score_fn(z[None])[0]  # noqa: E731
@@ -95,19 +102,8 @@ def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_step
         # z = 0 for a tiny grad Lap (a point deep inside one Gaussian component of the oracle)
         bnorm = jnp.sqrt(jnp.sum(bi * bi))
         scale = jnp.where(bnorm > 0, bnorm, 1.0)
-        # stop once every entry of the residual is below 0.1 cg_tol / sqrt(D) (so |r| <= 0.1 cg_tol |b|), at
-        # most cg_steps iterations; iterating past convergence would break CG down (0/0). Checked below.
-        atol = 0.1 * cg_tol / jnp.sqrt(jnp.asarray(d, xi.dtype))
-        if linear_solver == "cg":  # I - cH symmetric positive definite while the mode exists
-            op = lx.FunctionLinearOperator(mv, jax.eval_shape(lambda: xi), tags=lx.positive_semidefinite_tag)
-            solver = lx.CG(rtol=0.0, atol=atol, max_steps=cg_steps)
-        else:  # non-symmetric J: Krylov solvers that do not assume symmetry (HVPs: solver_hvps)
-            op = lx.FunctionLinearOperator(mv, jax.eval_shape(lambda: xi))
-            # GMRES: one Krylov cycle of cg_steps vectors (lineax's first "step" only forms the residual, so
-            # max_steps=2 is one real cycle; max_steps=1 would return the zero initial guess). BiCGStab: up to
-            # cg_steps iterations of 2 HVPs (cg_steps // 2 left it 1e-7 short of the D = 8 oracle's exact z)
-            solver = (lx.GMRES(rtol=0.0, atol=atol, max_steps=2, restart=cg_steps) if linear_solver == "gmres"
-                      else lx.BiCGStab(rtol=0.0, atol=atol, max_steps=cg_steps))
+        tags = lx.positive_semidefinite_tag if isinstance(solver, lx.CG) else ()  # SPD while the mode exists
+        op = lx.FunctionLinearOperator(mv, jax.eval_shape(lambda: xi), tags=tags)
         zi = scale * lx.linear_solve(op, bi / scale, solver, throw=False).value
         zi = jnp.where(c > 0, zi, bi)  # c = 0 at s = t: the operator is I (BiCGStab breaks down on it, 0/0)
         res = mv(zi) - bi
@@ -128,11 +124,15 @@ def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_step
     return check_value(z, jnp.any(bad_cg & ~bad_pd), _CG_MSG, cls=LinearSolveFailed)
 
 
-def solver_hvps(linear_solver: str, steps: int) -> int:
-    """HVPs of one solve at its bound (counted with lineax 0.0.x, no early stop): CG ``steps`` (the
-    project's long-standing count; lineax also forms one initial residual), GMRES ``steps + 2`` (the residual
-    pass and the cycle's), BiCGStab ``2 steps + 1``."""
-    return {"cg": steps, "gmres": steps + 2, "bicgstab": 2 * steps + 1}[linear_solver]
+def solver_hvps(solver: lx.AbstractLinearSolver) -> int:
+    """HVPs of one solve at its bound (counted with lineax 0.0.x, no early stop): CG ``max_steps`` (the project's
+    long-standing count; lineax also forms one initial residual), GMRES ``(max_steps - 1) restart + 2`` (the
+    residual pass and the cycles'), BiCGStab ``2 max_steps + 1``."""
+    if isinstance(solver, lx.CG):
+        return solver.max_steps
+    if isinstance(solver, lx.GMRES):
+        return (solver.max_steps - 1) * solver.restart + 2
+    return 2 * solver.max_steps + 1
 
 
 def mode_drift(coeffs, x, s, z, c):
@@ -160,9 +160,12 @@ class ModeTracking(ODESampler):
         error is raised (never a silent inaccurate step). Default 1e-8 (float64) or 1e-4 (float32).
       symmetrize: use the symmetric part (J + J^T)/2 of the score's Jacobian J as H (one more VJP per HVP).
         For a learned score, whose Jacobian J is not symmetric, so that CG on I - cJ fails.
-      linear_solver: ``"cg"`` (lineax CG: needs I - cH symmetric positive definite, i.e. the exact score or
-        ``symmetrize=True``), ``"gmres"`` or ``"bicgstab"`` (lineax GMRES / BiCGStab, no symmetry assumed:
-        they solve with the learned score's own J). The mode's equation s(y) = (y - x_t / a) / c differentiates
+      linear_solver: a lineax solver for (I - cH) z = grad Lap, on the system scaled to |grad Lap| = 1:
+        ``lx.CG(rtol, atol, max_steps)`` (needs I - cH symmetric positive definite, i.e. the exact score or
+        ``symmetrize=True``), ``lx.GMRES(rtol, atol, max_steps, restart)`` or ``lx.BiCGStab(rtol, atol,
+        max_steps)`` (no symmetry assumed: they solve with the learned score's own J); ``max_steps`` must be
+        set (it bounds the cost). Shorthands: ``"cg"`` (default), ``"gmres"``, ``"bicgstab"`` build the solver
+        from ``cg_steps`` and ``cg_tol`` (``krylov_solver``), which then steer only that shorthand. The mode's equation s(y) = (y - x_t / a) / c differentiates
         (implicit function theorem) to I - cJ with the full J: ``"gmres"`` keeps that operator, ``symmetrize``
         changes it by O(c |J - J^T|) (the Fokker-Planck part of the drift is exact only for an exact score,
         either way). The negative-definiteness check is on the symmetric part (sufficient). When J is symmetric all
@@ -186,7 +189,7 @@ class ModeTracking(ODESampler):
     symmetrize: bool = eqx.field(static=True, default=False)
     cg_tol: float | None = eqx.field(static=True, default=None)
     check: str = eqx.field(static=True, default="auto")
-    linear_solver: str = eqx.field(static=True, default="cg")
+    linear_solver: str | lx.AbstractLinearSolver = eqx.field(static=True, default="cg")
 
     def __check_init__(self):
         check_param(self.cg_steps is None or (isinstance(self.cg_steps, int) and self.cg_steps >= 1), "cg_steps",
@@ -194,11 +197,24 @@ class ModeTracking(ODESampler):
         check_param(self.cg_tol is None or self.cg_tol > 0, "cg_tol", f"must be positive or None; got {self.cg_tol!r}")
         check_param(self.check in ("auto", "dense", "curvature"), "check",
                     f"must be 'auto', 'dense' or 'curvature'; got {self.check!r}")
-        check_param(self.linear_solver in ("cg", "gmres", "bicgstab"), "linear_solver",
-                    f"must be 'cg', 'gmres' or 'bicgstab'; got {self.linear_solver!r}")
+        if isinstance(self.linear_solver, (lx.CG, lx.GMRES, lx.BiCGStab)):
+            check_param(self.linear_solver.max_steps is not None, "linear_solver",
+                        "give the lineax solver a max_steps (it bounds the work per evaluation)")
+        else:
+            check_param(isinstance(self.linear_solver, str) and self.linear_solver in ("cg", "gmres", "bicgstab"),
+                        "linear_solver", f"must be lx.CG, lx.GMRES or lx.BiCGStab (with max_steps), or the shorthand "
+                        f"'cg', 'gmres' or 'bicgstab'; got {self.linear_solver!r}")
 
     def _steps(self, dim):
         return min(dim, 64) if self.cg_steps is None else self.cg_steps
+
+    def _tol(self, dtype):
+        return self.cg_tol if self.cg_tol is not None else (1e-8 if dtype == jnp.float64 else 1e-4)
+
+    def _solver(self, dim, tol) -> lx.AbstractLinearSolver:
+        if isinstance(self.linear_solver, str):
+            return krylov_solver(self.linear_solver, self._steps(dim), tol, dim)
+        return self.linear_solver
 
     def _check(self, dim):
         return ("dense" if dim <= 64 else "curvature") if self.check == "auto" else self.check
@@ -209,7 +225,7 @@ class ModeTracking(ODESampler):
         k = 2 if self.symmetrize else 1
 
         def hvps(dim: int) -> int:
-            solve = solver_hvps(self.linear_solver, self._steps(dim))
+            solve = solver_hvps(self._solver(dim, 1.0))
             return k * (solve + 1) + (k * dim if self._check(dim) == "dense" else 0)
 
         return Cost(divergence_passes=2 + int(track), extra_jvps=hvps)
@@ -230,11 +246,10 @@ class ModeTracking(ODESampler):
             def laplacian_fn(z):  # (N,): the estimator's mean Laplacian, with this solve's fixed probes
                 return jnp.mean(divergence.value_and_traces(score_fn, z, probes)[1], axis=0)
 
-            _, _, c = denoising_coefficients(process, jnp.asarray(t_data, x.dtype), jnp.asarray(t, x.dtype))
-            tol = self.cg_tol if self.cg_tol is not None else (1e-8 if x.dtype == jnp.float64 else 1e-4)
-            z = mode_correction(score_fn, laplacian_fn, x, c, cg_steps=self._steps(dim), cg_tol=tol,
-                                check=self._check(dim), symmetrize=self.symmetrize,
-                                linear_solver=self.linear_solver)
+            c = process.transition(jnp.asarray(t, x.dtype), jnp.asarray(t_data, x.dtype)).c
+            tol = self._tol(x.dtype)
+            z = mode_correction(score_fn, laplacian_fn, x, c, cg_tol=tol, check=self._check(dim),
+                                symmetrize=self.symmetrize, linear_solver=self._solver(dim, tol))
             return mode_drift(coeffs, x, s, z, c)
 
         return [(t_start, t_end, velocity)]

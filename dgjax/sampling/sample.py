@@ -11,12 +11,12 @@ from jaxtyping import Array, Float
 
 from .. import dynamics as dyn
 from .._checks import (check_batch, check_finite, check_int, check_key, check_param, check_per_sample, check_score_fn,
-                       check_time, check_value, entry_point, is_concrete)
+                       check_span, check_value, entry_point)
 from ..divergence import DivergenceEstimator, Hutchinson
 from ..errors import InvalidArgument, LeftDataRange
 from ..external import AbstractModel
 from ..processes import Process
-from ..solve import SolveOptions
+from ..solve import SolveOptions, merge_options
 from .base import AbstractSampler, Sample
 from .ode import PFODE
 from .sde import SDESampler  # noqa: F401  (both runners are reached through AbstractSampler.integrate)
@@ -28,7 +28,7 @@ def sample(score: Callable | AbstractModel, process=None, x_T: Float[Array, "N *
            key=None, track_logp: bool = False, divergence: DivergenceEstimator | None = None, solver=None,
            steps: int | None = None, rtol: float | None = None, atol: float | None = None, logp_T=None,
            t_start: float | None = None, t_end: float | None = None, adjoint=None,
-           max_steps: int | None = None, grid=None) -> Sample:
+           max_steps: int | None = None, grid=None, options: SolveOptions | None = None) -> Sample:
     """Integrate a sampler from ``x_T`` at t_start (default t_max) down to t_end (default t_min).
 
     Args:
@@ -47,13 +47,17 @@ def sample(score: Callable | AbstractModel, process=None, x_T: Float[Array, "N *
         (Euler-Maruyama, the default) or a Stratonovich solver where the sampler allows it.
       steps: number of constant steps; or ``rtol``/``atol`` for the adaptive PID controller
         (default adaptive, rtol = atol = 1e-5).
-      grid: where the constant steps go (``dgjax.grids``): "t", "log_snr", "edm", or an array of times
-        from t_start to t_end (then ``steps`` may be omitted); default the process's ``default_grid``.
+      grid: where the constant steps go (``dgjax.grids``): ``dg.UniformGrid()`` ("t"), ``dg.LogSNRGrid()``
+        ("log_snr"), ``dg.EDMGrid(rho=7)`` ("edm"), or ``dg.TimesGrid(times)`` (an array of times) from t_start to
+        t_end (then ``steps`` may be omitted); default the process's ``default_grid``.
         Every phase of a multi-phase sampler uses its part of the one grid (the switch time added).
       logp_T: (N,) log-density of x_T to start from, or a callable ``logp_T(x) -> (N,)`` evaluated at the
         latent the sampler actually starts from (after ``sampler.prepare``, e.g. the median rescaling of
         density guidance); default the prior ``process.prior_log_prob``.
       adjoint: a diffrax adjoint for gradients (default: diffrax's recursive checkpointing).
+      max_steps: the solve's step bound (default: ``steps`` for constant steps, 16384 for adaptive ones).
+      options: a ``dg.SolveOptions`` with the solve settings above in one object (solver, steps, rtol, atol,
+        adjoint, max_steps, grid); a keyword given here (not None) overrides its field.
 
     Returns: ``dg.Sample`` (x, logp, logp_T, logp_stderr, nfe, num_steps). Errors are typed
     (``dgjax.errors``): infeasible density guidance raises ``dg.InfeasibleGuidance``, samples leaving the
@@ -68,20 +72,14 @@ def sample(score: Callable | AbstractModel, process=None, x_T: Float[Array, "N *
     if data_range is not None:
         sampler = sampler.with_data_range(data_range)
     divergence = Hutchinson() if divergence is None else divergence
-    options = SolveOptions(solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint, max_steps=max_steps,
-                           grid=grid)
+    options = merge_options(options, solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint,
+                            max_steps=max_steps, grid=grid)
     check_common(process, divergence, key, options)
     x_T = check_finite(check_batch(x_T, "x_T"), "x_T")
     t_start = process.t_max if t_start is None else t_start
     t_end = process.t_min if t_end is None else t_end
-    checked = (check_time(process, t_start, "t_start"), check_time(process, t_end, "t_end"))
-    if not is_concrete(checked):  # traced times: keep their run-time checks in the program (jit drops unused ones)
-        t_start, t_end = checked
-    if is_concrete(jnp.asarray(t_start)) and is_concrete(jnp.asarray(t_end)) and not float(t_end) < float(t_start):
-        raise InvalidArgument(f"t_end: sampling runs from noise to data, so t_end must be below t_start; got {t_end} >= {t_start}")
-    # traced times (under jit): the same check at run time
-    x_T = check_value(x_T, ~(jnp.asarray(t_end) < jnp.asarray(t_start)),
-                      "t_end: sampling runs from noise to data, so t_end must be below t_start (traced values)")
+    x_T, t_start, t_end = check_span(process, t_start, t_end, x_T, names=("t_start", "t_end"),
+                                     why="sampling runs from noise to data")
     check_score_fn(score, x_T, jnp.asarray(t_start, dtype=x_T.dtype))
     x = sampler.prepare(process, x_T)
     logp0 = initial_logp(process, x, logp_T) if track_logp else None
