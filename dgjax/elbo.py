@@ -32,6 +32,7 @@ from jaxtyping import Array, Float
 
 from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, check_per_sample, check_score_fn,
                       entry_point)
+from .processes import gaussian_log_prob
 
 Array = jax.Array
 
@@ -114,8 +115,7 @@ def elbo(score: Callable, process, x: Float[Array, "N *shape"], *, key, num_samp
     integral = (lam_hi - lam_lo) * h  # per-draw estimates of int ... dt
     a_T, v_T, _ = process.transition(t_min, t_max)
     if prior_log_prob is None:  # E[log N(a_T x + sqrt(v_T) eps; 0, sigma_T^2 I)], closed form
-        var = process.sigma(t_max) ** 2
-        prior = -0.5 * d * jnp.log(2 * jnp.pi * var) - 0.5 * (a_T**2 * batch_dot(x, x) + v_T * d) / var
+        prior = gaussian_log_prob(a_T**2 * batch_dot(x, x) + v_T * d, d, process.sigma(t_max) ** 2)
         prior = jnp.broadcast_to(prior, (m, n))
     else:
         def prior_body(_, kj):

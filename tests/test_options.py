@@ -96,11 +96,14 @@ def test_denoise_with_a_grid_matches_sample_on_that_grid():
 def test_denoise_track_logp_starts_from_log_likelihood_at_t(x64):
     mix, score = _oracle()
     x = jax.random.normal(jax.random.key(1), (3, 2), jnp.float64)
-    t = 0.5
-    out = dg.denoise(score, PROC, x, t, method="hd", divergence=dg.Exact(), track_logp=True, rtol=1e-8, atol=1e-8)
-    np.testing.assert_allclose(out.logp_T, mix.log_prob(PROC)(x, t), atol=1e-5)
-    ll = dg.log_likelihood(score, PROC, x, divergence=dg.Exact(), t_start=t, rtol=1e-8, atol=1e-8)
+    t, tol = 0.5, dict(rtol=1e-8, atol=1e-8)
+    out = dg.denoise(score, PROC, x, t, method="hd", divergence=dg.Exact(), track_logp=True, **tol)
+    ll = dg.log_likelihood(score, PROC, x, divergence=dg.Exact(), t_start=t, **tol)
     np.testing.assert_array_equal(out.logp_T, ll.logp)
+    # log_likelihood from t_start = t is log p_t(x) (exact with the exact p_T; the standard prior is off by ~1e-3)
+    exact_T = lambda z: mix.log_prob(PROC)(z, PROC.t_max)  # noqa: E731
+    ll = dg.log_likelihood(score, PROC, x, divergence=dg.Exact(), t_start=t, prior_log_prob=exact_T, **tol)
+    np.testing.assert_allclose(ll.logp, mix.log_prob(PROC)(x, t), atol=1e-6)
 
 
 @pytest.mark.parametrize("solver", [None, "cg", "gmres", "bicgstab"])
@@ -109,7 +112,7 @@ def test_mode_tracking_with_a_lineax_solver(x64, solver):
 
     mix, score = _oracle(3)
     x = jax.random.normal(jax.random.key(1), (2, 3), jnp.float64)
-    atol = 0.1 * 1e-8 / np.sqrt(3)  # what the shorthand derives from cg_tol (1e-8 in float64) and D = 3
+    atol = 0.1 * 1e-8 / 3**0.5  # what the shorthand derives from cg_tol (1e-8 in float64) and D = 3
     made = {None: "cg", "cg": lx.CG(rtol=0.0, atol=atol, max_steps=3),
             "gmres": lx.GMRES(rtol=0.0, atol=atol, max_steps=2, restart=3),
             "bicgstab": lx.BiCGStab(rtol=0.0, atol=atol, max_steps=3)}[solver]
@@ -170,3 +173,10 @@ def test_median_radius_is_prior_guidance_at_one_half():
     x = jax.random.normal(jax.random.key(3), (4, 5))
     guided = dg.DensityGuidance(0.3).prepare(PROC, x)
     np.testing.assert_allclose(guided, dg.prior_guidance(PROC, x, 0.5), rtol=1e-6)
+
+
+def test_forward_sde_validates_brownian():
+    _, score = _oracle()
+    x = jax.random.normal(jax.random.key(1), (3, 2))
+    with pytest.raises(ValueError, match="brownian"):  # a misspelt kind gave a virtual tree silently
+        dg.forward_sde_logp(score, PROC, x, key=jax.random.key(0), steps=4, brownian="virtal")

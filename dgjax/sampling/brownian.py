@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_param
+
 BROWNIAN = ("auto", "steps", "unsafe", "virtual")
 
 
@@ -88,6 +90,7 @@ def brownian_path(kind: str, key, shape, dtype, span: float, steps: int | None, 
     ``steps``: the number of fixed steps over that interval, or None for adaptive ones; ``knots``: a
     non-uniform grid's step ends (then ``steps`` is its step count). A "steps" path's keys are laid out for
     exactly the solve's steps: one key per step from t0, none shared."""
+    check_param(kind in BROWNIAN, "brownian", f"must be one of {BROWNIAN}; got {kind!r}")
     if kind == "auto":
         kind = "steps" if steps is not None else "virtual"
     struct = jax.ShapeDtypeStruct(shape, dtype)
