@@ -105,7 +105,8 @@ def denoise(score: Callable, process, x_t: Float[Array, "N *shape"], t: ArrayLik
     x_t = check_finite(check_batch(x_t, "x_t"), "x_t")
     check_param(jnp.ndim(t) == 0, "t", f"must be a scalar time; got shape {jnp.shape(t)}")
     t_end = process.t_min if t_end is None else t_end
-    x_t, t, t_end = check_span(process, t, t_end, x_t, names=("t", "t_end"), why="denoising runs from t toward the data")
+    x_t, t, t_end = check_span(process, t, t_end, x_t, names=("t", "t_end"),
+                               why="denoising runs from t toward the data")
     if method == "mean":
         if track_logp:
             raise ValueError("track_logp: the posterior mean is not reached along a path; measure its log-density "

@@ -77,8 +77,8 @@ def forward_sde_logp(score: Callable, process, x: Float[Array, "N *shape"], *, k
     x = check_finite(check_batch(x, "x"), "x")
     t_start = process.t_min if t_start is None else t_start
     t_end = process.t_max if t_end is None else t_end
-    x, t_start, t_end = check_span(process, t_start, t_end, x, names=("t_start", "t_end"), why="the forward SDE runs from data to noise",
-                   decreasing=False)
+    x, t_start, t_end = check_span(process, t_start, t_end, x, names=("t_start", "t_end"),
+                                   why="the forward SDE runs from data to noise", decreasing=False)
     # constant steps, uniform in t unless a grid is given (the Brownian path is keyed on the steps)
     if options.steps is None and not isinstance(grids.as_grid(options.grid), grids.TimesGrid):
         raise ValueError("steps: the forward SDE takes constant Euler-Maruyama steps: pass steps=... (e.g. 1000)")

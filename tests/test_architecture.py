@@ -13,7 +13,7 @@ ROOT = pathlib.Path(dg.__file__).parent
 # low -> high; a module may import from its own layer or a lower one (docs/ARCHITECTURE.md)
 LAYERS = [
     ("core", {"_checks", "_io", "errors", "processes", "parametrizations", "dynamics", "divergence", "oracle",
-              "external", "quantization"}),
+              "external", "quantization", "_memory"}),
     ("solve", {"solve", "grids"}),
     ("sampling", {"sampling"}),
     # denoising measures log p_t(x_t) with dg.log_likelihood

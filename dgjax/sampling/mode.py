@@ -165,12 +165,12 @@ class ModeTracking(ODESampler):
         ``symmetrize=True``), ``lx.GMRES(rtol, atol, max_steps, restart)`` or ``lx.BiCGStab(rtol, atol,
         max_steps)`` (no symmetry assumed: they solve with the learned score's own J); ``max_steps`` must be
         set (it bounds the cost). Shorthands: ``"cg"`` (default), ``"gmres"``, ``"bicgstab"`` build the solver
-        from ``cg_steps`` and ``cg_tol`` (``krylov_solver``), which then steer only that shorthand. The mode's equation s(y) = (y - x_t / a) / c differentiates
-        (implicit function theorem) to I - cJ with the full J: ``"gmres"`` keeps that operator, ``symmetrize``
-        changes it by O(c |J - J^T|) (the Fokker-Planck part of the drift is exact only for an exact score,
-        either way). The negative-definiteness check is on the symmetric part (sufficient). When J is symmetric all
-        choices give the same z (tested). ``cg_steps`` bounds each solver's Krylov dimension (GMRES: one cycle of
-        cg_steps vectors; BiCGStab: cg_steps iterations of 2 HVPs).
+        from ``cg_steps`` and ``cg_tol`` (``krylov_solver``), which then steer only that shorthand (GMRES: one
+        cycle of cg_steps vectors; BiCGStab: cg_steps iterations of 2 HVPs). The mode's equation
+        s(y) = (y - x_t / a) / c differentiates (implicit function theorem) to I - cJ with the full J: GMRES
+        keeps that operator, ``symmetrize`` changes it by O(c |J - J^T|) (the Fokker-Planck part of the drift
+        is exact only for an exact score, either way). The negative-definiteness check is on the symmetric
+        part (sufficient). When J is symmetric all choices give the same z (tested).
       check: how loss of negative definiteness of H_q is detected. ``"dense"``: the largest eigenvalue of
         c H from the full Hessian (D extra HVPs; exact; default for D <= 64). ``"curvature"``: the sign of
         z^T (I - cH) z and CG's convergence (free; a crossing with grad Lap orthogonal to the vanishing
