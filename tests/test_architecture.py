@@ -25,7 +25,7 @@ LAYERS = [
 # inside each package, low -> high (a module imports only modules before it in its package)
 PACKAGE_ORDER = {
     "sampling": ["__init__", "base", "brownian", "ode", "guidance", "sde", "mode", "sample"],
-    "models": ["__init__", "networks", "trained", "checkpoints", "galaxies", "files"],
+    "models": ["__init__", "configs", "networks", "trained", "checkpoints", "galaxies", "files"],
     "training": ["__init__", "config", "loss", "step", "checkpoints", "loop"],
 }
 
