@@ -32,7 +32,7 @@ MARKERS = ("<!-- illustrative -->", "<!-- slow -->")
 
 
 def markdown_pages() -> list[Path]:
-    return sorted(DOCS.rglob("*.md"))
+    return [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 
 
 def code_blocks(path: Path) -> list[tuple[int, str, str]]:
@@ -110,6 +110,14 @@ def test_code_block_parser(tmp_path):
     assert shrink(blocks[2][1]) == "n = 4"
     assert "raise SystemExit" not in page_script(page, full=True)
     assert "n = 1000" in page_script(page, full=True) and "n = 1000" not in (page_script(page, full=False) or "")
+
+
+def test_readme_is_short_and_links_into_the_site():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.split("\n")) <= 150
+    assert ".venv/bin/dgjax sample" in text and ".venv/bin/python -m pytest" in text and "mkdocs serve" in text
+    for link in re.findall(r"\]\((docs/[^)#]+)", text):
+        assert (ROOT / link).exists(), f"README links to {link}, which does not exist"
 
 
 def api_entries() -> list[str]:
@@ -198,6 +206,13 @@ def test_every_page_is_in_the_nav():
     pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
     missing = sorted(p for p in pages if p not in config)
     assert not missing, f"add these pages to mkdocs.yml's nav: {missing}"
+
+
+def test_tutorials_are_python_that_parses():
+    blocks = [c for p in (DOCS / "tutorials").glob("*.md") for _, c, _ in code_blocks(p)]
+    assert len(blocks) >= 10
+    for code in blocks:
+        ast.parse(code)
 
 
 @pytest.mark.slow
