@@ -137,6 +137,7 @@ def test_api_reference_lists_every_public_name():
         name = path.rsplit(".", 1)[1]
         assert name in dgjax.__all__, f"docs/api/ documents {path}, which is not in dgjax.__all__"
         assert resolve(path) is getattr(dgjax, name), f"docs/api/: {path} is not dgjax.{name}"
+        assert name not in documented, f"docs/api/ documents dgjax.{name} twice ({documented[name]}, {path})"
         documented[name] = path
     missing = sorted(set(dgjax.__all__) - set(documented))
     assert not missing, f"add a '::: dgjax.NAME' line to a page of docs/api/ for each of {missing}"
