@@ -15,6 +15,9 @@ compiling run; NFE counts score evaluations per sample, a JVP counting as one mo
   alone).
 - DG-ODE / PF-ODE, tracked / untracked (PF-ODE and reverse SDE), DG-SDE / DG-ODE per step, the cost of one
   more Hutchinson probe, and the two score-alignment forms against a plain PF-ODE solve.
+- Probe variance (bench_probe_variance.py, issue 25): the standard deviation of PF-ODE log p across probe keys
+  for fixed samples, at equal NFE (constant Tsit5 steps), for each divergence estimator against one fixed
+  Rademacher probe; oracle D = 3072, the digits UNet and galaxies-hsc32.
 - Score-free alignment with its defaults (1000 constant Tsit5 steps: probes redrawn per step, Hadamard
   cycle) against the score form, oracle D = 64: wall, NFE and the correlation of the two values over the
   batch (issue 14: >= 0.999).
@@ -47,10 +50,12 @@ import dgjax as dg
 try:
     from benchmarks._common import interleaved_best, small_flax_score, save_json
     from benchmarks.bench_grad_memory import grad_memory_rows, print_rows as print_grad_memory
+    from benchmarks.bench_probe_variance import probe_variance_rows
     from benchmarks.bench_tracking_cost import accuracy_rows, cost_rows
 except ImportError:  # run as a script from benchmarks/
     from _common import interleaved_best, small_flax_score, save_json
     from bench_grad_memory import grad_memory_rows, print_rows as print_grad_memory
+    from bench_probe_variance import probe_variance_rows
     from bench_tracking_cost import accuracy_rows, cost_rows
 
 P = dg.VP()
@@ -262,6 +267,10 @@ def main(argv=None):
                    else grad_memory_rows((8, 32, 128), dim=gm.dim, n=8, digits=False))
     done("gradient memory against steps (both adjoints)")
 
+    # issue 25, item 2: the spread of log p across probe keys at equal NFE, per divergence estimator
+    probe_rows = probe_variance_rows(["oracle"] if quick else ["oracle", "digits", "galaxies-hsc32"], n=2,
+                                     keys=4 if quick else 16, steps=4 if quick else 32, dim=192 if quick else 3072)
+    done("probe variance")
     if quick:  # the trained model's rows need its compile time: full runs only
         print_table(rows)
         print_grad_memory(grad_memory)
@@ -297,7 +306,8 @@ def main(argv=None):
         print(f"\n[{label}] every configuration: NFE, wall s, mean |err|/dim")
         for k, (nf, t, e) in det.items():
             print(f"  {k:<14} {nf:>6d} {t:>8.3f} {e:>10.2e}")
-    save_json(args.json, dict(rows=rows, details=details, rsde_accuracy=rsde_accuracy, grad_memory=grad_memory))
+    save_json(args.json, dict(rows=rows, details=details, rsde_accuracy=rsde_accuracy, grad_memory=grad_memory,
+                              probe_variance=probe_rows))
     return rows
 
 

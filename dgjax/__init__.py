@@ -6,7 +6,7 @@ The specification is MATH.md (conventions, signs, formulas); the public names ar
 from .alignment import Alignment, score_alignment
 from .data import DATASETS, Dataset, load_dataset
 from .denoising import add_noise, denoise, posterior_mean
-from .divergence import DivergenceEstimator, Exact, Hutchinson
+from .divergence import DivergenceEstimator, Exact, Hutchinson, OrthogonalHutchinson, StepwiseHutchinson
 from .elbo import Elbo, elbo
 from .errors import (ArchitectureMismatch, DgjaxError, InfeasibleGuidance, InvalidArgument, LeftDataRange,
                      LinearSolveFailed, MaxStepsReached, ModeBifurcation, ModelError, NonFiniteError,
@@ -35,7 +35,7 @@ __all__ = [
     "Alignment", "score_alignment",
     "DATASETS", "Dataset", "load_dataset",
     "ModeTracking", "add_noise", "denoise", "posterior_mean",
-    "DivergenceEstimator", "Exact", "Hutchinson",
+    "DivergenceEstimator", "Exact", "Hutchinson", "OrthogonalHutchinson", "StepwiseHutchinson",
     "Elbo", "elbo",
     "ForwardTrack", "forward_sde_logp",
     "DensityGuidance", "HighDensity", "prior_guidance", "typicality",

@@ -148,13 +148,7 @@ def _score_free_field(score: Callable, process, divergence: DivergenceEstimator,
     def vf(t, y, args):
         x, w, _ = y
         if redraw is not None:
-            # step index of the stage time (stages at c in [0, 1) of step k map to k; 1e-3 absorbs rounding)
-            if isinstance(redraw, np.ndarray):  # grid times, decreasing from t_hi: interpolate the index
-                k = jnp.interp(jnp.asarray(t), jnp.asarray(redraw[::-1]), jnp.arange(len(redraw) - 1, -1, -1.0))
-            else:
-                k = (t_hi - jnp.asarray(t)) / (t_hi - t_lo) * redraw
-            tick = jnp.floor(k + 1e-3).astype(jnp.int32)
-            probes = divergence.draw_step(args, x, tick)
+            probes = divergence.draw_step(args, x, grids.step_index(t, t_hi, t_lo, redraw))
         else:
             probes = args
         coeffs = process.coefficients_like(t, x)

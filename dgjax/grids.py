@@ -27,6 +27,7 @@ import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ._checks import check_int, check_param
@@ -235,3 +236,21 @@ def plan(process, t0, t1, steps, grid):
         raise ValueError(f"grid: {g!r} needs a concrete number of steps and concrete solve ends (not traced under "
                          f"jit); pass dg.UniformGrid() (grid='t') for traced ones")
     return None, step_times(process, t0, t1, steps, g)
+
+
+def step_index(t, t_start, t_end, plan):
+    """The index k of the constant step whose stages time ``t`` belongs to, for per-step random draws.
+
+    ``plan``: the number of uniform steps from ``t_start`` to ``t_end`` (either direction), or the step times
+    of a grid (``plan``'s ``ts``, numpy, monotone). Stages at c in [0, 1) of step k map to k (1e-3 absorbs
+    rounding); a stage at a step's end (c = 1) takes the next step's index.
+    """
+    t = jnp.asarray(t)
+    if isinstance(plan, np.ndarray):
+        ts = plan if plan[0] < plan[-1] else plan[::-1]
+        idx = np.arange(len(plan), dtype=np.float64)
+        idx = idx if plan[0] < plan[-1] else idx[::-1]
+        k = jnp.interp(t, jnp.asarray(ts, t.dtype), jnp.asarray(idx, t.dtype))
+    else:
+        k = (t - t_start) / (t_end - t_start) * plan
+    return jnp.floor(k + 1e-3).astype(jnp.int32)

@@ -14,13 +14,15 @@ from typing import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from . import dynamics as dyn
 from . import grids
 from ._checks import check_batch, check_finite, check_output, check_score_fn, check_span, entry_point
 from .quantization import Quantization
-from .divergence import DivergenceEstimator, Hutchinson, tracking_start
+from .divergence import DivergenceEstimator, Hutchinson, StepwiseHutchinson, tracking_start
+from .errors import InvalidArgument
 from .external import AbstractModel
 from .sampling.sample import check_common, from_model
 from .solve import SolveOptions, add_nfe, merge_options, solve, split_params
@@ -60,11 +62,14 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
     (``key`` required; ``logp_stderr`` is the spread across probes only).
     """
     score, process, x0, _ = from_model(score, process, x0, "x0")
-    divergence = Hutchinson() if divergence is None else divergence
     if encoder not in ("ode", "sde"):
         raise ValueError(f"encoder: must be 'ode' (PF-ODE) or 'sde' (forward SDE); got {encoder!r}")
     options = merge_options(options, solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint,
                             max_steps=max_steps, grid=grid)
+    if divergence is None:  # the measured default (docs/likelihood.md): per-step probes under constant steps
+        constant = encoder == "ode" and (options.steps is not None or options.grid is not None)
+        divergence = StepwiseHutchinson() if constant else Hutchinson()
+    per_step = isinstance(divergence, StepwiseHutchinson)
     check_common(process, divergence, key, options)
     t0, t1 = (process.t_min if t_start is None else t_start), process.t_max
     if encoder == "sde":
@@ -76,17 +81,24 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
     x0 = check_finite(check_batch(x0, "x0"), "x0")
     x0, t0, t1 = check_span(process, t0, t1, x0, names=("t_start", "t_max"),
                             why="encoding runs from the data to the noise", decreasing=False)
+    if per_step and options.steps is None and options.grid is None:
+        raise InvalidArgument("divergence: dg.StepwiseHutchinson redraws its probes at every constant step; pass "
+                              "steps=... (or grid=...), or use dg.Hutchinson() with an adaptive rtol/atol")
     steps, ts = grids.plan(process, t0, t1, options.steps, options.grid)  # validate the grid before drawing probes
     check_score_fn(score, x0, jnp.asarray(t0, dtype=x0.dtype))
     probes, change0 = tracking_start(divergence, key, x0)
     y0 = (x0, change0)
     params, rebuild = split_params(score)  # through args: every adjoint differentiates w.r.t. the score's params
+    plan = (np.asarray(ts) if ts is not None else steps) if per_step else None
 
     def vf(t, y, args):
-        probes, params = args
+        # per-step probes: args[0] is a key and step k's probes are drawn here; else it holds the fixed probes
+        first, params = args
+        probes = divergence.draw_step(first, y[0], grids.step_index(t, t0, t1, plan)) if per_step else first
         return dyn.augmented_rate(rebuild(params), process, y[0], t, divergence, probes, dyn.pf_velocity)
 
-    (x_T, change), evals, _ = solve(vf, y0, t0, t1, args=(probes, params), options=options, steps=steps, grid=ts)
+    (x_T, change), evals, _ = solve(vf, y0, t0, t1, args=(key if per_step else probes, params), options=options,
+                                    steps=steps, grid=ts)
     x_T, change = check_output((x_T, change), "dg.log_likelihood: the PF-ODE encoding solve")
     prior = process.prior_log_prob if prior_log_prob is None else prior_log_prob
     logp_T = prior(x_T)
