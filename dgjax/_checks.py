@@ -60,7 +60,7 @@ def check_span(process, t_from, t_to, x, *, names: tuple[str, str], why: str, de
     come back carrying their range checks and x the order check (jit drops checks whose output is unused)."""
     a, b = names
     checked = (check_time(process, t_from, a), check_time(process, t_to, b))
-    if not is_concrete(checked):
+    if not is_concrete((t_from, t_to)):  # traced times: keep their checks (concrete ones stay Python numbers)
         t_from, t_to = checked
     tf, tt = jnp.asarray(t_from), jnp.asarray(t_to)
     bad = ~(tt < tf) if decreasing else ~(tt > tf)
