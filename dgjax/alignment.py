@@ -61,8 +61,6 @@ from ._checks import batch_dot, check_batch, check_finite, check_output, check_s
 from .divergence import DivergenceEstimator, Exact, Hutchinson, tracking_start
 from .solve import SolveOptions, add_nfe, merge_options, solve
 
-Array = jax.Array
-
 
 class Alignment(eqx.Module):
     """What ``dg.score_alignment(..., return_details=True)`` returns.

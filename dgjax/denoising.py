@@ -27,8 +27,6 @@ from .sampling.sde import ReverseSDE
 from .likelihood import log_likelihood
 from .solve import SolveOptions, merge_options
 
-Array = jax.Array
-
 METHODS = ("mean", "mode", "hd", "sample")
 
 

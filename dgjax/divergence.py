@@ -20,30 +20,32 @@ NFE: each JVP counts as one score evaluation more (``num_jvps``).
 
 from __future__ import annotations
 
+import abc
 from typing import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 
 from ._checks import batch_dot, check_param
 
-Array = jax.Array
-
 
 class DivergenceEstimator(eqx.Module):
-    """Interface: ``draw`` probes once per solve, ``value_and_traces`` at each evaluation."""
+    """Interface (abstract): ``draw`` probes once per solve, ``value_and_traces`` at each evaluation."""
 
+    @abc.abstractmethod
     def draw(self, key, x) -> Array | None:
-        raise NotImplementedError
+        """The probes of one solve ((P, N, *shape)), or None when the estimator needs none."""
 
+    @abc.abstractmethod
     def num_jvps(self, dim: int) -> int:
-        raise NotImplementedError
+        """JVPs per trace estimate in dimension ``dim`` (each counts as one score evaluation)."""
 
+    @abc.abstractmethod
     def quadratic_traces(self, quad: Callable[[Array], Array], x: Array, probes) -> Array:
         """Estimates (P, N) of tr A from a per-sample quadratic form ``quad(z) = z^T A z`` -> (N,)."""
-        raise NotImplementedError
 
     def value_and_traces(self, fn: Callable[[Array], Array], x: Array, probes) -> tuple[Array, Array]:
         """(fn(x), trace estimates of J_fn(x) (P, N)): one primal evaluation and the probes' JVPs."""

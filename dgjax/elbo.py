@@ -34,8 +34,6 @@ from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, ch
                       entry_point)
 from .processes import gaussian_log_prob
 
-Array = jax.Array
-
 
 class Elbo(eqx.Module):
     """What ``dg.elbo`` returns: elbo (N,) in nats, its Monte-Carlo standard error (N,), and nfe (score

@@ -24,12 +24,11 @@ from typing import Any, Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array
 
 from ._checks import check_param
 from .parametrizations import PARAMETRIZATIONS, score_from
 from .processes import Process
-
-Array = jax.Array
 
 
 class AbstractModel(eqx.Module):

@@ -32,8 +32,6 @@ from .solve import SolveOptions, add_nfe, merge_options, solve_term
 from .sampling.brownian import brownian_path, default_adjoint
 from .sampling.sde import _AugmentedSDETerm
 
-Array = jax.Array
-
 
 class ForwardTrack(eqx.Module):
     """What ``forward_sde_logp`` returns: x_T (N, *shape) the end of the forward path, change (N,) the

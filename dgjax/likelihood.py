@@ -27,8 +27,6 @@ from .external import AbstractModel
 from .sampling.sample import check_common, from_model
 from .solve import SolveOptions, add_nfe, merge_options, solve, split_params
 
-Array = jax.Array
-
 
 class Likelihood(eqx.Module):
     """What ``dg.log_likelihood`` returns: logp (N,) = log p_{t_min}(x0) under the model, its standard

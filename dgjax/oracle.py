@@ -25,10 +25,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
+from jaxtyping import Array
 
 from ._checks import check_finite, check_param
-
-Array = jax.Array
 
 
 class GaussianMixture(eqx.Module):

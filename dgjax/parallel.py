@@ -34,7 +34,8 @@ cross-device traffic is the adaptive controller's error norm (a global reduction
 * Uneven batches. By default a batch size that is not a multiple of the device count raises a
   ``ValueError`` naming the fix. With ``pad=True`` the batch is padded to the next multiple with copies of
   its last sample and every per-sample output is trimmed back to N (so is any per-sample argument:
-  ``logp_T``, ``w_T``, a per-sample q). With constant ``steps`` the padded result equals the unpadded one
+  ``logp_T``, ``w_T``, and the sampler's per-sample parameters, ``sampler.per_sample()``, e.g. a per-sample
+  q, which are also sharded with the batch). With constant ``steps`` the padded result equals the unpadded one
   exactly (the prefix-stable streams above); with an adaptive controller the copies enter the error norm,
   so the step sequence -- and the result -- may differ within the solver tolerance.
 * Multi-host. Every process runs the same program (``jax.distributed.initialize()`` first). Either every
@@ -59,6 +60,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._checks import all_finite, check_batch, check_finite, deferred_errors, raise_if_not_finite
 from .errors import InvalidArgument, typed_errors
+from .sampling.base import AbstractSampler
 
 __all__ = ["batch_sharding", "shard_batch", "pad_batch", "host_slice", "host_local_batch", "sample_sharded",
            "log_likelihood_sharded", "score_alignment_sharded"]
@@ -236,27 +238,26 @@ def _run(program, where: str, sharding, *args):
     return out
 
 
-def _pad_per_sample(v, n: int, n_pad: int, devices):
-    """Pad and shard a per-sample (N, ...) array argument; anything else passes through."""
-    if n_pad == n or v is None or callable(v) or isinstance(v, str) or np.ndim(v) == 0:
+def _pad_per_sample(v, n: int, n_pad: int, devices, always: bool = False):
+    """Pad and shard a per-sample (N, ...) array argument (only when padding, unless ``always``); anything else
+    passes through."""
+    if (n_pad == n and not always) or v is None or callable(v) or isinstance(v, str) or np.ndim(v) == 0:
         return v
     if np.shape(v)[0] != n:
         return v  # wrong shape: let the function raise its own error naming the argument
     return shard_batch(pad_batch(v, n_pad), devices)
 
 
-def _pad_sampler(sampler, n: int, n_pad: int):
-    """Pad a per-sample q (N,) of density guidance (deterministic or stochastic) to n_pad rows."""
-    if sampler is None or n_pad == n:
+def _pad_sampler(sampler, n: int, n_pad: int, devices):
+    """The sampler with its per-sample parameters (``sampler.per_sample()``, the (N, ...) ones) padded to n_pad
+    rows and sharded with the batch; scalars and other shapes pass through (the sampler checks them)."""
+    if not isinstance(sampler, AbstractSampler):
+        return sampler  # None (the default) or a wrong argument, which dg.sample refuses with its own error
+    leaves = tuple(sampler.per_sample())
+    if not leaves:
         return sampler
-    for where in (lambda s: s.q, lambda s: s.guidance.q):
-        try:
-            q = where(sampler)
-        except AttributeError:
-            continue
-        if isinstance(q, jax.Array) and q.ndim == 1 and q.shape[0] == n:
-            return eqx.tree_at(where, sampler, pad_batch(q, n_pad))
-    return sampler
+    padded = tuple(_pad_per_sample(v, n, n_pad, devices, always=True) for v in leaves)
+    return eqx.tree_at(lambda s: tuple(s.per_sample()), sampler, padded)
 
 
 def _trim(tree, n: int, n_pad: int):
@@ -278,7 +279,7 @@ def sample_sharded(score: Callable, process, x_T, *, devices: Sequence | None = 
     reuses one compiled program.
     """
     x, n, n_pad = _prepare(x_T, devices, pad, "x_T")
-    kwargs["sampler"] = _pad_sampler(kwargs.get("sampler"), n, n_pad)
+    kwargs["sampler"] = _pad_sampler(kwargs.get("sampler"), n, n_pad, devices)
     if "logp_T" in kwargs:
         kwargs["logp_T"] = _pad_per_sample(kwargs["logp_T"], n, n_pad, devices)
     return _trim(_run(_sample_program, "dg.sample_sharded", x.sharding, score, process, x, kwargs, x.sharding),

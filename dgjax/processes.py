@@ -15,8 +15,7 @@ passed through ``jax.jit`` and closed over freely. All time functions accept a s
 array of times and act elementwise.
 """
 
-from __future__ import annotations
-
+import abc
 import math
 import inspect
 from typing import Callable, ClassVar, Mapping, NamedTuple
@@ -24,11 +23,11 @@ from typing import Callable, ClassVar, Mapping, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from equinox import AbstractVar
+from jaxtyping import Array
 
 from ._checks import check_param
 from ._memory import check_fits_in_memory
-
-Array = jax.Array
 
 
 class Coefficients(NamedTuple):
@@ -51,19 +50,22 @@ class Transition(NamedTuple):
 
 
 class Process(eqx.Module):
-    """Base class: subclasses implement ``log_alpha``, ``log_sigma`` and set ``t_min``/``t_max``."""
+    """Base class (abstract): a process defines ``log_alpha``, ``log_sigma`` and its time range ``t_min``,
+    ``t_max`` (static fields of each final class)."""
 
-    t_min: float = eqx.field(static=True)
-    t_max: float = eqx.field(static=True)
+    t_min: AbstractVar[float]
+    t_max: AbstractVar[float]
     # where constant steps go when the user gives steps= without grid= (dgjax.grids; benchmarks/bench_grids.py)
     default_grid: ClassVar[str] = "t"
 
     # -- what a subclass defines -------------------------------------------------------------
+    @abc.abstractmethod
     def log_alpha(self, t: Array) -> Array:
-        raise NotImplementedError
+        """log alpha_t, elementwise in t."""
 
+    @abc.abstractmethod
     def log_sigma(self, t: Array) -> Array:
-        raise NotImplementedError
+        """log sigma_t, elementwise in t."""
 
     # -- derived quantities (the one place where f and g2 come from) --------------------------
     def _log_coeffs_and_rates(self, t):
@@ -204,6 +206,8 @@ class VP(Process):
 
     default_grid: ClassVar[str] = "t"
 
+    t_min: float = eqx.field(static=True)
+    t_max: float = eqx.field(static=True)
     lambda_min: float = eqx.field(static=True)
     lambda_max: float = eqx.field(static=True)
 
@@ -233,6 +237,8 @@ class VPCosine(Process):
 
     default_grid: ClassVar[str] = "t"
 
+    t_min: float = eqx.field(static=True)
+    t_max: float = eqx.field(static=True)
     s: float = eqx.field(static=True)
 
     def __init__(self, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.999):
@@ -253,6 +259,8 @@ class VE(Process):
 
     default_grid: ClassVar[str] = "edm"
 
+    t_min: float = eqx.field(static=True)
+    t_max: float = eqx.field(static=True)
     sigma_min: float = eqx.field(static=True)
     sigma_max: float = eqx.field(static=True)
 
@@ -275,6 +283,8 @@ class EDM(Process):
 
     default_grid: ClassVar[str] = "edm"
 
+    t_min: float = eqx.field(static=True)
+    t_max: float = eqx.field(static=True)
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
         _check_finite_params(sigma_min=sigma_min, sigma_max=sigma_max)
         check_param(0 < sigma_min < sigma_max, "sigma_min", f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
@@ -302,6 +312,8 @@ class LinearFlow(Process):
 
     default_grid: ClassVar[str] = "t"
 
+    t_min: float = eqx.field(static=True)
+    t_max: float = eqx.field(static=True)
     eps: float = eqx.field(static=True)
 
     def __init__(self, eps: float = 1e-3):
@@ -329,6 +341,8 @@ class VPSDE(Process):
 
     default_grid: ClassVar[str] = "log_snr"
 
+    t_min: float = eqx.field(static=True)
+    t_max: float = eqx.field(static=True)
     beta_min: float = eqx.field(static=True)
     beta_max: float = eqx.field(static=True)
     T: float = eqx.field(static=True)
@@ -370,6 +384,8 @@ class CustomProcess(Process):
     a safe choice for unknown ones).
     """
 
+    t_min: float = eqx.field(static=True)
+    t_max: float = eqx.field(static=True)
     log_alpha_fn: Callable = eqx.field(static=True)
     log_sigma_fn: Callable = eqx.field(static=True)
     default_grid: str = eqx.field(static=True)

@@ -1,15 +1,21 @@
 """The one sampler interface that ODE and SDE samplers share (as diffrax's ``AbstractSolver`` does for solvers).
 
-A sampler is a small immutable ``eqx.Module``. It declares
+A sampler is a small immutable ``eqx.Module``, abstract (``AbstractSampler``, ``ODESampler``, ``SDESampler``:
+abstract methods, no fields) or final (the samplers themselves: the fields). It declares
 
+- ``cost(track)`` (abstract): its cost, the one way to declare it: ``Cost(divergence_passes, extra_jvps)``;
+  one evaluation costs ``1 + divergence_passes * divergence.num_jvps(D) + extra_jvps`` NFE (``nfe_per_eval``);
+- ``integrate(score, process, x, *, key, track_logp, divergence, options, logp_T, t_start, t_end)``
+  (abstract): the solve from t_start to t_end, returning ``(y, nfe, num_steps)`` with y = x or
+  (x, log p per probe (P, N));
 - ``prepare(process, x_T)``: the latent it actually starts from (default: unchanged);
-- ``cost(track)``: its cost, the one way to declare it: ``Cost(divergence_passes, extra_jvps)``; one
-  evaluation costs ``1 + divergence_passes * divergence.num_jvps(D) + extra_jvps`` NFE (``nfe_per_eval``);
-- ``integrate(score, process, x, *, key, track_logp, divergence, options, logp_T, t_start, t_end)``: the
-  solve from t_start to t_end, returning ``(y, nfe, num_steps)`` with y = x or (x, log p per probe (P, N)).
+- ``per_sample()``: its per-sample parameters, the fields whose leading axis is the batch (e.g. a (N,) q),
+  which ``dg.sample_sharded`` pads and shards with x_T (default: none);
+- ``checked_range()``: r when ``dg.sample`` must report samples that leave the data range [-r, r]
+  (default None: unchecked).
 
-``dg.sample`` (``sampling/sample.py``) validates the arguments and calls these; it never asks which kind of
-sampler it has.
+``dg.sample`` (``sampling/sample.py``) and ``dgjax.parallel`` validate the arguments and call these; they
+never ask which kind of sampler they have.
 """
 
 from __future__ import annotations
@@ -18,11 +24,9 @@ import abc
 from typing import Callable, NamedTuple
 
 import equinox as eqx
-import jax
+from jaxtyping import Array
 
 from ..divergence import DivergenceEstimator
-
-Array = jax.Array
 
 
 class Cost(NamedTuple):
@@ -56,7 +60,21 @@ class Sample(eqx.Module):
 
 
 class AbstractSampler(eqx.Module):
-    """Base of every dgjax sampler (deterministic: ``ODESampler``; stochastic: ``SDESampler``)."""
+    """Base of every dgjax sampler (deterministic: ``ODESampler``; stochastic: ``SDESampler``): abstract
+    ``cost`` and ``integrate``; ``prepare``, ``per_sample`` and ``checked_range`` have defaults (module
+    docstring)."""
+
+    @abc.abstractmethod
+    def cost(self, track: bool) -> Cost:
+        """The sampler's cost per vector-field evaluation (module docstring)."""
+
+    @abc.abstractmethod
+    def integrate(self, score, process, x, *, key, track_logp: bool, divergence: DivergenceEstimator, options,
+                  logp_T, t_start, t_end):
+        """Solve from ``x`` (already ``prepare``d) at t_start to t_end with the given ``SolveOptions``.
+
+        ``logp_T`` is the (N,) starting log-density when tracking (else None). Returns (y, nfe, num_steps),
+        y = x or (x, log p per probe (P, N))."""
 
     def prepare(self, process, x_T):
         """Transform the starting latent (e.g. rescale it); default: unchanged."""
@@ -68,9 +86,17 @@ class AbstractSampler(eqx.Module):
         keep to the model's data and are returned unchanged."""
         return self
 
-    @abc.abstractmethod
-    def cost(self, track: bool) -> Cost:
-        """The sampler's cost per vector-field evaluation (module docstring)."""
+    def per_sample(self) -> tuple[Array, ...]:
+        """The sampler's per-sample parameters: its own array fields (return the fields themselves, not values
+        computed from them: ``dg.sample_sharded`` replaces them with ``equinox.tree_at``) that may carry one
+        row per sample. Those with a leading axis of the batch size N are padded and sharded with x_T by
+        ``dg.sample_sharded``; scalars pass through. Default: none."""
+        return ()
+
+    def checked_range(self) -> float | None:
+        """r when ``dg.sample`` must raise ``dg.LeftDataRange`` for samples that leave the data range [-r, r]
+        (more than 1% of the batch's entries beyond 1.05 r); None (default): not checked."""
+        return None
 
     def uses_divergence(self, track: bool) -> bool:
         """Whether the solve needs divergence probes (derived from ``cost``)."""
@@ -81,11 +107,3 @@ class AbstractSampler(eqx.Module):
         c = self.cost(track)
         extra = c.extra_jvps(dim) if callable(c.extra_jvps) else c.extra_jvps
         return 1 + (c.divergence_passes * divergence.num_jvps(dim) if c.divergence_passes else 0) + extra
-
-    @abc.abstractmethod
-    def integrate(self, score, process, x, *, key, track_logp: bool, divergence: DivergenceEstimator, options,
-                  logp_T, t_start, t_end):
-        """Solve from ``x`` (already ``prepare``d) at t_start to t_end with the given ``SolveOptions``.
-
-        ``logp_T`` is the (N,) starting log-density when tracking (else None). Returns (y, nfe, num_steps),
-        y = x or (x, log p per probe (P, N))."""

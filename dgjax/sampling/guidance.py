@@ -40,7 +40,7 @@ the head-room (about D/2) is intact. ``feasibility_tol=0`` disables the check (t
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, ClassVar
 
 import equinox as eqx
 import jax
@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 from jax.scipy.special import gammainc, gammaincc, ndtri
-from jaxtyping import Float
+from jaxtyping import Array, Float
 from scipy import stats
 
 from .. import dynamics as dyn
@@ -58,8 +58,6 @@ from ..divergence import DivergenceEstimator, Hutchinson
 from ..errors import INFEASIBLE_MSG as _INFEASIBLE_MSG
 from ..errors import InfeasibleGuidance
 from .ode import ODESampler
-
-Array = jax.Array
 
 COEF_CAP = 1e12
 """Largest magnitude of the guidance coefficient multiplying s (the |s|^2 floor); see the module docstring."""
@@ -276,7 +274,17 @@ class DensityGuidance(ODESampler):
         self.start_at_median = bool(start_at_median)
         self.data_scale = float(data_scale)
         self.feasibility_tol = float(feasibility_tol)
-        self.needs_divergence = rate is not None
+
+    @property
+    def needs_divergence(self) -> bool:
+        """A custom rate needs div u at every step; the quantile form does not (div u cancels)."""
+        return self.rate is not None
+
+    def per_sample(self) -> tuple[Array, ...]:
+        return (self.q,)
+
+    def checked_range(self) -> float | None:
+        return self.data_range
 
     def with_data_range(self, data_range: float | None) -> "DensityGuidance":
         """This guidance with ``data_range`` (kept as is when it has its own)."""
@@ -325,6 +333,7 @@ class HighDensity(ODESampler):
     """
 
     t_switch: Array
+    needs_divergence: ClassVar[bool] = False
 
     def __init__(self, t_switch):
         if is_concrete(t_switch):

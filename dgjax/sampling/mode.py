@@ -18,15 +18,16 @@ from conjugate gradients (lineax ``CG``) on that operator, matrix-free with Hess
 ``dg.Exact()`` (small D), or the gradient of a Hutchinson estimate ``v^T H v`` with probes held fixed
 along the path. Dropping the last term is the HD-ODE (MATH 5), exact when p_0 is Gaussian.
 
-The velocity needs the score *function* (Hessian-vector products), not only its value at (x, t): the sampler
-gets it, with the divergence estimator and the solve's probes, through ``ODESampler.solve_phases``. Pure math
+The velocity needs the score *function* (Hessian-vector products), not only its value at (x, t): it gets
+it, with the divergence estimator and the solve's probes, as the keywords ``score``, ``divergence`` and
+``probes`` of the phase velocity (``sampling/ode.py``). Pure math
 (``mode_correction``, ``mode_drift``) is kept apart from the sampler plumbing (``ModeTracking``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, ClassVar
 
 import equinox as eqx
 import jax
@@ -38,8 +39,6 @@ from .._checks import bcast, check_param, check_value, event_dim
 from ..errors import LinearSolveFailed, ModeBifurcation
 from .base import Cost
 from .ode import ODESampler
-
-Array = jax.Array
 
 _BIFURCATION_MSG = (
     "mode tracking: the denoising density p(x_s | x_t) lost its negative-definite Hessian at the tracked "
@@ -190,6 +189,7 @@ class ModeTracking(ODESampler):
     cg_tol: float | None = eqx.field(static=True, default=None)
     check: str = eqx.field(static=True, default="auto")
     linear_solver: str | lx.AbstractLinearSolver = eqx.field(static=True, default="cg")
+    needs_divergence: ClassVar[bool] = False  # its velocity estimates its own Laplacian
 
     def __check_init__(self):
         check_param(self.cg_steps is None or (isinstance(self.cg_steps, int) and self.cg_steps >= 1), "cg_steps",
@@ -231,13 +231,9 @@ class ModeTracking(ODESampler):
         return Cost(divergence_passes=2 + int(track), extra_jvps=hvps)
 
     def phases(self, process, t_start, t_end):
-        raise NotImplementedError("ModeTracking's velocity needs the score function: dg.sample builds its phase "
-                                  "with solve_phases(score, process, divergence, probes, t_start, t_end)")
-
-    def solve_phases(self, score, process, divergence, probes, t_start, t_end):
         t_data = t_start  # the time of the observed x_t
 
-        def velocity(coeffs, x, s, *, t, **_):
+        def velocity(coeffs, x, s, *, t, score, divergence, probes, **_):
             dim = event_dim(x)
 
             def score_fn(z):

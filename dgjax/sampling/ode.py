@@ -1,21 +1,25 @@
 """ODE samplers: sampling from noise to data with the log-density tracked.
 
 A sampler is a small immutable config object. ODE samplers describe their dynamics as one or more
-*phases* ``(t_from, t_to, velocity)``; ``velocity(coeffs, x, s, t=..., div_u=...) -> dx/dt`` gets
-the score value already computed at (x, t), so a sampler that only rescales the score costs no extra
-evaluation. ``ODESampler.integrate`` (called by ``dg.sample``) integrates each phase with diffrax, with the augmented state
-``(x, log p per probe)`` when ``track_logp`` (MATH.md section 4(a)/(b)).
-A sampler whose velocity needs the score function itself (mode tracking's Hessian-vector products) gets
-it, with the divergence estimator and the probes, through ``solve_phases``.
+*phases* ``(t_from, t_to, velocity)`` (``ODESampler.phases``); the velocity
+
+    velocity(coeffs, x, s, *, t, div_u, score, divergence, probes) -> dx/dt
+
+gets the score value already computed at (x, t), so a sampler that only rescales the score costs no extra
+evaluation; ``div_u`` (N,) is the PF-ODE divergence when the sampler ``needs_divergence`` or tracks log p
+(else None). A velocity that needs more than the score value (mode tracking's Hessian-vector products)
+uses the keywords ``score`` (the function ``score(x, t)``), ``divergence`` (the estimator) and ``probes``
+(the solve's probes, fixed along the path; None unless ``cost`` declares a divergence pass); the others
+ignore them (``**_``). ``ODESampler.integrate`` (called by ``dg.sample``) integrates each phase with
+diffrax, with the augmented state ``(x, log p per probe)`` when ``track_logp`` (MATH.md section 4(a)/(b)).
 """
 
-from __future__ import annotations
+import abc
+from functools import partial
+from typing import Callable, ClassVar
 
-from typing import Callable
-
-import equinox as eqx
-import jax
 import jax.numpy as jnp
+from equinox import AbstractVar
 
 from .. import dynamics as dyn
 from .. import grids
@@ -24,25 +28,17 @@ from ..divergence import tracking_start
 from ..solve import add_nfe, solve, split_params
 from .base import AbstractSampler, Cost
 
-Array = jax.Array
-
 
 class ODESampler(AbstractSampler):
-    """Base of the deterministic samplers: they declare ``phases``; ``integrate`` solves them in turn."""
+    """Base of the deterministic samplers (abstract): they declare ``phases`` and ``needs_divergence``;
+    ``integrate`` solves the phases in turn."""
 
     # True when the velocity needs div u even without tracking (density guidance with a custom rate).
-    needs_divergence: bool = eqx.field(static=True, default=False, init=False)
+    needs_divergence: AbstractVar[bool]
 
-    def phases(self, process, t_start: float, t_end: float):
-        """[(t_from, t_to, velocity)]: ``velocity(coeffs, x, s, *, t, div_u) -> dx/dt`` on each phase."""
-        raise NotImplementedError
-
-    def solve_phases(self, score, process, divergence, probes, t_start, t_end):
-        """The phases one solve integrates; default ``phases(process, t_start, t_end)``. A sampler whose
-        velocity needs more than the score value at (x, t) (e.g. Hessian-vector products, ``ModeTracking``)
-        overrides this: it receives the score function, the divergence estimator and the solve's probes
-        (fixed along the path; None unless ``cost`` declares a divergence pass)."""
-        return self.phases(process, t_start, t_end)
+    @abc.abstractmethod
+    def phases(self, process, t_start, t_end) -> list[tuple]:
+        """[(t_from, t_to, velocity)] from t_start down to t_end; ``velocity`` as in the module docstring."""
 
     def cost(self, track: bool) -> Cost:
         return Cost(divergence_passes=int(track or self.needs_divergence))
@@ -53,6 +49,8 @@ class ODESampler(AbstractSampler):
 
 class PFODE(ODESampler):
     """The probability-flow ODE dx/dt = f x - 1/2 g^2 s (MATH 3); log-density rate -div u (MATH 4(a))."""
+
+    needs_divergence: ClassVar[bool] = False
 
     def phases(self, process, t_start, t_end):
         return [(t_start, t_end, dyn.pf_velocity)]
@@ -68,6 +66,7 @@ class ODE(ODESampler):
     """
 
     drift: Callable
+    needs_divergence: ClassVar[bool] = False
 
     def phases(self, process, t_start, t_end):
         drift = self.drift
@@ -87,10 +86,11 @@ def _ode_vector_field(rebuild, process, divergence, track: bool, needs_div: bool
     def vf(t, y, args):
         probes, params = args
         score, sampler = rebuild(params)
-        velocity = sampler.solve_phases(score, process, divergence, probes, t_start, t_end)[phase][2]
+        velocity = sampler.phases(process, t_start, t_end)[phase][2]
         if track:
             x, _ = y
-            return dyn.augmented_rate(score, process, x, t, divergence, probes, velocity)
+            return dyn.augmented_rate(score, process, x, t, divergence, probes,
+                                      partial(velocity, score=score, divergence=divergence, probes=probes))
         x = y
         coeffs = process.coefficients_like(t, x)
         if needs_div:
@@ -98,7 +98,7 @@ def _ode_vector_field(rebuild, process, divergence, track: bool, needs_div: bool
             div_u = jnp.mean(dyn.pf_divergence(coeffs, lap, x[0].size), axis=0)
         else:
             s, div_u = score(x, t), None
-        return velocity(coeffs, x, s, t=t, div_u=div_u)
+        return velocity(coeffs, x, s, t=t, div_u=div_u, score=score, divergence=divergence, probes=probes)
 
     return vf
 
@@ -111,7 +111,7 @@ def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence,
     use_div = sampler.uses_divergence(track_logp)
     probes, logp0 = tracking_start(divergence, key, x, logp_T, draw=use_div)
     y = (x, logp0) if track_logp else x
-    phases = sampler.solve_phases(score, process, divergence, probes, t_start, t_end)
+    phases = sampler.phases(process, t_start, t_end)
     params, rebuild = split_params((score, sampler))
     total_span = abs(t_start - t_end)
     nfe_per_eval = sampler.nfe_per_eval(track_logp, divergence, dim)

@@ -19,7 +19,6 @@ from ..processes import Process
 from ..solve import SolveOptions, merge_options
 from .base import AbstractSampler, Sample
 from .ode import PFODE
-from .sde import SDESampler  # noqa: F401  (both runners are reached through AbstractSampler.integrate)
 
 
 @entry_point
@@ -121,13 +120,11 @@ def check_common(process, divergence, key, options: SolveOptions) -> None:
                         name, f"must be a finite positive number; got {tol!r}")
 
 
-def _check_range(sampler, out: Sample) -> Sample:
-    """When the sampler knows the data range ``data_range`` (data in [-r, r]), raise if more than 1% of all
-    entries of the batch lie beyond 1.05 r: the guidance has left the data (issue 15). (A trained model's
-    own samples at q = 0.5 put a few pixels slightly beyond +-1, hence the margin and the 1%.)"""
-    r = getattr(sampler, "data_range", None)
-    if r is None:
-        r = getattr(getattr(sampler, "guidance", None), "data_range", None)
+def _check_range(sampler: AbstractSampler, out: Sample) -> Sample:
+    """When the sampler declares a data range (``sampler.checked_range()``: data in [-r, r]), raise if more
+    than 1% of all entries of the batch lie beyond 1.05 r: the guidance has left the data (issue 15). (A
+    trained model's own samples at q = 0.5 put a few pixels slightly beyond +-1, hence the margin and the 1%.)"""
+    r = sampler.checked_range()
     if r is None:
         return out
     x = out.x

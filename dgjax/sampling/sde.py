@@ -35,16 +35,17 @@ likewise), ``"virtual"`` (``diffrax.VirtualBrownianTree``: any step-size control
 reproduces a path exactly. See benchmarks/bench_sde.py and bench_loop_overhead.py for the measured cost.
 """
 
-from __future__ import annotations
-
+import abc
 import math
-from typing import Callable
+from typing import Callable, ClassVar
 
 import diffrax as dfx
 import equinox as eqx
+from equinox import AbstractClassVar, AbstractVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 
 from .. import dynamics as dyn
 from .. import grids
@@ -55,39 +56,39 @@ from .base import AbstractSampler, Cost
 from .brownian import BROWNIAN, brownian_path, default_adjoint  # noqa: F401 (BROWNIAN re-exported)
 from .guidance import DensityGuidance
 
-Array = jax.Array
-
 
 class SDESampler(AbstractSampler):
-    """Base of the stochastic samplers. ``coefficients`` gives, at (x, t), the linear-in-dW pieces of one
-    step; ``integrate`` runs them through one diffrax solve (``run_sde``)."""
+    """Base of the stochastic samplers (abstract). ``coefficients`` gives, at (x, t), the linear-in-dW pieces of
+    one step and ``apply_noise`` turns their noise part into (G dW, s.G dW); ``increment`` combines them (its
+    default: the Euler-Maruyama form, drift dtau + noise); ``integrate`` runs them through one diffrax solve
+    (``run_sde``). Every final sampler has the field ``brownian`` (``"auto"``, ``"steps"``, ``"unsafe"`` or
+    ``"virtual"``, module docstring)."""
 
-    brownian: str = eqx.field(static=True, default="auto", kw_only=True)
+    brownian: AbstractVar[str]
 
     def __check_init__(self):
         check_param(self.brownian in BROWNIAN, "brownian", f"must be one of {BROWNIAN}; got {self.brownian!r}")
 
-    def cost(self, track: bool) -> Cost:
-        return Cost()
+    @abc.abstractmethod
+    def coefficients(self, score, process, x, t, divergence, probes, track: bool):
+        """Returns (a_x, a_L, noise): the tau-drift of x, of log p per probe ((P, N) or None), and a pytree
+        ``noise`` that ``apply_noise`` turns into (G dW, s.G dW)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def apply_noise(noise, dw):
+        """(G dW like x, s.G dW (N,)) from the ``noise`` of ``coefficients`` and the Brownian increment dW."""
 
     def integrate(self, score, process, x, *, key, track_logp, divergence, options, logp_T, t_start, t_end):
         return run_sde(score, process, x, self, key, track_logp, divergence, options, logp_T, t_start, t_end)
 
     def default_solver(self):
+        """The solver when ``dg.sample`` gets none: Euler-Maruyama."""
         return dfx.Euler()
 
     def check_solver(self, solver) -> None:
-        check_param(isinstance(solver, dfx.Euler), "solver",
-                    f"{type(self).__name__} is an Ito SDE: use diffrax.Euler() (Euler-Maruyama); got {type(solver).__name__}")
-
-    def coefficients(self, score, process, x, t, divergence, probes, track: bool):
-        """Returns (a_x, a_L, noise): the tau-drift of x, of log p per probe ((P, N) or None), and a pytree
-        ``noise`` that ``apply_noise`` turns into (G dW, s.G dW)."""
-        raise NotImplementedError
-
-    @staticmethod
-    def apply_noise(noise, dw):
-        raise NotImplementedError
+        """Refuse a solver this SDE cannot be solved with (default: an Ito SDE, Euler-Maruyama only)."""
+        _check_solver(solver, dfx.AbstractItoSolver, (dfx.Euler,), f"{type(self).__name__} (an Ito SDE)")
 
     def increment(self, vf, dt, dw, track: bool):
         """(dx, dlogp) of one step from the vector field's output ``vf`` and the control (dt, dW)."""
@@ -99,82 +100,83 @@ class SDESampler(AbstractSampler):
         return dx, a_l * dt + sgdw[None, :]
 
 
-class ReverseSDE(SDESampler):
-    """The reverse SDE dx = [f x - g^2 s] dt + g dW_bar (MATH 3) with free log-density tracking (MATH 4(c)).
+def _check_solver(solver, kind: type, supported: tuple, what: str) -> None:
+    """The solver's kind by diffrax's own types (``AbstractItoSolver`` / ``AbstractStratonovichSolver``), then
+    whether this single-term solve supports it (diffrax's ``ItoMilstein`` and the SRK solvers need separate
+    drift and diffusion terms)."""
+    check_param(isinstance(solver, kind), "solver",
+                f"{what} needs a solver of kind diffrax.{kind.__name__}, e.g. diffrax.{supported[0].__name__}(); "
+                f"got {type(solver).__name__}")
+    check_param(isinstance(solver, supported), "solver",
+                f"{what}: of the solvers of kind diffrax.{kind.__name__} it supports "
+                f"{', '.join('diffrax.' + c.__name__ for c in supported)}; got {type(solver).__name__}")
 
-    Args:
-      scheme: ``"ito"`` (default; Euler-Maruyama, 1 score evaluation per step, tracking free),
-        ``"stratonovich"`` (more accurate tracking at the cost of the Laplacian estimate; needs ``key``
-        for Hutchinson probes or ``divergence=dg.Exact()``; solvers ``diffrax.Heun()`` (default) and
-        ``diffrax.Midpoint()``, 2 evaluations per step, each 1 score + K JVPs for K probes;
-        ``diffrax.ReversibleHeun`` is refused, its reverse-SDE samples diverge), or ``"milstein"``
-        (Euler-Maruyama plus the pathwise term 1/2 g^2 (dW^T H dW - Lap dtau) of MATH 4(c) along the
-        increment that moves x: per step 1 score + K JVPs (Lap) + 1 JVP (H dW); tracking only).
-      brownian: ``"auto"``, ``"steps"``, ``"unsafe"`` or ``"virtual"`` (module docstring).
-    """
 
-    scheme: str = eqx.field(static=True, default="ito")
+# ------------------------------------------------------------------------------------------------------
+# the reverse SDE: one scheme object per way of solving it (the strings "ito", "stratonovich", "milstein"
+# are shorthands for them)
+# ------------------------------------------------------------------------------------------------------
+class ReverseSDEScheme(eqx.Module):
+    """How ``ReverseSDE`` solves the reverse SDE and tracks log p (abstract): ``ItoScheme``,
+    ``StratonovichScheme`` or ``MilsteinScheme``. The solver kind it takes is diffrax's type
+    (``solver_kind``: ``AbstractItoSolver`` or ``AbstractStratonovichSolver``); ``solvers`` are those of that
+    kind it supports, the first the default."""
 
-    def __check_init__(self):
-        check_param(self.scheme in ("ito", "stratonovich", "milstein"), "scheme",
-                    f"must be 'ito', 'stratonovich' or 'milstein'; got {self.scheme!r}")
+    name: AbstractClassVar[str]
+    solver_kind: AbstractClassVar[type]
+    solvers: AbstractClassVar[tuple]
+
+    @abc.abstractmethod
+    def cost(self, track: bool) -> Cost:
+        """``Cost`` per evaluation (``AbstractSampler.cost``)."""
+
+    @abc.abstractmethod
+    def coefficients(self, score, process, x, t, divergence, probes, track: bool):
+        """(a_x, a_L, noise) at (x, t) (``SDESampler.coefficients``)."""
+
+    @abc.abstractmethod
+    def increment(self, vf, dt, dw, track: bool):
+        """(dx, dlogp) of one step (``SDESampler.increment``)."""
+
+
+def _reverse_noise(noise, dw):
+    """(g dW, g s.dW) from noise = (g, g s)."""
+    g, gs = noise
+    return g * dw, batch_dot(gs, dw)
+
+
+def _linear_increment(vf, dt, dw, track: bool):
+    """dx = a_x dtau + g dW and d log p = a_L dtau + g s.dW, from vf = (a_x, a_L, (g, g s))."""
+    a_x, a_l, noise = vf
+    gdw, sgdw = _reverse_noise(noise, dw)
+    dx = a_x * dt + gdw
+    return dx if not track else (dx, a_l * dt + sgdw[None, :])
+
+
+class ItoScheme(ReverseSDEScheme):
+    """Euler-Maruyama on the pair (x, log p) (MATH 4(c)): d log p = [f D + 1/2 g^2 |s|^2] dtau + g s.dW; 1 score
+    evaluation per step, tracking free."""
+
+    name: ClassVar[str] = "ito"
+    solver_kind: ClassVar[type] = dfx.AbstractItoSolver
+    solvers: ClassVar[tuple] = (dfx.Euler,)
 
     def cost(self, track):
-        # milstein: K JVPs for the Laplacian's mean + 1 JVP (H dW) along the step's own increment
-        div = track and self.scheme in ("stratonovich", "milstein")
-        return Cost(divergence_passes=int(div), extra_jvps=int(track and self.scheme == "milstein"))
-
-    def default_solver(self):
-        return dfx.Heun() if self.scheme == "stratonovich" else dfx.Euler()
-
-    def check_solver(self, solver):
-        if self.scheme in ("ito", "milstein"):
-            return super().check_solver(solver)
-        if isinstance(solver, dfx.ReversibleHeun):  # subclass-proof: checked before the accepted list
-            raise ValueError("solver: diffrax.ReversibleHeun makes the reverse SDE diverge (its samples' exact "
-                             "log p -3.3e6 at 124 steps); use diffrax.Heun() (the default) or diffrax.Midpoint()")
-        ok = (dfx.Heun, dfx.Midpoint)
-        check_param(isinstance(solver, ok), "solver",
-                    f"the Stratonovich scheme needs a Stratonovich solver ({', '.join(c.__name__ for c in ok)}); "
-                    f"got {type(solver).__name__}")
+        return Cost()
 
     def coefficients(self, score, process, x, t, divergence, probes, track):
         coeffs = process.coefficients_like(t, x)
         _, _, f, g2 = coeffs
         g = jnp.sqrt(g2)
-        if track and self.scheme == "milstein":
-            # Ito drift of log p minus the mean of the pathwise term (1/2 g^2 Lap per probe); the term itself,
-            # 1/2 (g dW)^T H (g dW), is added in ``increment`` along the very increment that moves x
-            s, jvp = jax.linearize(lambda z: score(z, t), x)
-            lap = divergence.quadratic_traces(lambda z: batch_dot(z, jvp(z)), x, probes)  # (P, N)
-            a_l = f * event_dim(x) + 0.5 * g2 * (batch_dot(s, s) - lap)
-            return -dyn.hd_drift(coeffs, x, s), a_l, (g, s, jvp)
-        if track and self.scheme == "stratonovich":
-            s, lap = dyn.score_and_laplacian(score, x, t, divergence, probes)
-            a_l = dyn.pf_divergence(coeffs, lap, event_dim(x)) + 0.5 * g2 * batch_dot(s, s)
-        else:
-            s = score(x, t)
-            a_x = -dyn.hd_drift(coeffs, x, s)
-            if track:  # Ito: the |s|^2 and s.dW terms are formed in ``increment`` in one pass
-                return a_x, f * event_dim(x), (g, s, 0.5 * g2)
-            return a_x, None, (g, g * s)
+        s = score(x, t)
         a_x = -dyn.hd_drift(coeffs, x, s)
-        return a_x, a_l, (g, g * s)
-
-    @staticmethod
-    def apply_noise(noise, dw):
-        g, gs = noise
-        return g * dw, batch_dot(gs, dw)
+        if track:  # the |s|^2 and s.dW terms are formed in ``increment`` in one pass
+            return a_x, f * event_dim(x), (g, s, 0.5 * g2)
+        return a_x, None, (g, g * s)
 
     def increment(self, vf, dt, dw, track):
-        if track and self.scheme == "milstein":
-            # MATH 4(c) + Milstein: d log p = [f D + 1/2 g^2 (|s|^2 - Lap)] dtau + g s.dW + 1/2 (g dW)^T H (g dW)
-            a_x, a_l, (g, s, jvp) = vf
-            dx = a_x * dt + g * dw
-            gdw = dx - a_x * dt  # read back from dx: one Gaussian draw per step (see the Ito branch)
-            return dx, a_l * dt + batch_dot(gdw, s + 0.5 * jvp(gdw))[None, :]
-        if not (track and self.scheme == "ito"):
-            return super().increment(vf, dt, dw, track)
+        if not track:
+            return _linear_increment(vf, dt, dw, track)
         # MATH 4(c), Ito: d log p = f D dtau + s . (1/2 g^2 s dtau + g dW): one (N,) dot product per step.
         # g dW is read back from dx: XLA (CPU) otherwise fuses the Gaussian draw (threefry bits -> erf_inv) into
         # both consumers, x's update and the dot, and computes it twice (109 erf_inv ops instead of 56 in the
@@ -182,6 +184,123 @@ class ReverseSDE(SDESampler):
         a_x, a_l, (g, s, half_g2) = vf
         dx = a_x * dt + g * dw
         return dx, a_l * dt + batch_dot(s, half_g2 * dt * s + (dx - a_x * dt))[None, :]
+
+
+class StratonovichScheme(ReverseSDEScheme):
+    """The reverse SDE in Stratonovich form, d log p = [div u + 1/2 g^2 |s|^2] dtau + g s o dW (module
+    docstring), solved by a Stratonovich solver: ``diffrax.Heun()`` (default) or ``diffrax.Midpoint()``, two
+    evaluations per step, each 1 score + the divergence estimator's JVPs when tracking."""
+
+    name: ClassVar[str] = "stratonovich"
+    solver_kind: ClassVar[type] = dfx.AbstractStratonovichSolver
+    # diffrax.ReversibleHeun is of this kind but refused: its reverse-SDE samples diverge (ReverseSDE.check_solver)
+    solvers: ClassVar[tuple] = (dfx.Heun, dfx.Midpoint)
+
+    def cost(self, track):
+        return Cost(divergence_passes=int(track))
+
+    def coefficients(self, score, process, x, t, divergence, probes, track):
+        coeffs = process.coefficients_like(t, x)
+        g2 = coeffs.g2
+        if track:
+            s, lap = dyn.score_and_laplacian(score, x, t, divergence, probes)
+            a_l = dyn.pf_divergence(coeffs, lap, event_dim(x)) + 0.5 * g2 * batch_dot(s, s)
+        else:
+            s, a_l = score(x, t), None
+        return -dyn.hd_drift(coeffs, x, s), a_l, (jnp.sqrt(g2), jnp.sqrt(g2) * s)
+
+    def increment(self, vf, dt, dw, track):
+        return _linear_increment(vf, dt, dw, track)
+
+
+class MilsteinScheme(ReverseSDEScheme):
+    """Euler-Maruyama plus the pathwise term 1/2 g^2 (dW^T H dW - Lap dtau) of MATH 4(c) along the increment
+    that moves x: per step 1 score + K JVPs (Lap) + 1 JVP (H dW) when tracking."""
+
+    name: ClassVar[str] = "milstein"
+    solver_kind: ClassVar[type] = dfx.AbstractItoSolver
+    solvers: ClassVar[tuple] = (dfx.Euler,)
+
+    def cost(self, track):
+        # K JVPs for the Laplacian's mean + 1 JVP (H dW) along the step's own increment
+        return Cost(divergence_passes=int(track), extra_jvps=int(track))
+
+    def coefficients(self, score, process, x, t, divergence, probes, track):
+        if not track:
+            return ItoScheme().coefficients(score, process, x, t, divergence, probes, track)
+        coeffs = process.coefficients_like(t, x)
+        _, _, f, g2 = coeffs
+        # Ito drift of log p minus the mean of the pathwise term (1/2 g^2 Lap per probe); the term itself,
+        # 1/2 (g dW)^T H (g dW), is added in ``increment`` along the very increment that moves x
+        s, jvp = jax.linearize(lambda z: score(z, t), x)
+        lap = divergence.quadratic_traces(lambda z: batch_dot(z, jvp(z)), x, probes)  # (P, N)
+        a_l = f * event_dim(x) + 0.5 * g2 * (batch_dot(s, s) - lap)
+        return -dyn.hd_drift(coeffs, x, s), a_l, (jnp.sqrt(g2), s, jvp)
+
+    def increment(self, vf, dt, dw, track):
+        if not track:
+            return _linear_increment(vf, dt, dw, track)
+        # MATH 4(c) + Milstein: d log p = [f D + 1/2 g^2 (|s|^2 - Lap)] dtau + g s.dW + 1/2 (g dW)^T H (g dW)
+        a_x, a_l, (g, s, jvp) = vf
+        dx = a_x * dt + g * dw
+        gdw = dx - a_x * dt  # read back from dx: one Gaussian draw per step (see ItoScheme.increment)
+        return dx, a_l * dt + batch_dot(gdw, s + 0.5 * jvp(gdw))[None, :]
+
+
+REVERSE_SDE_SCHEMES: dict[str, type[ReverseSDEScheme]] = {
+    c.name: c for c in (ItoScheme, StratonovichScheme, MilsteinScheme)}
+
+
+def _to_scheme(scheme) -> ReverseSDEScheme:
+    """A scheme object from itself or its shorthand string."""
+    if isinstance(scheme, ReverseSDEScheme):
+        return scheme
+    names = "', '".join(REVERSE_SDE_SCHEMES)
+    check_param(isinstance(scheme, str) and scheme in REVERSE_SDE_SCHEMES, "scheme",
+                f"must be '{names}' or a ReverseSDEScheme; got {scheme!r}")
+    return REVERSE_SDE_SCHEMES[scheme]()
+
+
+class ReverseSDE(SDESampler):
+    """The reverse SDE dx = [f x - g^2 s] dt + g dW_bar (MATH 3) with free log-density tracking (MATH 4(c)).
+
+    Args:
+      scheme: ``"ito"`` / ``ItoScheme()`` (default; Euler-Maruyama, 1 score evaluation per step, tracking free),
+        ``"stratonovich"`` / ``StratonovichScheme()`` (more accurate tracking at the cost of the Laplacian
+        estimate; needs ``key`` for Hutchinson probes or ``divergence=dg.Exact()``; solvers ``diffrax.Heun()``
+        (default) and ``diffrax.Midpoint()``, 2 evaluations per step, each 1 score + K JVPs for K probes;
+        ``diffrax.ReversibleHeun`` is refused, its reverse-SDE samples diverge), or ``"milstein"`` /
+        ``MilsteinScheme()`` (Euler-Maruyama plus the pathwise term 1/2 g^2 (dW^T H dW - Lap dtau) of
+        MATH 4(c) along the increment that moves x: per step 1 score + K JVPs (Lap) + 1 JVP (H dW); tracking
+        only). The scheme decides the solver kind (diffrax's ``AbstractItoSolver`` or
+        ``AbstractStratonovichSolver``) and the vector field.
+      brownian: ``"auto"``, ``"steps"``, ``"unsafe"`` or ``"virtual"`` (module docstring).
+    """
+
+    scheme: ReverseSDEScheme = eqx.field(static=True, default="ito", converter=_to_scheme)
+    brownian: str = eqx.field(static=True, default="auto", kw_only=True)
+
+    def cost(self, track):
+        return self.scheme.cost(track)
+
+    def default_solver(self):
+        return self.scheme.solvers[0]()
+
+    def check_solver(self, solver):
+        if isinstance(solver, dfx.ReversibleHeun) and self.scheme.solver_kind is dfx.AbstractStratonovichSolver:
+            raise ValueError("solver: diffrax.ReversibleHeun makes the reverse SDE diverge (its samples' exact "
+                             "log p -3.3e6 at 124 steps); use diffrax.Heun() (the default) or diffrax.Midpoint()")
+        _check_solver(solver, self.scheme.solver_kind, self.scheme.solvers, f"ReverseSDE(scheme={self.scheme.name!r})")
+
+    def coefficients(self, score, process, x, t, divergence, probes, track):
+        return self.scheme.coefficients(score, process, x, t, divergence, probes, track)
+
+    @staticmethod
+    def apply_noise(noise, dw):
+        return _reverse_noise(noise, dw)
+
+    def increment(self, vf, dt, dw, track):
+        return self.scheme.increment(vf, dt, dw, track)
 
 
 class SDE(SDESampler):
@@ -196,6 +315,7 @@ class SDE(SDESampler):
 
     drift: Callable
     diffusion: Callable
+    brownian: str = eqx.field(static=True, default="auto", kw_only=True)
 
     def cost(self, track):
         return Cost(divergence_passes=2 if track else 0)  # z^T H z and (G z)^T H (G z)
@@ -259,9 +379,10 @@ class StochasticDensityGuidance(SDESampler):
     even without tracking; pass ``key``) + 1 JVP for ``exact`` (or for tracking the published form).
     """
 
-    guidance: eqx.Module
+    guidance: DensityGuidance
     noise: Callable
     exact: bool = eqx.field(static=True)
+    brownian: str = eqx.field(static=True)
 
     def __init__(self, q=0.5, noise: Callable | None = None, exact: bool = False, *, rate=None,
                  start_at_median: bool = True, brownian: str = "auto", **guidance_kwargs):
@@ -278,6 +399,12 @@ class StochasticDensityGuidance(SDESampler):
 
     def with_data_range(self, data_range: float | None) -> "StochasticDensityGuidance":
         return eqx.tree_at(lambda s: s.guidance, self, self.guidance.with_data_range(data_range))
+
+    def per_sample(self) -> tuple[Array, ...]:
+        return self.guidance.per_sample()
+
+    def checked_range(self) -> float | None:
+        return self.guidance.checked_range()
 
     def cost(self, track):
         return Cost(divergence_passes=1, extra_jvps=int(self.exact or track))  # Lap; s^T H s
