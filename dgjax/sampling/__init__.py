@@ -10,8 +10,9 @@ from .guidance import (COEF_CAP, DensityGuidance, HighDensity, chi_radius, log_d
 from .mode import ModeTracking
 from .ode import ODE, PFODE, ODESampler, run_ode
 from .sample import sample
-from .sde import (BROWNIAN, SDE, NoiseWindow, NoiseWindowLogSNR, ReverseSDE, SDESampler, StochasticDensityGuidance,
-                  brownian_path, noise_window, noise_window_log_snr, run_sde)
+from .sde import (BROWNIAN, SDE, ItoScheme, MilsteinScheme, NoiseWindow, NoiseWindowLogSNR, ReverseSDE, ReverseSDEScheme,
+                  SDESampler, StochasticDensityGuidance, StratonovichScheme, brownian_path, noise_window,
+                  noise_window_log_snr, run_sde)
 
 __all__ = [
     "AbstractSampler", "Cost", "Sample", "StepBrownianPath",
@@ -20,5 +21,5 @@ __all__ = [
     "ModeTracking",
     "ODE", "PFODE", "ODESampler", "run_ode", "sample",
     "BROWNIAN", "SDE", "NoiseWindow", "NoiseWindowLogSNR", "ReverseSDE", "SDESampler", "StochasticDensityGuidance",
-    "brownian_path", "noise_window", "noise_window_log_snr", "run_sde",
+    "ReverseSDEScheme", "ItoScheme", "StratonovichScheme", "MilsteinScheme", "brownian_path", "noise_window", "noise_window_log_snr", "run_sde",
 ]
