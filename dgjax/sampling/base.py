@@ -12,7 +12,8 @@ abstract methods, no fields) or final (the samplers themselves: the fields). It 
 - ``per_sample()``: its per-sample parameters, the fields whose leading axis is the batch (e.g. a (N,) q),
   which ``dg.sample_sharded`` pads and shards with x_T (default: none);
 - ``checked_range()``: r when ``dg.sample`` must report samples that leave the data range [-r, r]
-  (default None: unchecked).
+  (default None: unchecked); ``with_data_range(r)``: the sampler checking the range of the model it
+  samples (default: unchanged; guidance samplers take it).
 
 ``dg.sample`` (``sampling/sample.py``) and ``dgjax.parallel`` validate the arguments and call these; they
 never ask which kind of sampler they have.
