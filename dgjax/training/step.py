@@ -76,7 +76,7 @@ def _train_step(state, x, key, lr, *, settings: str, net, dim: int):
     ema = optax.incremental_update(params, state["ema_params"], 1.0 - decay)
     hist = update_histogram(state["hist"], lam, values, cfg) if cfg.importance == "adaptive" else state["hist"]
     new = {"step": state["step"] + 1, "params": params, "ema_params": ema, "opt_state": opt_state, "hist": hist}
-    return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 def make_train_step(cfg: TrainConfig, net, dim: int):
