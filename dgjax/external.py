@@ -15,13 +15,12 @@ what the ODE tracks). The density of x follows by the change of variables (MATH.
 which ``ElementwiseTransform.data_log_prob(logp_y, y)`` applies (with x = T^{-1}(y)).
 """
 
-from __future__ import annotations
-
 import abc
 import math
 from typing import Any, Callable
 
 import equinox as eqx
+from equinox import AbstractVar
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array
@@ -41,8 +40,8 @@ class AbstractModel(eqx.Module):
     Concrete models: ``dg.TrainedModel``, ``dg.GalaxyModel``.
     """
 
-    process: eqx.AbstractVar[Process]
-    shape: eqx.AbstractVar[tuple]
+    process: AbstractVar[Process]
+    shape: AbstractVar[tuple]
 
     @abc.abstractmethod
     def score(self, x: Array, t) -> Array:
