@@ -2,6 +2,7 @@
 files checked (dtypes, checksum, config) before use (issue 24: items 8 and 9 and the file items)."""
 
 import os
+import shutil
 
 import pytest
 
@@ -314,3 +315,66 @@ def test_external_score_refuses_a_non_float_dtype_or_a_process_name(bad):
     with pytest.raises(InvalidArgument, match="dtype|process"):
         dg.external_score(lambda y, t: -y, process, **kwargs)
     assert dg.external_score(lambda y, t: -y, dg.VP(), dtype=np.float32) is not None
+
+
+# ------------------------------------------------------------------------------------------------------
+# training runs: a run that diverged early restarts, checksums precede checkpoints, one message on a
+# failed save, a signal during the final evaluation stops it
+# ------------------------------------------------------------------------------------------------------
+def _toy(**over):
+    from dgjax.training import TrainConfig
+
+    base = dict(data="moons", arch="mlp", arch_kwargs=dict(width=8, depth=1), steps=2, ckpt_every=1,
+                eval_every=10**6, final_eval_num=4, eval_rtol=1e-2)
+    return TrainConfig(**{**base, **over})
+
+
+def test_a_run_that_diverged_before_its_first_checkpoint_can_be_restarted_or_resumed(tmp_path):
+    from dgjax.training import train
+
+    run = str(tmp_path / "run")
+    with pytest.raises(FloatingPointError, match="diverged"):
+        train(_toy(steps=30, ckpt_every=100, lr=1e6, warmup=1, grad_clip=1e9), run, progress=False,
+              final_eval=False)
+    assert train(_toy(), run, progress=False, final_eval=False).state["step"] == 2   # restarted with a lower lr
+    shutil.rmtree(os.path.join(run, "checkpoints"))
+    assert train(_toy(lr=5e-4), run, resume=True, progress=False, final_eval=False).state["step"] == 2
+
+
+def test_a_checkpoint_without_its_checksum_is_not_trusted(tmp_path):
+    from dgjax.training import train
+
+    run = tmp_path / "run"
+    train(_toy(), str(run), progress=False, final_eval=False, export=False)  # load_model(run) reads the checkpoint
+    (run / "checksums" / "2.sha256").unlink()
+    with pytest.raises(ModelError, match="has no checksum"):
+        load_model(str(run))
+
+
+def test_a_failed_checkpoint_save_is_one_message(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    assert main(["train", "--data", "moons", "--arch", "mlp", "--width", "8", "--depth", "1", "--steps", "2",
+                 "--ckpt-every", "1", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    _one_line_error(capsys, "saving the checkpoint of step 1", "No space left")
+
+
+def test_a_signal_during_the_final_evaluation_stops_it(tmp_path, monkeypatch):
+    import signal
+
+    from dgjax.training import TrainingInterrupted, loop, train
+
+    def evaluation_killed(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 1.0, 0.1
+
+    monkeypatch.setattr(loop, "heldout_bits_per_dim", evaluation_killed)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(_toy(), str(tmp_path / "run"), progress=False)
+    assert info.value.signum == signal.SIGTERM and info.value.saved and info.value.step == 2

@@ -96,12 +96,26 @@ class Checkpoints:
         return os.path.join(os.path.dirname(self.directory), "checksums", f"{step}.sha256")
 
     def save(self, state) -> None:
+        """Save ``state`` as checkpoint ``state["step"]``: its checksum first (a kill between the two leaves a
+        checksum without a checkpoint, never a checkpoint without one), then the orbax checkpoint. A failed
+        save (a full disk) is one ``OSError`` naming the step, with orbax's own logging silenced."""
         step = int(state["step"])
-        self.manager.save(step, args=self._ocp.args.StandardSave(_to_saveable(state)), force=True)
-        self.manager.wait_until_finished()
         # a checksum beside the checkpoint: finite corruption (a flipped mantissa bit) is caught on restore
-        os.makedirs(os.path.dirname(self._checksum_path(step)), exist_ok=True)
-        atomic_write(self._checksum_path(step), write_bytes((state_checksum(state) + "\n").encode()))
+        try:
+            os.makedirs(os.path.dirname(self._checksum_path(step)), exist_ok=True)
+            atomic_write(self._checksum_path(step), write_bytes((state_checksum(state) + "\n").encode()))
+            absl = logging.getLogger("absl")
+            level = absl.level
+            absl.setLevel(logging.CRITICAL + 1)  # orbax logs each failed file with a traceback
+            try:
+                self.manager.save(step, args=self._ocp.args.StandardSave(_to_saveable(state)), force=True)
+                self.manager.wait_until_finished()
+            finally:
+                absl.setLevel(level)
+        except Exception as e:  # orbax wraps the OSError of a full disk in its own types
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise OSError(f"saving the checkpoint of step {step} in {self.directory!r} failed ({first}); free "
+                          f"space and continue with --resume from the last checkpoint") from e
 
     def stored_param_shapes(self, step: int, entry: str = "params") -> dict:
         """{path: shape} of the stored ``entry`` ("params", "ema_params", "opt_state", ...) of checkpoint ``step``."""
@@ -143,9 +157,11 @@ class Checkpoints:
         try:
             with open(self._checksum_path(step)) as fh:
                 expected = fh.read().strip()
-        except FileNotFoundError:  # a checkpoint written before checksums were kept
-            expected = None
-        if expected is not None and expected != _checksum(saved):
+        except FileNotFoundError:  # the checksum is written before the checkpoint: it was lost or deleted
+            raise ModelError(f"{where} has no checksum ({self._checksum_path(step)!r} is missing), so its contents "
+                             f"cannot be verified. Delete that step's folder to resume from an earlier "
+                             f"checkpoint.") from None
+        if expected != _checksum(saved):
             raise ModelError(f"{where} is corrupt: its contents differ from the checksum written when it was saved "
                              f"({self._checksum_path(step)!r}). Delete that step's folder to resume from an earlier "
                              f"checkpoint.")
