@@ -100,3 +100,19 @@ def test_grad_of_tracked_logp_from_sample_matches_exact_log_prob(x64, adjoint):
     g = jax.jit(jax.grad(tracked))(mix.means)
     g_ref = jax.jit(jax.grad(exact_at_samples))(mix.means)
     assert _rel(g, g_ref) < 1e-4, (g, g_ref)
+
+
+@pytest.mark.slow  # four compilations (about 10 s each on a quiet CPU)
+def test_backsolve_memory_is_flat_in_the_number_of_steps():
+    """XLA's temp bytes of the compiled gradient (benchmarks/bench_grad_memory.py): BacksolveAdjoint's do not
+    change from 8 to 64 steps; recursive checkpointing's grow."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.bench_grad_memory import grad_memory_rows
+
+    rows = grad_memory_rows((8, 64), dim=192, n=4, digits=False)
+    temp = {(r["adjoint"], r["steps"]): r["temp_bytes"] for r in rows}
+    assert temp[("BacksolveAdjoint", 8)] == temp[("BacksolveAdjoint", 64)]
+    assert temp[("RecursiveCheckpointAdjoint", 64)] > temp[("RecursiveCheckpointAdjoint", 8)]
