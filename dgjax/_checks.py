@@ -78,6 +78,9 @@ def check_batch(x, name: str = "x"):
     if x.shape[0] == 0:
         raise InvalidArgument(f"{name} has no rows (shape {tuple(x.shape)}); pass at least one sample, "
                               f"shape (N >= 1, *shape)")
+    if 0 in x.shape[1:]:  # D = 0: a log-density of nothing
+        raise InvalidArgument(f"{name} has an empty event (shape {tuple(x.shape)}); each sample needs D >= 1 "
+                              f"entries, shape (N, *shape) with every axis >= 1")
     if jnp.finfo(x.dtype).bits < 32:
         # the solver state and the log-density would be integrated in this precision (log p off by nats)
         raise InvalidArgument(f"{name} has dtype {x.dtype}: the solver and the log-density would run in that "
@@ -307,3 +310,22 @@ def check_key(key, name: str = "key"):
         raise InvalidArgument(f"{name}: must be a single PRNG key such as jax.random.key(0); got an array of dtype "
                          f"{key.dtype} and shape {key.shape}")
     return key
+
+
+def check_score_value(s, x, name: str = "score(x, t)"):
+    """A score's value ``s`` at x: shape exactly x's and x's dtype (``InvalidArgument``: no broadcasting of an
+    (N, 1) or (D,) output into a finite wrong answer), finite (``NonFiniteError``, eagerly or at run time)."""
+    if getattr(s, "shape", None) != x.shape:
+        raise InvalidArgument(f"{name} returned shape {getattr(s, 'shape', type(s))} for x of shape "
+                              f"{tuple(x.shape)}; a score function must return an array like x")
+    if s.dtype != x.dtype:
+        raise InvalidArgument(f"{name} returned dtype {s.dtype} for x of dtype {x.dtype}; return x's dtype "
+                              f"(float32 or float64)")
+    return check_nonfinite(s, name)
+
+
+def check_nonfinite(v, stage: str):
+    """Return ``v`` (an array); raise ``NonFiniteError`` naming ``stage`` (eagerly, or at run time under jit)
+    if it holds NaN or inf."""
+    msg = f"{stage} returned non-finite values (NaN or inf): check the model's parameters and its inputs"
+    return check_value(v, ~jnp.all(jnp.isfinite(v)), msg, cls=NonFiniteError)

@@ -15,8 +15,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from . import grids
-from ._checks import bcast, check_batch, check_finite, check_param, check_span, check_time, entry_point
+from ._checks import (bcast, check_batch, check_finite, check_key, check_param, check_score_value, check_span,
+                      check_time, entry_point)
 from .divergence import Hutchinson
+from .errors import InvalidArgument
 from .parametrizations import x0_from_score
 from .sampling.base import Sample
 from .sampling.guidance import HighDensity
@@ -42,6 +44,7 @@ def add_noise(process, x_0: Float[Array, "N *shape"], t: ArrayLike | Float[Array
     x_0 = check_finite(check_batch(x_0, "x_0"), "x_0")
     if key is None:
         raise ValueError("key: add_noise needs a PRNG key (key=jax.random.key(...))")
+    check_key(key)
     t = check_time(process, jnp.asarray(t, x_0.dtype), "t")
     if t.ndim > 1 or (t.ndim == 1 and t.shape != (x_0.shape[0],)):
         raise ValueError(f"t: must be a scalar or shape ({x_0.shape[0]},); got {t.shape}")
@@ -53,11 +56,13 @@ def posterior_mean(score: Callable, process, x_t: Float[Array, "N *shape"],
                    t: ArrayLike | Float[Array, " N"]) -> Float[Array, "N *shape"]:
     """Tweedie: ``E[x_0 | x_t] = (x_t + sigma_t^2 s(x_t, t)) / alpha_t`` (MATH 9); one score evaluation.
 
-    x_t (N, *shape), t scalar or (N,). Returns (N, *shape).
+    x_t (N, *shape), t scalar or (N,). Returns (N, *shape). The score's value must be like x_t (shape and dtype:
+    ``dg.InvalidArgument``) and finite (``dg.NonFiniteError``).
     """
     x_t = check_finite(check_batch(x_t, "x_t"), "x_t")
     t = check_time(process, jnp.asarray(t, x_t.dtype), "t")
-    return x0_from_score(bcast(process.alpha(t), x_t), bcast(process.sigma(t), x_t), x_t, score(x_t, t))
+    s = check_score_value(score(x_t, t), x_t, "score(x_t, t)")
+    return x0_from_score(bcast(process.alpha(t), x_t), bcast(process.sigma(t), x_t), x_t, s)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -100,6 +105,10 @@ def denoise(score: Callable, process, x_t: Float[Array, "N *shape"], t: ArrayLik
         raise ValueError(f"method: must be one of {METHODS}; got {method!r}")
     options = merge_options(options, solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint,
                             max_steps=max_steps, grid=grid)
+    check_key(key)
+    if sampler_kwargs and method != "mode":
+        raise InvalidArgument(f"sampler_kwargs: options of dg.ModeTracking, used by method='mode' only; got "
+                              f"{sorted(sampler_kwargs)} with method={method!r}")
     x_t = check_finite(check_batch(x_t, "x_t"), "x_t")
     check_param(jnp.ndim(t) == 0, "t", f"must be a scalar time; got shape {jnp.shape(t)}")
     t_end = process.t_min if t_end is None else t_end

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, check_per_sample, check_score_fn,
-                      entry_point)
+from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, check_key, check_nonfinite,
+                      check_per_sample, check_score_fn, entry_point)
 from .processes import gaussian_log_prob
 
 
@@ -86,11 +86,13 @@ def elbo(score: Callable, process, x: Float[Array, "N *shape"], *, key, num_samp
       stratified: one uniform draw of lambda per stratum (default) or i.i.d. draws.
       antithetic: pair each eps with -eps (default).
 
-    Returns: ``dg.Elbo`` (elbo (N,), stderr (N,), nfe).
+    Returns: ``dg.Elbo`` (elbo (N,), stderr (N,), nfe). A NaN or inf score, or a prior that returns NaN or
+    -inf, raises ``dg.NonFiniteError`` naming the term.
     """
     m = check_int(num_samples, "num_samples")
     if key is None:
         raise ValueError("key: dg.elbo needs a PRNG key (key=jax.random.key(...)) for its Monte-Carlo draws")
+    check_key(key)
     x = check_finite(check_batch(x, "x"), "x")
     n, dtype, d = x.shape[0], x.dtype, math.prod(x.shape[1:])
     t_min, t_max = jnp.asarray(process.t_min, dtype), jnp.asarray(process.t_max, dtype)
@@ -110,6 +112,7 @@ def elbo(score: Callable, process, x: Float[Array, "N *shape"], *, key, num_samp
         return None, elbo_integrand(score, process, x, tj, eps, antithetic)
 
     _, h = jax.lax.scan(body, None, (t, eps_keys))  # (M, N)
+    h = check_nonfinite(h, "dg.elbo: the score term (score(x_t, t) along the forward paths)")
     integral = (lam_hi - lam_lo) * h  # per-draw estimates of int ... dt
     a_T, v_T, _ = process.transition(t_min, t_max)
     if prior_log_prob is None:  # E[log N(a_T x + sqrt(v_T) eps; 0, sigma_T^2 I)], closed form
@@ -125,6 +128,7 @@ def elbo(score: Callable, process, x: Float[Array, "N *shape"], *, key, num_samp
             return None, lp.astype(dtype)
 
         _, prior = jax.lax.scan(prior_body, None, jax.random.split(k_prior, m))
+        prior = check_nonfinite(prior, "dg.elbo: the prior term prior_log_prob(x_T)")
     per_draw = prior - integral
     est = jnp.mean(per_draw, axis=0)
     se = jnp.std(per_draw, axis=0, ddof=1) / math.sqrt(m) if m > 1 else jnp.full((n,), jnp.inf, dtype)

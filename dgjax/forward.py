@@ -25,8 +25,8 @@ from jaxtyping import Array, Float
 
 from . import dynamics as dyn
 from . import grids
-from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, check_output, check_score_fn, check_span,
-                      entry_point, event_dim)
+from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, check_key, check_output,
+                      check_per_sample, check_score_fn, check_span, entry_point, event_dim)
 from .divergence import DivergenceEstimator, Hutchinson, tracking_start
 from .solve import SolveOptions, add_nfe, merge_options, solve_term
 from .sampling.brownian import brownian_path, default_adjoint
@@ -71,6 +71,7 @@ def forward_sde_logp(score: Callable, process, x: Float[Array, "N *shape"], *, k
                          f"{options.solver!r}")
     if key is None:
         raise ValueError("key: the forward SDE needs a PRNG key (key=jax.random.key(...)) for its Brownian path")
+    check_key(key)
     divergence = Hutchinson() if divergence is None else divergence
     x = check_finite(check_batch(x, "x"), "x")
     t_start = process.t_min if t_start is None else t_start
@@ -120,5 +121,6 @@ def sde_log_likelihood(score: Callable, process, x0, *, key, divergence=None, pr
     path (MATH 4(e)). Returns (logp (N,), stderr across probes (N,), x_T, logp_T (N,), nfe)."""
     tr = forward_sde_logp(score, process, x0, key=key, divergence=divergence, t_start=t_start, options=options)
     prior = process.prior_log_prob if prior_log_prob is None else prior_log_prob
-    logp_T = prior(tr.x_T)
+    logp_T = check_per_sample(prior(tr.x_T), x0.shape[0], "prior_log_prob(x_T)")
+    logp_T = check_output(logp_T, "dg.log_likelihood(encoder='sde'): the prior term log p_T(x_T)")
     return logp_T - tr.change, tr.change_stderr, tr.x_T, logp_T, tr.nfe

@@ -19,7 +19,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from . import dynamics as dyn
 from . import grids
-from ._checks import check_batch, check_finite, check_output, check_score_fn, check_span, entry_point
+from ._checks import check_batch, check_finite, check_output, check_per_sample, check_score_fn, check_span, entry_point
 from .quantization import Quantization
 from .divergence import DivergenceEstimator, Hutchinson, StepwiseHutchinson, tracking_start
 from .errors import InvalidArgument
@@ -54,7 +54,8 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
     ``dg.SolveOptions`` whose fields the keywords given override); a model in place of (score, process):
     ``dg.log_likelihood(model, x0, ...)`` (log p in the model's network space). ``t_start``: the time of ``x0``
     (a scalar below t_max; ``dg.denoise`` measures log p_t(x_t) with it).
-    ``prior_log_prob(x_T) -> (N,)`` defaults to ``process.prior_log_prob``.
+    ``prior_log_prob(x_T) -> (N,)`` defaults to ``process.prior_log_prob`` (another shape: ``dg.InvalidArgument``;
+    NaN or -inf: ``dg.NonFiniteError``, under either encoder).
     ``encoder="sde"``: encode with the forward SDE instead (MATH 4(e), ``dgjax.forward``): Euler-Maruyama in
     ``steps`` constant steps with any divergence estimator; unbiased over the Brownian path, noisy per path
     (``key`` required; ``logp_stderr`` is the spread across probes only).
@@ -99,7 +100,7 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
                                     steps=steps, grid=ts)
     x_T, change = check_output((x_T, change), "dg.log_likelihood: the PF-ODE encoding solve")
     prior = process.prior_log_prob if prior_log_prob is None else prior_log_prob
-    logp_T = prior(x_T)
+    logp_T = check_per_sample(prior(x_T), x0.shape[0], "prior_log_prob(x_T)")
     logp_T = check_output(logp_T, "dg.log_likelihood: the prior term log p_T(x_T)")
     logp, stderr = dyn.mean_and_stderr(logp_T[None, :] - change)
     nfe = add_nfe(0, evals, 1 + divergence.num_jvps(x0[0].size))

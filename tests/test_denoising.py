@@ -1,6 +1,7 @@
 """Denoising (MATH 9): posterior mean against the mixture's closed form, the mode-tracking ODE against
 Newton's method on the denoising density, the HD-ODE as its Gaussian special case, and clear errors."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,6 +167,95 @@ def test_bifurcation_is_reported(x64):
     with pytest.raises(Exception, match="bifurcates or vanishes"):
         jax.block_until_ready(dg.denoise(mix.score(PROC), PROC, x_t, 0.5, method="mode", divergence=dg.Exact(),
                                          steps=50).x)
+
+
+def _symmetric_mixture(d, dtype=jnp.float64):
+    """Two equal components at -e_1 and +e_1 (variance 0.01): on the plane x_1 = 0 the mode of p(x_0 | x_t)
+    splits (a pitchfork) with grad Lap = 0 there by symmetry, so z^T (I - cH) z cannot see it."""
+    mu = jnp.zeros((2, d), dtype).at[0, 0].set(-1.0).at[1, 0].set(1.0)
+    return dg.GaussianMixture(jnp.array([0.5, 0.5], dtype), mu, jnp.array([0.01, 0.01], dtype))
+
+
+@pytest.mark.parametrize("d", [pytest.param(64, marks=pytest.mark.slow), 65, pytest.param(128, marks=pytest.mark.slow)])
+def test_pitchfork_is_reported_at_any_dimension(d, x64):
+    """Issue 24 item 2: the default check sees the bifurcation above D = 64 too (there it is the Lanczos
+    estimate of H's top eigenvalue; before, "curvature" returned the saddle x_0 = 0 silently for D = 65, 128).
+    The same compiled program off the plane (x_t drawn near +e_1) runs and follows Newton's mode."""
+    mix = _symmetric_mixture(d)
+    t = 0.5
+
+    @eqx.filter_jit  # one program for both x_t (the mixture is an argument)
+    def run(mix, x_t):
+        return dg.denoise(mix.score(PROC), PROC, x_t, t, method="mode", divergence=dg.Exact(), rtol=1e-9,
+                          atol=1e-9).x
+
+    with pytest.raises(Exception) as info:
+        jax.block_until_ready(run(mix, jnp.zeros((1, d))))
+    assert isinstance(dg.errors.classify(info.value), dg.ModeBifurcation), info.value
+    x0 = jnp.zeros((1, d)).at[0, 0].set(1.0) + 0.1 * jax.random.normal(jax.random.key(1), (1, d), jnp.float64)
+    x_t = dg.add_noise(PROC, x0, t, jax.random.key(2))
+    mode = run(mix, x_t)
+    y, top = newton_mode(mix, x_t, t, PROC.t_min, mode)
+    assert bool(jnp.all(top < 0))
+    np.testing.assert_allclose(mode, y, atol=1e-6)
+    assert float(mode[0, 0]) > 0.5  # the + mode, not the saddle
+
+
+def test_improper_score_is_reported_by_the_curvature_check(x64):
+    """s = +x/2 (an improper density): p(x_0 | x_t) has no mode once c > 2. check="curvature" ran off to
+    |x| ~ 3000 from t = 0.9 (grad Lap = 0, so z = 0 and z^T (I - cH) z = 0); its fixed probe sees it now."""
+    with pytest.raises(dg.ModeBifurcation):
+        dg.denoise(lambda x, t: x / 2, PROC, jnp.ones((1, 2)), 0.9, method="mode", divergence=dg.Exact(), steps=50,
+                   sampler_kwargs=dict(check="curvature"))
+
+
+def test_bicgstab_in_float32_and_a_nan_score_named():
+    """Issue 24 (medium): BiCGStab failed for every sample of a float32 D = 2 mixture (lineax's iterates once
+    past convergence and breaks down, NaN) with an error blaming conjugate gradients; now it gives CG's mode.
+    A NaN score is named as such (NonFiniteError), not as a failed linear solve."""
+    mix = _mixture(2)
+    x_t = dg.add_noise(PROC, mix.sample(jax.random.key(0), 3), 0.55, jax.random.key(1))
+
+    @eqx.filter_jit  # one program for both solvers
+    def run(x_t):
+        kw = dict(method="mode", divergence=dg.Exact(), steps=20)
+        return [dg.denoise(mix.score(PROC), PROC, x_t, 0.55, sampler_kwargs=dict(linear_solver=v), **kw).x
+                for v in ("cg", "bicgstab")]
+
+    cg, bicgstab = run(x_t)
+    assert x_t.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(bicgstab)))
+    np.testing.assert_allclose(bicgstab, cg, atol=1e-4)
+    with pytest.raises(dg.NonFiniteError, match="grad Lap"):
+        dg.denoise(lambda x, t: mix.score(PROC)(x, t) * jnp.nan, PROC, x_t, 0.55, method="mode",
+                   divergence=dg.Exact(), steps=2, sampler_kwargs=dict(linear_solver="bicgstab"))
+
+
+def test_failed_solve_names_its_solver(x64):
+    from dgjax.sampling.mode import mode_correction
+
+    mix = _mixture(8)
+    x = mix.sample(jax.random.key(4), 2)
+    field = lambda z: mix.score(PROC)(z, 0.2)  # noqa: E731
+    lap = lambda z: jax.vmap(lambda zi: jnp.trace(jax.jacfwd(lambda u: field(u[None])[0])(zi)))(z)  # noqa: E731
+    for solver, name in (("gmres", "GMRES"), ("bicgstab", "BiCGStab")):
+        with pytest.raises(Exception) as info:  # one Krylov vector / iteration cannot solve an 8-dimensional system
+            mode_correction(field, lap, x, 0.05, cg_steps=1, cg_tol=1e-12, check="curvature", linear_solver=solver)
+        err = dg.errors.classify(info.value)
+        assert isinstance(err, dg.LinearSolveFailed) and name in str(err) and "conjugate" not in str(err), err
+
+
+def test_lanczos_top_eigenvalue(x64):
+    """Against numpy's eigvalsh, D = 40: 10 steps on a spiked spectrum (what a mode's splitting looks like: one
+    eigenvalue far above a bulk) give the top one to 1e-8."""
+    d, steps = 40, 10
+    from dgjax.sampling.mode import check_probe, lanczos_top_eigenvalue
+
+    k1, k2 = jax.random.split(jax.random.key(3))
+    q, _ = jnp.linalg.qr(jax.random.normal(k1, (d, d), jnp.float64))
+    lam = (-jnp.exp(jax.random.uniform(k2, (d,), jnp.float64))).at[0].set(5.0)  # bulk in [-e, -1], spike 5
+    a = (q * lam) @ q.T
+    top = jax.jit(lambda a: lanczos_top_eigenvalue(lambda v: a @ v, check_probe((d,), jnp.float64), steps))(a)
+    np.testing.assert_allclose(top, np.linalg.eigvalsh(np.asarray(a))[-1], rtol=1e-8)
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -26,7 +26,9 @@ def test_every_sampler_shares_one_interface_and_declares_its_cost():
              (dg.StochasticDensityGuidance(0.3, noise), 4, 5), (dg.StochasticDensityGuidance(0.3, noise, True), 5, 5),
              # mode tracking: score + Lap and grad Lap (2 x 3) + min(D, 64) CG HVPs + residual + D (dense check)
              (dg.ModeTracking(), 1 + 6 + 5 + 1 + 5, 1 + 9 + 5 + 1 + 5),
-             (dg.ModeTracking(cg_steps=2, check="curvature", symmetrize=True), 1 + 6 + 2 * 3, 1 + 9 + 2 * 3)]
+             # curvature check: one probe HVP (two with symmetrize); Lanczos: min(lanczos_steps, D) HVPs
+             (dg.ModeTracking(cg_steps=2, check="curvature", symmetrize=True), 1 + 6 + 2 * 3 + 2, 1 + 9 + 2 * 3 + 2),
+             (dg.ModeTracking(check="lanczos", lanczos_steps=3), 1 + 6 + 5 + 1 + 3, 1 + 9 + 5 + 1 + 3)]
     for sampler, plain, tracked in cases:
         assert isinstance(sampler, AbstractSampler)
         assert isinstance(sampler.cost(False), Cost)

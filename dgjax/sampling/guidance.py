@@ -52,8 +52,8 @@ from jaxtyping import Array, Float
 from scipy import stats
 
 from .. import dynamics as dyn
-from .._checks import (batch_dot, bcast, check_batch, check_finite, check_param, check_time, check_value,
-                       checked_shape, event_dim, is_concrete)
+from .._checks import (batch_dot, bcast, check_batch, check_finite, check_nonfinite, check_param, check_time,
+                       check_value, checked_shape, event_dim, is_concrete)
 from ..divergence import DivergenceEstimator, Hutchinson
 from ..errors import INFEASIBLE_MSG as _INFEASIBLE_MSG
 from ..errors import InfeasibleGuidance
@@ -396,4 +396,5 @@ def typicality(score: Callable, process, x: Float[Array, "N *shape"], t, *, key=
     s, lap = dyn.score_and_laplacian(score, x, t, divergence, probes)
     lap = jnp.mean(lap, axis=0)
     sigma = process.sigma(t)
-    return sigma**2 * (lap + batch_dot(s, s)) / math.sqrt(2 * event_dim(x))
+    h = sigma**2 * (lap + batch_dot(s, s)) / math.sqrt(2 * event_dim(x))
+    return check_nonfinite(h, "dg.typicality: the score and its Laplacian at x")

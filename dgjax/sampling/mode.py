@@ -33,10 +33,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
+from jax.scipy.sparse.linalg import bicgstab as jsp_bicgstab
 
 from .. import dynamics as dyn
 from .._checks import bcast, check_param, check_value, event_dim
-from ..errors import LinearSolveFailed, ModeBifurcation
+from ..errors import LinearSolveFailed, ModeBifurcation, NonFiniteError
 from .base import Cost
 from .ode import ODESampler
 
@@ -44,12 +46,62 @@ _BIFURCATION_MSG = (
     "mode tracking: the denoising density p(x_s | x_t) lost its negative-definite Hessian at the tracked "
     "mode (H_q = H - (a^2/v) I is no longer negative definite): the mode bifurcates or vanishes here "
     "(MATH.md section 9), and the ODE cannot be continued through it. Stop earlier (a larger t_end), start "
-    "from a smaller t, or use method='hd' (the HD-ODE approximation, defined everywhere).")
-_CG_MSG = (
-    "mode tracking: conjugate gradients on I - c H did not reach the tolerance in cg_steps iterations "
-    "(relative residual above cg_tol): the operator is ill-conditioned (near a bifurcation of the mode) or "
-    "cg_steps is too small for this dimension. Raise cg_steps (at most D is exact in exact arithmetic) or "
-    "cg_tol.")
+    "from a smaller t, or use method='hd' (the HD-ODE approximation, defined everywhere). (An improper score, "
+    "e.g. one that grows with |x|, has no mode to follow and stops here too.)")
+def _solve_msg(solver) -> str:
+    name = {lx.CG: "conjugate gradients (lineax CG)", lx.GMRES: "GMRES (lineax)",
+            lx.BiCGStab: "BiCGStab (jax.scipy)"}.get(type(solver), type(solver).__name__)
+    return (f"mode tracking: the linear solve of (I - c H) z = grad Lap by {name} did not reach the tolerance in "
+            f"its max_steps (cg_steps) iterations (relative residual above cg_tol): the operator is ill-conditioned "
+            f"(near a bifurcation of the mode) or the step bound is too small for this dimension. Raise cg_steps "
+            f"(at most D is exact in exact arithmetic) or cg_tol, or try another linear_solver.")
+
+
+_NONFINITE_MSG = (
+    "mode tracking: the gradient of the score's Laplacian (grad Lap, the right-hand side of the mode's linear "
+    "solve) is NaN or inf: the score returned non-finite values or is not differentiable here (check the model's "
+    "parameters and inputs)")
+LANCZOS_STEPS = 10  # default Lanczos iterations (HVPs) per evaluation for check="lanczos"
+
+
+def lanczos_top_eigenvalue(matvec: Callable, v0, steps: int):
+    """Largest Ritz value of a symmetric operator after ``steps`` Lanczos iterations from ``v0`` (full
+    reorthogonalisation): a lower bound on its largest eigenvalue that reaches it within ``steps`` = the number
+    of distinct eigenvalues, and converges fastest for a well-separated top one (the direction along which a
+    mode splits). matvec maps an array like v0 to one like it; ``steps`` HVPs. (jax.experimental's LOBPCG
+    needs D > 5 and runs a data-dependent number of iterations: a fixed count keeps the cost declared.)
+    """
+    shape, dtype = v0.shape, v0.dtype
+    q0 = jnp.reshape(v0, (-1,))
+    q0 = q0 / jnp.sqrt(jnp.sum(q0 * q0))
+    basis = jnp.zeros((steps, q0.size), dtype)
+    small = jnp.sqrt(jnp.finfo(dtype).eps)
+
+    def body(j, carry):
+        basis, alphas, betas, q = carry
+        basis = basis.at[j].set(q)
+        w = jnp.reshape(matvec(jnp.reshape(q, shape)), (-1,))
+        wnorm = jnp.sqrt(jnp.sum(w * w))
+        alpha = jnp.sum(q * w)
+        for _ in range(2):  # full reorthogonalisation against every basis vector so far (twice is enough)
+            w = w - basis.T @ (basis @ w)
+        beta = jnp.sqrt(jnp.sum(w * w))
+        # an invariant subspace is exhausted: stop (zero rows add zero Ritz values, never a false alarm)
+        done = beta <= small * jnp.maximum(wnorm, jnp.finfo(dtype).tiny)
+        q = jnp.where(done, 0.0, w / jnp.where(done, 1.0, beta))
+        return basis, alphas.at[j].set(alpha), betas.at[j].set(jnp.where(done, 0.0, beta)), q
+
+    init = (basis, jnp.zeros(steps, dtype), jnp.zeros(steps, dtype), q0)
+    _, alphas, betas, _ = jax.lax.fori_loop(0, steps, body, init)
+    off = betas[:-1]
+    tri = jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
+    return jnp.linalg.eigvalsh(tri)[-1]
+
+
+def check_probe(shape, dtype):
+    """The fixed start vector of the curvature and Lanczos checks: a pseudo-random normal vector (a constant,
+    the same for every sample and step), generic, so no eigenvector is orthogonal to it."""
+    return jax.random.normal(jax.random.key(0), shape, dtype)
 
 
 def krylov_solver(linear_solver: str, steps: int, cg_tol: float, dim: int) -> lx.AbstractLinearSolver:
@@ -68,7 +120,8 @@ def krylov_solver(linear_solver: str, steps: int, cg_tol: float, dim: int) -> lx
 
 
 def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_steps: int | None = None, cg_tol: float,
-                    check: str, symmetrize: bool = False, linear_solver: str | lx.AbstractLinearSolver = "cg"):
+                    check: str, symmetrize: bool = False, linear_solver: str | lx.AbstractLinearSolver = "cg",
+                    lanczos_steps: int = LANCZOS_STEPS):
     """z = (I - c H)^{-1} grad Lap(x) per sample (MATH 9), with the checks described in ``ModeTracking``.
 
     score_fn(z (N, *shape)) -> like z; laplacian_fn(z) -> (N,) (per sample, so the gradient of the sum is
@@ -77,11 +130,15 @@ def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_step
     solver ``linear_solver`` (``lx.CG``, which needs I - c H symmetric positive definite, ``lx.GMRES`` or
     ``lx.BiCGStab``, on the system scaled to |b| = 1), or the one its shorthand "cg", "gmres", "bicgstab" names
     with ``cg_steps`` and ``cg_tol`` (``krylov_solver``). ``cg_tol`` is the accepted relative residual either way.
+    ``lx.BiCGStab`` runs as ``jax.scipy.sparse.linalg.bicgstab`` with its tolerances and max_steps (see below). A
+    non-finite grad Lap (a NaN score) raises ``NonFiniteError`` first.
     Cost in score-evaluation units: the Laplacian estimate and its gradient (see ``ModeTracking.cost``),
-    the solver's HVPs (``solver_hvps``; each two with ``symmetrize``), one HVP for the residual check, D HVPs
-    for ``check="dense"``.
+    the solver's HVPs (``solver_hvps``; each two with ``symmetrize``), one HVP for the residual check, and the
+    check's (``check_hvps``): D for ``"dense"``, ``lanczos_steps`` for ``"lanczos"``, 1 for ``"curvature"``.
     """
     grad_lap = jax.grad(lambda z: jnp.sum(laplacian_fn(z)))(x)
+    # a NaN score would surface as a failed solve or a bifurcation: name the cause first (the solve depends on it)
+    grad_lap = check_value(grad_lap, ~jnp.all(jnp.isfinite(grad_lap)), _NONFINITE_MSG, cls=NonFiniteError)
     c = jnp.asarray(c, x.dtype)
     d, shape = event_dim(x), x.shape[1:]
     solver = (krylov_solver(linear_solver, d if cg_steps is None else cg_steps, cg_tol, d)
@@ -103,12 +160,33 @@ def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_step
         scale = jnp.where(bnorm > 0, bnorm, 1.0)
         tags = lx.positive_semidefinite_tag if isinstance(solver, lx.CG) else ()  # SPD while the mode exists
         op = lx.FunctionLinearOperator(mv, jax.eval_shape(lambda: xi), tags=tags)
-        zi = scale * lx.linear_solve(op, bi / scale, solver, throw=False).value
+        if isinstance(solver, lx.BiCGStab):
+            # jax.scipy's BiCGStab stops on the residual alone; lineax's also wants its last step below atol, so
+            # it iterates once past convergence and breaks down there (0/0: NaN for every sample of a float32
+            # D = 2 mixture). Started at z = b, the solution at c = 0.
+            zn, _ = jsp_bicgstab(mv, bi / scale, x0=bi / scale, tol=solver.rtol, atol=solver.atol,
+                                 maxiter=solver.max_steps)
+        else:
+            zn = lx.linear_solve(op, bi / scale, solver, throw=False).value
+        zi = scale * zn
         zi = jnp.where(c > 0, zi, bi)  # c = 0 at s = t: the operator is I (BiCGStab breaks down on it, 0/0)
         res = mv(zi) - bi
         rel = jnp.sqrt(jnp.sum(res * res)) / jnp.maximum(jnp.sqrt(jnp.sum(bi * bi)), jnp.finfo(xi.dtype).tiny)
         # positive curvature along the solution (necessary for I - cH > 0; catches most crossings)
         bad = jnp.sum(zi * mv(zi)) < 0
+        if check in ("lanczos", "curvature"):
+            # the symmetric part of H: w^T (I - cJ) w > 0 for all w <=> c * its top eigenvalue < 1. CG takes J
+            # symmetric already (the exact score); otherwise (J + J^T)/2 from a JVP and a VJP
+            if symmetrize or isinstance(solver, lx.CG):
+                sym = hvp
+            else:
+                jvp_only, (_, vjp) = hvp, jax.vjp(lambda z: score_fn(z[None])[0], xi)
+                sym = lambda w: 0.5 * (jvp_only(w) + vjp(w)[0])  # noqa: E731
+            u = check_probe(shape, xi.dtype)
+            if check == "lanczos":  # a pitchfork at z's blind spot (grad Lap = 0 on a symmetry plane) too
+                bad = bad | (c * lanczos_top_eigenvalue(sym, u, min(lanczos_steps, d)) >= 1.0)
+            else:  # one fixed generic direction: sees I - cH turning indefinite everywhere (an improper score)
+                bad = bad | (jnp.sum(u * (u - c * sym(u))) < 0)
         if check == "dense":  # exact: largest eigenvalue of c H below 1, from the full Hessian (D HVPs)
             basis = jnp.reshape(jnp.eye(d, dtype=xi.dtype), (d,) + shape)
             hess = jnp.reshape(jax.lax.map(hvp, basis), (d, d))  # row j = H e_j (H symmetric)
@@ -120,7 +198,19 @@ def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_step
     z, rel, bad_pd = jax.vmap(one)(x, grad_lap)
     z = check_value(z, jnp.any(bad_pd), _BIFURCATION_MSG, cls=ModeBifurcation)
     bad_cg = ~(rel <= cg_tol)  # NaN (CG breakdown on an indefinite operator) counts as failure
-    return check_value(z, jnp.any(bad_cg & ~bad_pd), _CG_MSG, cls=LinearSolveFailed)
+    return check_value(z, jnp.any(bad_cg & ~bad_pd), _solve_msg(solver), cls=LinearSolveFailed)
+
+
+def check_hvps(check: str, dim: int, symmetrize: bool, cg: bool, lanczos_steps: int) -> int:
+    """Score JVP/VJP evaluations of ``mode_correction``'s bifurcation check per sample: ``"dense"`` D HVPs,
+    ``"lanczos"`` min(lanczos_steps, D), ``"curvature"`` 1 (the fixed probe); each HVP two with symmetrize, and
+    the Lanczos and probe HVPs on the symmetric part also two for GMRES/BiCGStab (``cg`` False) without
+    symmetrize."""
+    k = 2 if symmetrize else 1
+    if check == "dense":
+        return k * dim
+    ks = 1 if (cg and not symmetrize) else 2
+    return ks * (min(lanczos_steps, dim) if check == "lanczos" else 1)
 
 
 def solver_hvps(solver: lx.AbstractLinearSolver) -> int:
@@ -143,6 +233,11 @@ def mode_drift(coeffs, x, s, z, c):
 # ------------------------------------------------------------------------------------------------------
 # the sampler
 # ------------------------------------------------------------------------------------------------------
+def _py_scalar(v):
+    """A NumPy integer or float option as the Python number (static fields must be hashable Python values)."""
+    return v.item() if isinstance(v, (np.integer, np.floating)) else v
+
+
 class ModeTracking(ODESampler):
     """The mode-tracking ODE (MATH 9) as a ``dg.sample`` sampler: started at x_t at ``t_start`` (any time),
     it follows the mode of ``p(x_s | x_t)`` down to t_end. ``dg.sample(score, process, x_t,
@@ -170,33 +265,48 @@ class ModeTracking(ODESampler):
         keeps that operator, ``symmetrize`` changes it by O(c |J - J^T|) (the Fokker-Planck part of the drift
         is exact only for an exact score, either way). The negative-definiteness check is on the symmetric
         part (sufficient). When J is symmetric all choices give the same z (tested).
-      check: how loss of negative definiteness of H_q is detected. ``"dense"``: the largest eigenvalue of
-        c H from the full Hessian (D extra HVPs; exact; default for D <= 64). ``"curvature"``: the sign of
-        z^T (I - cH) z and CG's convergence (free; a crossing with grad Lap orthogonal to the vanishing
-        direction, e.g. a symmetric pitchfork, can escape it). Either way the solve stops with an error.
+      check: how loss of negative definiteness of H_q (c lambda_max(H) >= 1) is detected; every check also
+        tests the sign of z^T (I - cH) z and the solve's convergence. ``"dense"``: the largest eigenvalue of
+        c H from the full Hessian (D extra HVPs; exact; default for D <= 64). ``"lanczos"``: that eigenvalue
+        estimated by ``lanczos_steps`` Lanczos iterations (HVPs) from a fixed generic vector (default for
+        D > 64: a symmetric pitchfork, whose grad Lap is orthogonal to the splitting direction, is seen at
+        any D). ``"curvature"``: the sign of u^T (I - cH) u along one fixed generic u (1 HVP; sees an
+        operator turning indefinite in most directions, e.g. an improper score, not a pitchfork). A detected
+        bifurcation raises ``dg.ModeBifurcation``; a failed solve ``dg.LinearSolveFailed``.
+      lanczos_steps: Lanczos iterations of ``check="lanczos"`` (default 10; at most D are used).
 
     Cost per vector-field evaluation, in score-evaluation units (a JVP or VJP of the score counts one):
     1 (score) + 2P (Laplacian estimate, P JVPs, and its gradient, P VJPs; P = D for Exact, K for
     Hutchinson) + cg_steps + 1 (CG HVPs and the residual check; see ``solver_hvps`` for GMRES/BiCGStab; x2
-    with symmetrize) [+ D for check="dense"]; plus the tracking's
-    own divergence when ``track_logp``; declared by ``cost`` (two divergence passes, three when tracking, and
-    the D-dependent HVPs). ``Sample.nfe`` counts this with the CG iterations at their bound cg_steps (an
-    upper bound of the NFE; exact when CG needs all of them).
+    with symmetrize) [+ D for check="dense", min(lanczos_steps, D) for "lanczos", 1 for "curvature"]; plus the
+    tracking's own divergence when ``track_logp``; declared by ``cost`` (two divergence passes, three when
+    tracking, and the D-dependent HVPs, ``check_hvps``). ``Sample.nfe`` counts this with the CG iterations at
+    their bound cg_steps (an upper bound of the NFE; exact when CG needs all of them).
     """
 
-    cg_steps: int | None = eqx.field(static=True, default=None)
+    cg_steps: int | None = eqx.field(static=True, default=None, converter=_py_scalar)
     symmetrize: bool = eqx.field(static=True, default=False)
-    cg_tol: float | None = eqx.field(static=True, default=None)
+    cg_tol: float | None = eqx.field(static=True, default=None, converter=_py_scalar)
     check: str = eqx.field(static=True, default="auto")
     linear_solver: str | lx.AbstractLinearSolver = eqx.field(static=True, default="cg")
+    lanczos_steps: int = eqx.field(static=True, default=LANCZOS_STEPS, converter=_py_scalar)
     needs_divergence: ClassVar[bool] = False  # its velocity estimates its own Laplacian
 
     def __check_init__(self):
-        check_param(self.cg_steps is None or (isinstance(self.cg_steps, int) and self.cg_steps >= 1), "cg_steps",
+        def is_int(v):  # a Python or NumPy integer, not a bool
+            return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+        check_param(self.cg_steps is None or (is_int(self.cg_steps) and self.cg_steps >= 1), "cg_steps",
                     f"must be an integer >= 1 or None; got {self.cg_steps!r}")
-        check_param(self.cg_tol is None or self.cg_tol > 0, "cg_tol", f"must be positive or None; got {self.cg_tol!r}")
-        check_param(self.check in ("auto", "dense", "curvature"), "check",
-                    f"must be 'auto', 'dense' or 'curvature'; got {self.check!r}")
+        check_param(self.cg_tol is None or (isinstance(self.cg_tol, (int, float, np.floating)) and not
+                                            isinstance(self.cg_tol, bool) and 0 < self.cg_tol < float("inf")),
+                    "cg_tol", f"must be a finite positive number or None; got {self.cg_tol!r}")
+        check_param(isinstance(self.symmetrize, (bool, np.bool_)), "symmetrize",
+                    f"must be True or False; got {self.symmetrize!r}")
+        check_param(self.check in ("auto", "dense", "lanczos", "curvature"), "check",
+                    f"must be 'auto', 'dense', 'lanczos' or 'curvature'; got {self.check!r}")
+        check_param(is_int(self.lanczos_steps) and self.lanczos_steps >= 1, "lanczos_steps",
+                    f"must be an integer >= 1; got {self.lanczos_steps!r}")
         if isinstance(self.linear_solver, (lx.CG, lx.GMRES, lx.BiCGStab)):
             check_param(self.linear_solver.max_steps is not None, "linear_solver",
                         "give the lineax solver a max_steps (it bounds the work per evaluation)")
@@ -217,7 +327,7 @@ class ModeTracking(ODESampler):
         return self.linear_solver
 
     def _check(self, dim):
-        return ("dense" if dim <= 64 else "curvature") if self.check == "auto" else self.check
+        return ("dense" if dim <= 64 else "lanczos") if self.check == "auto" else self.check
 
     def cost(self, track: bool) -> Cost:
         # divergence passes: the Laplacian estimate and its gradient (+ the tracking's own); the CG HVPs, the
@@ -226,7 +336,8 @@ class ModeTracking(ODESampler):
 
         def hvps(dim: int) -> int:
             solve = solver_hvps(self._solver(dim, 1.0))
-            return k * (solve + 1) + (k * dim if self._check(dim) == "dense" else 0)
+            return k * (solve + 1) + check_hvps(self._check(dim), dim, self.symmetrize,
+                                                isinstance(self._solver(dim, 1.0), lx.CG), self.lanczos_steps)
 
         return Cost(divergence_passes=2 + int(track), extra_jvps=hvps)
 
@@ -245,7 +356,8 @@ class ModeTracking(ODESampler):
             c = process.transition(jnp.asarray(t, x.dtype), jnp.asarray(t_data, x.dtype)).c
             tol = self._tol(x.dtype)
             z = mode_correction(score_fn, laplacian_fn, x, c, cg_tol=tol, check=self._check(dim),
-                                symmetrize=self.symmetrize, linear_solver=self._solver(dim, tol))
+                                symmetrize=self.symmetrize, linear_solver=self._solver(dim, tol),
+                                lanczos_steps=self.lanczos_steps)
             return mode_drift(coeffs, x, s, z, c)
 
         return [(t_start, t_end, velocity)]

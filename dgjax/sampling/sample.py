@@ -52,7 +52,8 @@ def sample(score: Callable | AbstractModel, process=None, x_T: Float[Array, "N *
         Every phase of a multi-phase sampler uses its part of the one grid (the switch time added).
       logp_T: (N,) log-density of x_T to start from, or a callable ``logp_T(x) -> (N,)`` evaluated at the
         latent the sampler actually starts from (after ``sampler.prepare``, e.g. the median rescaling of
-        density guidance); default the prior ``process.prior_log_prob``.
+        density guidance); default the prior ``process.prior_log_prob``, which is p_{t_max}: with track_logp
+        and t_start below t_max, logp_T is required (``dg.InvalidArgument``).
       adjoint: a diffrax adjoint for gradients (default: diffrax's recursive checkpointing).
       max_steps: the solve's step bound (default: ``steps`` for constant steps, 16384 for adaptive ones).
       options: a ``dg.SolveOptions`` with the solve settings above in one object (solver, steps, rtol, atol,
@@ -80,6 +81,14 @@ def sample(score: Callable | AbstractModel, process=None, x_T: Float[Array, "N *
     x_T, t_start, t_end = check_span(process, t_start, t_end, x_T, names=("t_start", "t_end"),
                                      why="sampling runs from noise to data")
     check_score_fn(score, x_T, jnp.asarray(t_start, dtype=x_T.dtype))
+    if track_logp and logp_T is None and not (is_concrete(jnp.asarray(t_start))
+                                              and float(t_start) == float(process.t_max)):
+        # the default start, the prior's log-density, is log p_{t_max}: at another t_start it is not p_{t_start}
+        at = f"t_start = {t_start}" if is_concrete(jnp.asarray(t_start)) else "a traced t_start"
+        raise InvalidArgument(f"logp_T: track_logp from {at} (not t_max = {process.t_max}) needs "
+                              f"the log-density there: pass logp_T = log p_t_start(x_T) ((N,) or a callable; e.g. "
+                              f"dg.log_likelihood's encoding from t_start, or the oracle's), since the default "
+                              f"prior N(0, sigma_T^2 I) is p at t_max only")
     x = sampler.prepare(process, x_T)
     logp0 = initial_logp(process, x, logp_T) if track_logp else None
     y, nfe, num_steps = sampler.integrate(score, process, x, key=key, track_logp=track_logp,
