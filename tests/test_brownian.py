@@ -100,7 +100,7 @@ def test_reverse_sde_between_interior_times_has_the_exact_marginal():
     mix = dg.GaussianMixture(jnp.ones(1), jnp.array([[0.5, -1.0]]), jnp.array([v0]))
     lp = mix.log_prob(P)
     x = mix.sample_t(jax.random.key(1), n, P, ts)
-    out = jax.jit(lambda x: dg.sample(mix.score(P), P, x, sampler=dg.ReverseSDE(), key=jax.random.key(2), steps=200,
+    out = (lambda x: dg.sample(mix.score(P), P, x, sampler=dg.ReverseSDE(), key=jax.random.key(2), steps=200,
                                       t_start=ts, t_end=te, grid="t", track_logp=True, divergence=dg.Exact(),
                                       logp_T=lp(x, ts)))(x)
     var = float(P.alpha(jnp.float32(te)) ** 2 * v0 + P.sigma(jnp.float32(te)) ** 2)

@@ -92,7 +92,7 @@ def test_forward_sde_from_inside_the_interval_draws_fresh_increments():
     mix = dg.GaussianMixture(jnp.ones(1), jnp.array([[0.5, -1.0]]), jnp.array([0.04]))
     ts, te, n = 0.4, 0.7, 4000
     x = mix.sample_t(jax.random.key(1), n, PROC, ts)
-    tr = jax.jit(lambda x: dg.forward_sde_logp(mix.score(PROC), PROC, x, key=jax.random.key(2), steps=200,
+    tr = (lambda x: dg.forward_sde_logp(mix.score(PROC), PROC, x, key=jax.random.key(2), steps=200,
                                                t_start=ts, t_end=te, divergence=dg.Exact()))(x)
     var = float(_gauss_var(te))
     np.testing.assert_allclose(np.var(tr.x_T, axis=0), var, rtol=5 * np.sqrt(2.0 / n))
