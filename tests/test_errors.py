@@ -214,18 +214,38 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# mode tracking compiles HVP and Krylov loops: its cases run in the slow suite (and sharded below)
+_NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in ("bifurcation", "linear_solve") else n for n in sorted(CASES)]
+
+
+@pytest.mark.parametrize("name", _NAMES)
 def test_typed_error_eager(name):
     cls, fn = CASES[name]
     with pytest.raises(cls):
         jax.block_until_ready(fn(_X))
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", _NAMES)
 def test_typed_error_under_the_users_jit(name):
     cls, fn = CASES[name]
     with pytest.raises(cls), dg.errors.typed_errors():
         jax.block_until_ready(jax.jit(fn)(_X))
+
+
+def test_typed_error_under_filter_jit_has_one_clean_message():
+    # equinox.filter_jit prefixes "Above is the stack outside of JIT" and frames: the typed error drops them
+    with pytest.raises(dg.MaxStepsReached) as info, dg.errors.typed_errors():
+        jax.block_until_ready(eqx.filter_jit(CASES["max_steps"][1])(_X))
+    assert str(info.value).startswith("the adaptive solve") and "Above is the stack" not in str(info.value)
+
+
+def test_cli_prints_one_line_for_a_typed_error(capsys):
+    from dgjax.cli import main
+
+    # float32 cannot hold rtol = 1e-300: the PID error norm would be 0/0 and every step rejected
+    assert main(["demo", "--rtol", "1e-300"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dgjax: error: rtol: 1e-300 underflows to 0 in float32"), err
 
 
 def test_classify_leaves_other_errors_alone():
