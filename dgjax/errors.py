@@ -3,7 +3,7 @@
 Every error dgjax raises on purpose derives from ``DgjaxError``::
 
     DgjaxError
-    ├── InvalidArgument (ValueError)          a bad argument, named with its fix (raised eagerly)
+    ├── InvalidArgument (ValueError)          a bad argument, named with its fix (eagerly where it can)
     ├── ModelError (ValueError)               an unusable model file, checkpoint or model name
     │   └── ArchitectureMismatch              stored parameters that do not fit the architecture
     └── RuntimeCheckError (EquinoxRuntimeError, ValueError)
@@ -14,11 +14,14 @@ Every error dgjax raises on purpose derives from ``DgjaxError``::
         ├── MaxStepsReached                   an adaptive solve spent its step budget
         └── NonFiniteError (FloatingPointError)  NaN or inf at a named stage
 
-A ``RuntimeCheckError`` may fire inside a compiled program (``equinox.error_if``), where it comes back
-as an ``EquinoxRuntimeError`` or an XLA runtime error carrying only the message. Each such message
-starts with its class's tag (``[dgjax.InfeasibleGuidance] ...``, written by ``tagged``), and
-``classify`` -- the one place that reads an exception's text -- turns the wrapped error back into its
-class. ``typed_errors()`` applies ``classify`` around a call.
+A ``RuntimeCheckError`` (or an ``InvalidArgument`` about traced values, such as a time under ``jax.jit``)
+may fire inside a compiled program (``_checks.check_value``: ``equinox.error_if``, or a callback on every
+device of a multi-device program), where it comes back as an ``EquinoxRuntimeError`` or an XLA runtime
+error carrying only the message. Each such message starts with its class's tag
+(``[dgjax.InfeasibleGuidance] ...``, written by ``tagged``), and ``classify`` -- the one place that reads
+an exception's text -- turns the wrapped error back into its class. ``typed_errors()`` applies
+``classify`` around a call: dgjax's entry points do so themselves; under your own ``jax.jit`` wrap the
+call that runs the program in it.
 """
 
 from __future__ import annotations
