@@ -42,15 +42,15 @@ def check_finite(x, name: str, cls: type[DgjaxError] = NonFiniteError):
 def check_time(process, t, name: str = "t", *, closed: bool = True):
     """Return ``t`` as an array; raise if any entry lies outside [t_min, t_max] of ``process``
     (or outside the open interval when ``closed=False``)."""
-    t = jnp.asarray(t, dtype=jnp.result_type(t, float))
     lo, hi = process.t_min, process.t_max
     rng = f"[{lo}, {hi}]" if closed else f"({lo}, {hi})"
-    if closed:
-        bad = (t < lo) | (t > hi) | ~jnp.isfinite(t)
-    else:
-        bad = (t <= lo) | (t >= hi) | ~jnp.isfinite(t)
     msg = f"{name} must lie in {rng}, the time range of {type(process).__name__}"
-    return check_value(t, jnp.any(bad), msg, lambda: t, cls=InvalidArgument)
+    # concrete times are checked in NumPy, now: jnp operations under jit trace even constants
+    xp = np if is_concrete(t) else jnp
+    tv = xp.asarray(t, dtype=float) if xp is np else t
+    bad = ((tv < lo) | (tv > hi) if closed else (tv <= lo) | (tv >= hi)) | ~xp.isfinite(tv)
+    t = jnp.asarray(t, dtype=jnp.result_type(t, float))
+    return check_value(t, xp.any(bad), msg, lambda: tv, cls=InvalidArgument)
 
 
 def check_span(process, t_from, t_to, x, *, names: tuple[str, str], why: str, decreasing: bool = True):
