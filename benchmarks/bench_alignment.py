@@ -1,4 +1,4 @@
-"""Cost of score alignment (MATH.md section 6) relative to a plain PF-ODE solve over the same steps.
+"""Cost of score alignment (docs/math.md section 6) relative to a plain PF-ODE solve over the same steps.
 
 On the Gaussian-mixture oracle: for each form, the wall time of one jitted call (best of --repeats,
 after a compiling warm-up; best-of because the machine may be shared) and the NFE per sample, each as

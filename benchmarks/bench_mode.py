@@ -1,4 +1,4 @@
-"""Cost of the mode-tracking ODE (MATH 9, ``dg.ModeTracking``) against the HD-ODE it refines (MATH 5), per
+"""Cost of the mode-tracking ODE (docs/math.md 9, ``dg.ModeTracking``) against the HD-ODE it refines (docs/math.md 5), per
 step, at the same solver and steps, from x_t at t = 0.5 down to t_end = 0.3 (the random-weight network's
 Jacobian is far from symmetric at lower noise, where I - cH becomes indefinite and mode tracking rightly
 stops: a random network is not the gradient of a density).

@@ -9,7 +9,7 @@
    untracked (the published code's own tracking cost); diffrax's UnsafeBrownianPath against the default
    per-step-key path (``dgjax/sampling/brownian.py``).
 3. Tracking accuracy at about 1000 NFE (oracle, D = 256, 64 samples, 1 Rademacher probe): Euler-Maruyama,
-   Stratonovich Heun, Milstein (MATH 4(c)); correlation with the exact log p and mean |error| per dim.
+   Stratonovich Heun, Milstein (docs/math.md 4(c)); correlation with the exact log p and mean |error| per dim.
 
     python benchmarks/bench_tracking_cost.py [--quick]
 
@@ -56,7 +56,7 @@ def hlo_counts(fn, *args):
 
 
 def published_tracked_rsde(score, process, x_T, key, steps: int, logp_T, track: bool = True):
-    """Published style: per-sample Euler-Maruyama of (x, log p) (MATH 4(c)) in lax.scan, vmapped over samples
+    """Published style: per-sample Euler-Maruyama of (x, log p) (docs/math.md 4(c)) in lax.scan, vmapped over samples
     (``track=False``: the same loop without the log-density, the published code's own untracked cost)."""
     ts = jnp.linspace(process.t_max, process.t_min, steps + 1).astype(x_T.dtype)
 
@@ -123,7 +123,7 @@ def accuracy_rows(dim=256, n=64, nfe=1000):
     x_T = gm.sample_t(jax.random.key(1), n, P, P.t_max)
     configs = [("Euler-Maruyama (Ito)", dg.ReverseSDE(), nfe),
                ("Stratonovich Heun", dg.ReverseSDE(scheme="stratonovich"), nfe // 4),  # 2 evals x (1 + 1 JVP)
-               ("Milstein (MATH 4(c))", dg.ReverseSDE(scheme="milstein"), nfe // 3)]  # 1 + 1 JVP (Lap) + 1 (H dW)
+               ("Milstein (docs/math.md 4(c))", dg.ReverseSDE(scheme="milstein"), nfe // 3)]  # 1 + 1 JVP (Lap) + 1 (H dW)
     print(f"\n[reverse-SDE tracking at ~{nfe} NFE] oracle D = {dim}, {n} samples, exact score, 1 Rademacher probe")
     rows = []
     for name, sampler, steps in configs:

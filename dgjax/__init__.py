@@ -1,6 +1,6 @@
 """dgjax: measure and control the log-density of what diffusion and flow models generate.
 
-The specification is MATH.md (conventions, signs, formulas); the public names are listed in API.md.
+The specification is docs/math.md (conventions, signs, formulas); the public names are ``__all__``, documented in docs/api/.
 """
 
 from .alignment import Alignment, score_alignment

@@ -1,4 +1,4 @@
-"""Score alignment: push the prior score forward with the PF-ODE flow (MATH.md section 6).
+"""Score alignment: push the prior score forward with the PF-ODE flow (docs/math.md section 6).
 
 With the PF-ODE drift ``u_t(x) = f x - 1/2 g^2 s(x, t)`` and its flow map ``Phi`` from t_max down to
 ``t_end``, the tangent ODE
@@ -38,7 +38,7 @@ from the score of the model's own PF-ODE density. The Hutchinson noise of the se
 heavy-tailed on the oracle (narrow components); redrawing the probes (the default under constant
 steps) cancels it along the path. Costs against a plain PF-ODE solve: benchmarks/bench_alignment.py.
 
-NFE per sample (MATH 4 convention: a score evaluation is 1, a JVP of the score 1 more, and a JVP of a
+NFE per sample (docs/math.md 4 convention: a score evaluation is 1, a JVP of the score 1 more, and a JVP of a
 JVP 2 more, as it propagates both a first- and a second-order tangent):
 
     score form:       [1 if w_T defaults to s_T] + 2 per vector-field evaluation + 1 (s at t_end)
@@ -196,7 +196,7 @@ def score_alignment(score: Callable, process, x_T: Float[Array, "N *shape"], t_e
                     steps: int | None = None, rtol: float | None = None, atol: float | None = None,
                     redraw_probes: bool | None = None, return_details: bool = False, adjoint=None,
                     max_steps: int | None = None, grid=None, options: SolveOptions | None = None):
-    """Score alignment <s_{t_end}(x_{t_end}), w_{t_end}> of latents x_T (MATH.md section 6).
+    """Score alignment <s_{t_end}(x_{t_end}), w_{t_end}> of latents x_T (docs/math.md section 6).
 
     Solves the PF-ODE together with its tangent ODE dw/dt = J_u(x_t) w from t_max down to ``t_end``
     (one ``diffrax.diffeqsolve``), starting from ``w_T``, and reads out the inner product with the score
@@ -218,7 +218,7 @@ def score_alignment(score: Callable, process, x_T: Float[Array, "N *shape"], t_e
       divergence: estimator of div_x(J_s(x) w) for the score-free form: ``dg.Hutchinson(K)`` (default
         K = 1; K second-order JVPs per evaluation) or ``dg.Exact()`` (D of them; small D).
       redraw_probes: score-free form: draw fresh Hutchinson probes at every step instead of once per solve
-        (MATH 4 allows it for fixed-step solvers). Default (None): redrawn whenever the steps are constant
+        (docs/math.md 4 allows it for fixed-step solvers). Default (None): redrawn whenever the steps are constant
         (``steps=`` or ``grid=``), with any solver, as the published code does; fixed for adaptive solves
         (``rtol``/``atol``), whose controller cannot step a field that changes at random (``True`` with
         adaptive steps raises). omega does not feed back into x or w, so its solve is a quadrature of

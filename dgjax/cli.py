@@ -1,12 +1,12 @@
 """The ``dgjax`` command line. I/O and printing live here, never in the math modules.
 
     dgjax demo        sample a 2-D Gaussian mixture with the PF-ODE, tracking log p, and print the tracked
-                      value next to the exact one from the oracle (MATH.md section 8)
+                      value next to the exact one from the oracle (docs/math.md section 8)
     dgjax sample      density-guided samples of a trained model over a sweep of q: one PNG grid (a row per
                       q) and a table of the mean tracked log p per q (default: the shipped digits model)
     dgjax train       train a score network on a data set that ships with the installed packages
     dgjax likelihood  held-out bits/dim of a model on a data-set split (PF-ODE encoding)
-    dgjax align       score-alignment fraction of a model's latents (MATH.md section 6)
+    dgjax align       score-alignment fraction of a model's latents (docs/math.md section 6)
 
 Run ``dgjax COMMAND --help`` for every option of a command.
 """
@@ -242,7 +242,7 @@ def _sample_rows(args, model, x_T) -> tuple[list, list]:
             table.append((q, logp, int(nfe), None))
         except InfeasibleGuidance:
             msg = (f"infeasible: the prescribed rise {shift(q):+.0f} nats exceeds the log-density head-room "
-                   f"(of the order of D/2 = {dim / 2:.0f} nats, MATH 5); move q toward 0.5")
+                   f"(of the order of D/2 = {dim / 2:.0f} nats, docs/math.md 5); move q toward 0.5")
             table.append((q, None, None, msg))
         except LeftDataRange:
             msg = (f"leaves the data range: the guidance pushes samples beyond [-{data_range:g}, {data_range:g}] "
@@ -357,7 +357,7 @@ def _dequantization(args, quantization):
 
 
 def _likelihood_ode(args, model, ds, data) -> int:
-    """dg.evaluate_likelihood over the split (PF-ODE encoding, MATH 4) and its report."""
+    """dg.evaluate_likelihood over the split (PF-ODE encoding, docs/math.md 4) and its report."""
     import jax
 
     import dgjax as dg
@@ -387,7 +387,7 @@ def _protocol_text(deq) -> str:
 
 
 def _stochastic_evaluator(model, offset_bits, method, steps, num_samples):
-    """(params, x, key) -> bits/dim (N,) by the forward-SDE encoder (MATH 4(e)) or the ELBO (MATH 10)."""
+    """(params, x, key) -> bits/dim (N,) by the forward-SDE encoder (docs/math.md 4(e)) or the ELBO (docs/math.md 10)."""
     import jax
 
     import dgjax as dg
@@ -546,7 +546,7 @@ def _add_train(sub) -> None:
 def _add_sample(sub) -> None:
     """``dgjax sample``: its options."""
     sm = sub.add_parser("sample", help="density-guided samples over a sweep of q: a PNG grid and a log p table",
-                        description="Sample a trained model with density guidance (DG-ODE, MATH.md section 5) for "
+                        description="Sample a trained model with density guidance (DG-ODE, docs/math.md section 5) for "
                         "each q, from the same latents (rescaled to the median radius), tracking log p. Writes one "
                         "PNG grid with a row per q and prints the mean tracked log p per q. q is the log-density "
                         "quantile: q > 0.5 raises log p (smoother, less detail), q < 0.5 lowers it (more detail).",
@@ -580,7 +580,7 @@ def _add_likelihood(sub) -> None:
 
     lk = sub.add_parser("likelihood", help="bits/dim of a model on a data-set split (PF-ODE encoding)",
                         description="Held-out bits/dim: -log p(x)/(D ln 2) + log2(K/2) for K-level data, uniformly "
-                        "dequantised (MATH.md section 4), with log p from dg.log_likelihood (PF-ODE encoding, one "
+                        "dequantised (docs/math.md section 4), with log p from dg.log_likelihood (PF-ODE encoding, one "
                         "Hutchinson probe per example: unbiased in log p).",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     lk.add_argument("--model", default="digits", help="a shipped model, a NAME.msgpack file or a run directory; a "
@@ -594,7 +594,7 @@ def _add_likelihood(sub) -> None:
     lk.add_argument("--max-steps", type=MAX_STEPS, default=16384,
                     help="adaptive solves: give up after this many steps")
     lk.add_argument("--method", default="ode", choices=["ode", "sde", "elbo"],
-                    help="log p by PF-ODE encoding, by the forward-SDE encoder (MATH 4(e)), or the ELBO (MATH 10)")
+                    help="log p by PF-ODE encoding, by the forward-SDE encoder (docs/math.md 4(e)), or the ELBO (docs/math.md 10)")
     lk.add_argument("--steps", type=POS_INT, default=1000, help="Euler-Maruyama steps of --method sde")
     lk.add_argument("--num-samples", type=POS_INT, default=64, help="log-SNR draws per example of --method elbo")
     lk.add_argument("--dequantization", default=None, choices=["uniform", "importance", "none"],
@@ -616,7 +616,7 @@ def _add_likelihood(sub) -> None:
 
 def _add_align(sub) -> None:
     """``dgjax align``: its options."""
-    al = sub.add_parser("align", help="score-alignment fraction of a model's latents (MATH.md section 6)",
+    al = sub.add_parser("align", help="score-alignment fraction of a model's latents (docs/math.md section 6)",
                         description="Push the prior score forward along the PF-ODE (tangent ODE, one JVP per step) "
                         "and report the fraction of latents where <s_{t_end}(x_{t_end}), w_{t_end}> > 0.",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -24,7 +24,7 @@ name            shape         source and split
 ``checkerboard``
 ==============  ============  ==========================================================================
 
-The transform (MATH.md section 4), one per data set:
+The transform (docs/math.md section 4), one per data set:
 
 * 8-bit and other quantised images with ``K`` levels (``K = 256``, or 17 for ``digits``): uniform
   dequantisation and scaling
@@ -35,7 +35,7 @@ The transform (MATH.md section 4), one per data set:
   for every x that the forward map produces (the ``delta`` margin keeps float32 rounding from pushing a
   value into the next level), and the nearest level for any other x, e.g. a model's sample.
   The Jacobian of ``y + u -> x`` is ``(2/K)^D``, so ``bits/dim = -log p(x) / (D ln 2) + log2(K / 2)``
-  (``Dataset.offset_bits``: 7 for 8-bit data, as in MATH 4; log2(8.5) = 3.09 for digits). The ``delta``
+  (``Dataset.offset_bits``: 7 for 8-bit data, as in docs/math.md 4; log2(8.5) = 3.09 for digits). The ``delta``
   margin narrows the dequantisation noise by 2e-4, which changes this bound by under 3e-4 bits/dim.
 * Toy 2-D sets: the identity (``offset_bits = 0``; their points already have scale ~1).
 
@@ -99,7 +99,7 @@ class Dequantize:
 
     @property
     def offset_bits(self) -> float:
-        """log2(K / 2): bits/dim of y = -log p(x) / (D ln 2) + offset_bits (``Quantization.offset_bits``, MATH 4)."""
+        """log2(K / 2): bits/dim of y = -log p(x) / (D ln 2) + offset_bits (``Quantization.offset_bits``, docs/math.md 4)."""
         return self.quantization.offset_bits
 
     def to_model(self, y, rng: np.random.Generator | None) -> np.ndarray:

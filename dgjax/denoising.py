@@ -1,8 +1,8 @@
 """Denoising a noisy x_t: posterior mean, sample, high-density approximation and the exact posterior
-mode by the mode-tracking ODE (MATH.md section 9; Cartoonists, Thm 5 and Fig. 1).
+mode by the mode-tracking ODE (docs/math.md section 9; Cartoonists, Thm 5 and Fig. 1).
 
 ``dg.denoise`` picks the method: the posterior mean (Tweedie), the mode-tracking ODE (``dg.ModeTracking``,
-``dgjax.sampling.mode``, where the mode's ODE is derived), the HD-ODE (MATH 5; the mode's approximation,
+``dgjax.sampling.mode``, where the mode's ODE is derived), the HD-ODE (docs/math.md 5; the mode's approximation,
 exact when p_0 is Gaussian) or a posterior sample (PF-ODE or reverse SDE), all through ``dg.sample``.
 """
 
@@ -37,7 +37,7 @@ METHODS = ("mean", "mode", "hd", "sample")
 # ------------------------------------------------------------------------------------------------------
 def add_noise(process, x_0: Float[Array, "N *shape"], t: ArrayLike | Float[Array, " N"],
               key) -> Float[Array, "N *shape"]:
-    """x_t ~ p(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I) (MATH 1).
+    """x_t ~ p(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I) (docs/math.md 1).
 
     Args: x_0 (N, *shape); t scalar or (N,) in [t_min, t_max]; key a PRNG key. Returns x_t like x_0.
     """
@@ -54,7 +54,7 @@ def add_noise(process, x_0: Float[Array, "N *shape"], t: ArrayLike | Float[Array
 
 def posterior_mean(score: Callable, process, x_t: Float[Array, "N *shape"],
                    t: ArrayLike | Float[Array, " N"]) -> Float[Array, "N *shape"]:
-    """Tweedie: ``E[x_0 | x_t] = (x_t + sigma_t^2 s(x_t, t)) / alpha_t`` (MATH 9); one score evaluation.
+    """Tweedie: ``E[x_0 | x_t] = (x_t + sigma_t^2 s(x_t, t)) / alpha_t`` (docs/math.md 9); one score evaluation.
 
     x_t (N, *shape), t scalar or (N,). Returns (N, *shape). The score's value must be like x_t (shape and dtype:
     ``dg.InvalidArgument``) and finite (``dg.NonFiniteError``).
@@ -75,13 +75,13 @@ def denoise(score: Callable, process, x_t: Float[Array, "N *shape"], t: ArrayLik
             rtol: float | None = None, atol: float | None = None, logp_t=None,
             sampler_kwargs: dict | None = None, adjoint=None, max_steps: int | None = None,
             options: SolveOptions | None = None) -> Sample:
-    """Denoise x_t observed at time t down to t_end (default t_min): MATH 9, Cartoonists Fig. 1.
+    """Denoise x_t observed at time t down to t_end (default t_min): docs/math.md 9, Cartoonists Fig. 1.
 
     Methods:
       ``"mean"``: the posterior mean ``E[x_{t_end} | x_t] = alpha_{t_end} E[x_0 | x_t]`` (Tweedie; one score
         evaluation; ``track_logp`` is not offered: measure it with ``dg.log_likelihood``).
       ``"mode"``: the posterior mode by the mode-tracking ODE (``dg.ModeTracking``).
-      ``"hd"``: the HD-ODE ``dx/ds = f x - g^2 s`` from t (MATH 5): the mode's cheap approximation.
+      ``"hd"``: the HD-ODE ``dx/ds = f x - g^2 s`` from t (docs/math.md 5): the mode's cheap approximation.
       ``"sample"``: a posterior sample from x_t: with ``key=None`` the PF-ODE (deterministic), with a key the
         reverse SDE (``dg.ReverseSDE``, Euler-Maruyama; needs ``steps``).
 
@@ -89,7 +89,7 @@ def denoise(score: Callable, process, x_t: Float[Array, "N *shape"], t: ArrayLik
       score: ``score(x, t)``; process: the forward process; x_t: (N, *shape); t: the scalar time of x_t, in
         (t_min, t_max]; t_end: a time below t (default t_min).
       key: PRNG key (Hutchinson probes; the SDE's Brownian path for ``"sample"``).
-      track_logp: also return log p_{t_end} of the result tracked along the path (MATH 4), started from
+      track_logp: also return log p_{t_end} of the result tracked along the path (docs/math.md 4), started from
         log p_t(x_t) measured by PF-ODE encoding from t to t_max (``dg.log_likelihood(..., t_start=t)``, same
         solver settings; a named grid is placed on [t, t_max] for it, an explicit ``dg.TimesGrid`` cannot be:
         pass ``logp_t`` with one).

@@ -1,4 +1,4 @@
-"""Divergence (trace-of-Jacobian) estimators (MATH.md section 4).
+"""Divergence (trace-of-Jacobian) estimators (docs/math.md section 4).
 
 Both estimators evaluate ``fn(x)`` once and a number of Jacobian-vector products ``J v`` of it
 (through ``jax.linearize``: the primal is computed once, the tangents are vmapped; a single

@@ -1,4 +1,4 @@
-"""Drifts and their log-density rates (MATH.md sections 3 and 4).
+"""Drifts and their log-density rates (docs/math.md sections 3 and 4).
 
 Everything here is a pure function of arrays. Shapes: x, s, u, v are (N, *shape); per-probe
 Laplacian or divergence estimates are (P, N) (P = 1 for the exact trace, K for Hutchinson probes);
@@ -21,13 +21,13 @@ from ._checks import batch_dot, bcast, event_dim
 
 
 def pf_drift(coeffs, x, s):
-    """u = f x - 1/2 g^2 s (MATH 3)."""
+    """u = f x - 1/2 g^2 s (docs/math.md 3)."""
     _, _, f, g2 = coeffs
     return bcast(f, x) * x - 0.5 * bcast(g2, x) * s
 
 
 def hd_drift(coeffs, x, s):
-    """HD-ODE drift f x - g^2 s (the reverse SDE's drift without its noise; MATH 5)."""
+    """HD-ODE drift f x - g^2 s (the reverse SDE's drift without its noise; docs/math.md 5)."""
     _, _, f, g2 = coeffs
     return bcast(f, x) * x - bcast(g2, x) * s
 
@@ -39,7 +39,7 @@ def pf_divergence(coeffs, lap, dim: int):
 
 
 def logp_rate(div_u, s, v, u):
-    """d/dt log p_t(x_t) = -div u + s . (v - u) (MATH 4(b)); ``div_u`` (P, N) or (N,)."""
+    """d/dt log p_t(x_t) = -div u + s . (v - u) (docs/math.md 4(b)); ``div_u`` (P, N) or (N,)."""
     return -div_u + batch_dot(s, v - u)
 
 

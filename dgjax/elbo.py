@@ -1,8 +1,8 @@
-"""The ELBO of a diffusion model (MATH.md section 10): a lower bound of the model's reverse-SDE log-density,
+"""The ELBO of a diffusion model (docs/math.md section 10): a lower bound of the model's reverse-SDE log-density,
 estimated by Monte Carlo along forward paths, without any JVP (Stein's identity).
 
 With x_t | x ~ N(a x, v I), a = alpha_t / alpha_{t_min}, v = sigma_t^2 - a^2 sigma_{t_min}^2 (forward SDE
-started at x at t_min), MATH 4(e) in expectation gives
+started at x at t_min), docs/math.md 4(e) in expectation gives
 
     log p_{t_min}(x) = E[log p_T(x_T)] - int_{t_min}^T E[g^2 div s + 1/2 g^2 |s|^2 - f D](x_t) dt.
 
@@ -46,7 +46,7 @@ class Elbo(eqx.Module):
 
 def elbo_integrand(score: Callable, process, x, t, eps, antithetic: bool):
     """Per-unit-lambda integrand sigma^2 div s + 1/2 sigma^2 |s|^2 - f D sigma^2 / g^2 at x_t = a x + sqrt(v) eps,
-    with div s by Stein's identity (MATH 10). x, eps (N, *shape); t (N,). Returns (N,)."""
+    with div s by Stein's identity (docs/math.md 10). x, eps (N, *shape); t (N,). Returns (N,)."""
     dtype = x.dtype
     t_min = jnp.asarray(process.t_min, dtype)
     c = process.coefficients(t)
@@ -72,7 +72,7 @@ def elbo_integrand(score: Callable, process, x, t, eps, antithetic: bool):
 def elbo(score: Callable, process, x: Float[Array, "N *shape"], *, key, num_samples: int,
          prior_log_prob: Callable | None = None,
          stratified: bool = True, antithetic: bool = True) -> Elbo:
-    """ELBO of data ``x`` (N, *shape) at t_min (MATH 10): a lower bound of log p^SDE_{t_min}(x), per sample.
+    """ELBO of data ``x`` (N, *shape) at t_min (docs/math.md 10): a lower bound of log p^SDE_{t_min}(x), per sample.
 
     Args:
       score: ``score(x, t)`` with t scalar or (N,).

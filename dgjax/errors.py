@@ -166,7 +166,7 @@ def _drain_runtime_tokens() -> None:
 INFEASIBLE_MSG = (
     "density guidance is infeasible here: the log-density head-room left at some sample (at most "
     "1/2 c_max |s|^2) is below what the requested rate demands over feasibility_tol units of log-SNR, so "
-    "|s| -> 0 and eta blows up (MATH.md section 5, feasibility: the quantile form shifts log p by "
+    "|s| -> 0 and eta blows up (docs/math.md section 5, feasibility: the quantile form shifts log p by "
     "1/2 (lambda_max - lambda_min) sqrt(2D) Phi^{-1}(q), about D/2 at most). Move q toward 0.5 (or make the "
     "custom rate b push less), raise data_scale if the data's per-dimension std exceeds it, or pass "
     "feasibility_tol=0 to disable this check (the result is then unreliable).")

@@ -1,4 +1,4 @@
-"""Log-likelihood of a whole data set under a named dequantization protocol (MATH.md section 4).
+"""Log-likelihood of a whole data set under a named dequantization protocol (docs/math.md section 4).
 
 Discrete data y (integer levels, ``dg.Quantization``: bins of width w on [low, high)) have a probability
 ``P(y) = int_bin p(x) dx``; a continuous model gives a density p. Three protocols turn one into the other:

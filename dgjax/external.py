@@ -4,11 +4,11 @@
 (``y`` one sample of shape ``shape``, ``t`` a scalar: an Equinox module, ``lambda y, t: flax_module.apply(
 params, y, t)``, a Flax NNX module, any pure function) into a dgjax ``score(x (N, *shape), t)``: ``jax.vmap``
 over the batch with ``t`` broadcast (a scalar t is shared; an (N,) t gives each sample its own), then the
-parametrization conversion of MATH.md section 2 (``dg.score_from``).
+parametrization conversion of docs/math.md section 2 (``dg.score_from``).
 
 Transformed spaces. A network trained on ``y = T(x)`` of the data ``x`` (e.g. galaxygrad: y = log(x + 1) / 0.1)
 defines a density of y; every dgjax log p is then a log-density *in the network's space* (the default: it is
-what the ODE tracks). The density of x follows by the change of variables (MATH.md section 4)
+what the ODE tracks). The density of x follows by the change of variables (docs/math.md section 4)
 
     log p_X(x) = log p_Y(T(x)) + log |det dT/dx|,   for an elementwise T: sum_i log |T'(x_i)|,
 

@@ -1,4 +1,4 @@
-"""Log-density along the forward SDE (MATH.md section 4(e); Cartoonists, Thm 2), and the stochastic
+"""Log-density along the forward SDE (docs/math.md section 4(e); Cartoonists, Thm 2), and the stochastic
 encoder of ``dg.log_likelihood(..., encoder="sde")``.
 
 Along the forward SDE dx = f x dt + g dW (data to noise, forward time t):
@@ -10,7 +10,7 @@ Brownian increment moves x and r (one diffrax solve, Euler-Maruyama, constant st
 divergence estimator (``dg.Exact()`` or ``dg.Hutchinson(K)``, probes held fixed along the path): one score
 evaluation plus the estimator's JVPs per step. Encoder: ``log p_{t_min}(x_0) = log p_T(x_T) - (r_T - r_{t_min})``,
 unbiased in expectation over the path (the dW term has mean zero) but with a path-dependent spread; Euler-
-Maruyama has strong order 1/2 here (MATH 4(c) numerics), so use many steps.
+Maruyama has strong order 1/2 here (docs/math.md 4(c) numerics), so use many steps.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class ForwardTrack(eqx.Module):
 
 
 def forward_rates(coeffs, s, lap, dim: int):
-    """dt-drift of log p along the forward SDE, -f D + g^2 Lap + 1/2 g^2 |s|^2 (MATH 4(e)); lap (P, N)."""
+    """dt-drift of log p along the forward SDE, -f D + g^2 Lap + 1/2 g^2 |s|^2 (docs/math.md 4(e)); lap (P, N)."""
     return -coeffs.f * dim + coeffs.g2 * lap + 0.5 * coeffs.g2 * batch_dot(s, s)[None, :]
 
 
@@ -54,7 +54,7 @@ def forward_sde_logp(score: Callable, process, x: Float[Array, "N *shape"], *, k
                      t_start=None, t_end=None, brownian: str = "auto", grid=None, adjoint=None,
                      max_steps: int | None = None, options: SolveOptions | None = None) -> ForwardTrack:
     """Run the forward SDE from x at t_start (default t_min) to t_end (default t_max) with Euler-Maruyama in
-    ``steps`` constant steps, tracking the change of log p_t(x_t) by MATH 4(e).
+    ``steps`` constant steps, tracking the change of log p_t(x_t) by docs/math.md 4(e).
 
     Args: score ``score(x, t)``; x (N, *shape); key (Brownian path and probes); steps >= 1 (or the length of an
     explicit grid); divergence ``dg.Hutchinson()`` (default) or ``dg.Exact()``; brownian ``"auto"`` (default:
@@ -118,7 +118,7 @@ def forward_sde_logp(score: Callable, process, x: Float[Array, "N *shape"], *, k
 def sde_log_likelihood(score: Callable, process, x0, *, key, divergence=None, prior_log_prob: Callable | None = None,
                        t_start=None, options: SolveOptions):
     """log p_{t_start}(x0) by the stochastic encoder: ``log p_T(x_T) - (r_T - r_{t_start})`` along one forward-SDE
-    path (MATH 4(e)). Returns (logp (N,), stderr across probes (N,), x_T, logp_T (N,), nfe)."""
+    path (docs/math.md 4(e)). Returns (logp (N,), stderr across probes (N,), x_T, logp_T (N,), nfe)."""
     tr = forward_sde_logp(score, process, x0, key=key, divergence=divergence, t_start=t_start, options=options)
     prior = process.prior_log_prob if prior_log_prob is None else prior_log_prob
     logp_T = check_per_sample(prior(tr.x_T), x0.shape[0], "prior_log_prob(x_T)")

@@ -1,4 +1,4 @@
-"""Log-likelihood of data by encoding with the PF-ODE, and bits per dimension (MATH.md section 4).
+"""Log-likelihood of data by encoding with the PF-ODE, and bits per dimension (docs/math.md section 4).
 
     log p_{t_min}(x_0) = log p_T(x_T) + int_{t_min}^{T} div u_t(x_t) dt,
 
@@ -56,7 +56,7 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
     (a scalar below t_max; ``dg.denoise`` measures log p_t(x_t) with it).
     ``prior_log_prob(x_T) -> (N,)`` defaults to ``process.prior_log_prob`` (another shape: ``dg.InvalidArgument``;
     NaN or -inf: ``dg.NonFiniteError``, under either encoder).
-    ``encoder="sde"``: encode with the forward SDE instead (MATH 4(e), ``dgjax.forward``): Euler-Maruyama in
+    ``encoder="sde"``: encode with the forward SDE instead (docs/math.md 4(e), ``dgjax.forward``): Euler-Maruyama in
     ``steps`` constant steps with any divergence estimator; unbiased over the Brownian path, noisy per path
     (``key`` required; ``logp_stderr`` is the spread across probes only).
     """
@@ -112,7 +112,7 @@ def bits_per_dim(logp: Float[ArrayLike, " *N"], shape, offset_bits: "float | Qua
     """bits/dim = -log p(x) / (D ln 2) + offset_bits, D = prod(shape).
 
     ``offset_bits``: a ``dg.Quantization`` (the offset is its ``offset_bits = log2(levels / (high - low))``,
-    MATH 4), a number of bits, or None: 8-bit data on [-1, 1), ``dg.Quantization(256)``, 7 bits (x = 2 (y + u)
+    docs/math.md 4), a number of bits, or None: 8-bit data on [-1, 1), ``dg.Quantization(256)``, 7 bits (x = 2 (y + u)
     / 256 - 1: the Jacobian of y + u -> x is (1/128)^D). Data sets declare theirs (``Dataset.quantization``;
     None for continuous data, where the offset is 0: bits/dim of x itself).
     """

@@ -1,4 +1,4 @@
-"""The exact oracle: diagonal Gaussian mixtures (MATH.md section 8).
+"""The exact oracle: diagonal Gaussian mixtures (docs/math.md section 8).
 
 For ``p_0 = sum_k w_k N(mu_k, diag(v_k))`` every marginal of a process is again a mixture,
 

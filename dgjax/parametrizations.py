@@ -1,4 +1,4 @@
-"""Model parametrizations converted to a score function (MATH.md section 2).
+"""Model parametrizations converted to a score function (docs/math.md section 2).
 
 With ``x_t = alpha x_0 + sigma eps`` a network may predict eps, x_0, the velocity, or the score:
 
@@ -30,13 +30,13 @@ def _coefficients(process, t, x):
 
 
 def x0_from_score(alpha, sigma, x, s):
-    """Tweedie's formula E[x_0 | x_t] = (x_t + sigma_t^2 s(x_t, t)) / alpha_t (MATH 2, 9); alpha, sigma broadcast
+    """Tweedie's formula E[x_0 | x_t] = (x_t + sigma_t^2 s(x_t, t)) / alpha_t (docs/math.md 2, 9); alpha, sigma broadcast
     against x."""
     return (x + sigma**2 * s) / alpha
 
 
 def score_from_x0(alpha, sigma, x, x0):
-    """Tweedie's formula solved for the score: s = (alpha_t x0 - x_t) / sigma_t^2 (MATH 2)."""
+    """Tweedie's formula solved for the score: s = (alpha_t x0 - x_t) / sigma_t^2 (docs/math.md 2)."""
     return (alpha * x0 - x) / sigma**2
 
 

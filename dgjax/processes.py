@@ -1,4 +1,4 @@
-"""Forward noising processes (MATH.md section 1).
+"""Forward noising processes (docs/math.md section 1).
 
 A process is the Gaussian path ``x_t | x_0 ~ N(alpha_t x_0, sigma_t^2 I)`` with time running from
 data (``t_min``) to noise (``t_max``). Each concrete process defines only ``log_alpha(t)`` and
@@ -31,7 +31,7 @@ from ._memory import check_fits_in_memory
 
 
 class Coefficients(NamedTuple):
-    """The process coefficients at t (MATH.md section 1): x_t = alpha x_0 + sigma eps, and the forward SDE
+    """The process coefficients at t (docs/math.md section 1): x_t = alpha x_0 + sigma eps, and the forward SDE
     dx = f x dt + g dW with g2 = g^2. A NamedTuple, so positional unpacking keeps working."""
 
     alpha: Array
@@ -41,7 +41,7 @@ class Coefficients(NamedTuple):
 
 
 class Transition(NamedTuple):
-    """The Gaussian kernel between two times s <= t of one forward path (MATH.md sections 9, 10):
+    """The Gaussian kernel between two times s <= t of one forward path (docs/math.md sections 9, 10):
     x_t | x_s ~ N(a x_s, v I), with c = v / a^2 the variance measured at s's scale."""
 
     a: Array
@@ -118,7 +118,7 @@ class Process(eqx.Module):
         return invert(lam)
 
     def transition(self, s, t) -> Transition:
-        """``Transition(a, v, c)`` of x_t | x_s for s <= t (MATH 9): a = alpha_t / alpha_s,
+        """``Transition(a, v, c)`` of x_t | x_s for s <= t (docs/math.md 9): a = alpha_t / alpha_s,
         v = sigma_t^2 - a^2 sigma_s^2, c = v / a^2. The denoising density p(x_s | x_t) and the ELBO's
         x_t | x_{t_min} both use it. c is computed as ``alpha_s^2 (exp(-lambda_t) - exp(-lambda_s))``
         (= sigma_t^2 / a^2 - sigma_s^2), clipped at 0: >= 0 for s <= t and exactly 0 at s = t. s, t scalars
@@ -170,7 +170,7 @@ class Process(eqx.Module):
 
         This is the standard prior; it ignores the data term alpha_T E[x_0] and the data spread
         alpha_T^2 Var[x_0], which are small for VP processes (alpha_T ~ 7e-3 at lambda_min = -10) but
-        not for VE/EDM unless sigma_max dominates the data scale (MATH.md section 1).
+        not for VE/EDM unless sigma_max dominates the data scale (docs/math.md section 1).
         """
         x = jnp.asarray(x)
         sq = jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1)

@@ -1,4 +1,4 @@
-"""The quantization of discrete data (core layer): levels, bins and the bits/dim offset (MATH.md section 4)."""
+"""The quantization of discrete data (core layer): levels, bins and the bits/dim offset (docs/math.md section 4)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class Quantization:
     """How discrete data sit in model space: ``levels`` integer levels y in {0, ..., levels - 1}, level y
     owning the bin ``[low + y w, low + (y + 1) w)`` of width ``w = (high - low) / levels`` in every dimension.
 
-    The one home of the bits/dim offset (MATH 4): the probability of a bin is the model density integrated
+    The one home of the bits/dim offset (docs/math.md 4): the probability of a bin is the model density integrated
     over it, ``P(y) = int_bin p(x) dx >= w^D exp(E_u log p(x(y + u)))`` (Jensen, u uniform on [0, 1)^D), so
 
         bits/dim of y = -log p(x) / (D ln 2) + offset_bits,   offset_bits = -log2 w = log2(levels / (high - low)),

@@ -1,5 +1,5 @@
 """Shared plumbing of the experiment scripts: arguments, the results folder, tables, grids, figures and
-the few compiled solves every script reuses. I/O only: every formula lives in dgjax (MATH.md).
+the few compiled solves every script reuses. I/O only: every formula lives in dgjax (docs/math.md).
 
 Conventions shared by all scripts
 - Each script has ``main(argv=None) -> dict`` (the summary it also writes to ``OUT/summary.json``) and runs
@@ -8,7 +8,7 @@ Conventions shared by all scripts
   ``results/`` is git-ignored.
 - log p is in nats, the model density of x in [-1, 1]^D at t_min. "Re-encoded" log p is
   ``dg.log_likelihood`` (PF-ODE encoding, fixed Tsit5 steps, Hutchinson probes held fixed along the path);
-  it is the independent measurement. "Tracked" log p is the one integrated while sampling (MATH 4).
+  it is the independent measurement. "Tracked" log p is the one integrated while sampling (docs/math.md 4).
 - Compiled solves are cached per (model, settings) in this module, so scripts run in one process (the
   tests) compile each program once. Several samplers share one program: ``guided(...)`` runs
   ``dg.DensityGuidance(q, start_at_median=False)`` on latents prepared outside; at q = 0.5, eta = 1
@@ -322,7 +322,7 @@ def guided(model_name: str, x_T, q: float, key, *, steps: int, probes: int, batc
 
 
 def pf_ode(model_name: str, x_T, key, *, steps: int, probes: int, batch: int):
-    """PF-ODE samples with tracked log p (MATH 4(a)): the shared program at q = 0.5."""
+    """PF-ODE samples with tracked log p (docs/math.md 4(a)): the shared program at q = 0.5."""
     return guided(model_name, x_T, 0.5, key, steps=steps, probes=probes, batch=batch)
 
 

@@ -1,14 +1,14 @@
 """Consistency of the estimators: the same quantity computed two independent ways, per sample.
 
-1. PF-ODE log p tracked while sampling (MATH 4(a), Hutchinson probes) vs re-encoding the samples with
+1. PF-ODE log p tracked while sampling (docs/math.md 4(a), Hutchinson probes) vs re-encoding the samples with
    ``dg.log_likelihood`` (other probes). Both estimate the same number, the model's PF-ODE density, so
    they differ only by Hutchinson noise and discretisation. The correlation between two re-encodings
    with different probes is reported as the noise ceiling.
-2. Reverse SDE (``dg.ReverseSDE``): the log p tracked for free along the noisy path (MATH 4(c), Ito,
+2. Reverse SDE (``dg.ReverseSDE``): the log p tracked for free along the noisy path (docs/math.md 4(c), Ito,
    Euler-Maruyama; with the full settings also the Stratonovich scheme, which pays for the Laplacian)
    vs the PF-ODE re-encoding of the SDE's samples. The SDE's tracked value uses the learned score in
-   place of grad log p_t, so it is biased by the score error (MATH 4(c)); the mean bias is reported.
-3. Score alignment (``dg.score_alignment``, MATH 6): the score form <s_{t_end}(x_{t_end}), w_{t_end}> vs
+   place of grad log p_t, so it is biased by the score error (docs/math.md 4(c)); the mean bias is reported.
+3. Score alignment (``dg.score_alignment``, docs/math.md 6): the score form <s_{t_end}(x_{t_end}), w_{t_end}> vs
    the score-free form (omega tracked along the path, Hutchinson), from the same latents; and how often
    they agree on the sign (whether alignment holds).
 

@@ -1,7 +1,7 @@
 """Denoising (the Cartoonists paper's Figure 1): held-out images are noised to x_t at a few times t, then
 denoised four ways with ``dg.denoise``: the posterior mean (Tweedie), a posterior sample (the reverse SDE
 from x_t), the high-density approximation (the HD-ODE from t) and the exact posterior mode (the
-mode-tracking ODE, MATH 9). Each result's log p is re-encoded with ``dg.log_likelihood`` (PF-ODE; the
+mode-tracking ODE, docs/math.md 9). Each result's log p is re-encoded with ``dg.log_likelihood`` (PF-ODE; the
 independent measure). Also reported: the HD-ODE's distance from the mode (the approximation's error).
 
 Where the mode bifurcates or vanishes along the path (``dg.ModeTracking`` stops with an error instead of

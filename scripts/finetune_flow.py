@@ -2,7 +2,7 @@
 objective) and report held-out bits/dim before and after.
 
 The model (a flow-matching UNet, process ``LinearFlow``) is a pytree whose leaves are its parameters, so
-``jax.grad`` of the mean ``model.log_likelihood`` of a training batch (uniformly dequantised digits, MATH.md
+``jax.grad`` of the mean ``model.log_likelihood`` of a training batch (uniformly dequantised digits, docs/math.md
 section 4: log p by the PF-ODE encoding, Hutchinson divergence with fresh probes per step, constant steps)
 gives the gradient with respect to every weight, through diffrax's adjoint (``--adjoint backsolve`` for memory
 flat in the number of steps). optax's Adam takes ``--steps`` steps of it. Held-out bits/dim are measured before

@@ -3,7 +3,7 @@ then the HD-ODE dx/dt = f x - g^2 s, the reverse SDE's drift without noise) agai
 switch times, all from the same N prior latents.
 
 For each configuration: mean log p re-encoded with ``dg.log_likelihood`` (the independent measure), the
-log p tracked while sampling (MATH 4(b); it uses the learned score in place of grad log p_t, so it can
+log p tracked while sampling (docs/math.md 4(b); it uses the learned score in place of grad log p_t, so it can
 drift from the re-encoded value), bits/dim and the mean PNG size of the samples (the papers find the
 high-density samples smooth and cartoon-like: less detail, fewer bytes). Image grids: one row per
 configuration, the same latents in every column. A larger t_switch switches earlier along sampling

@@ -14,7 +14,7 @@ i.e. the probability that a guided sample has a higher log p than an unguided on
 does nothing, and saturates at 0 or 1 once the guided log p leaves the reference range (the DG shift is
 1/2 (lambda_max - lambda_min) sqrt(2D) Phi^{-1}(q) nats, many reference standard deviations).
 
-Upward density guidance is bounded (MATH 5, feasibility): the quantile form raises log p by about
+Upward density guidance is bounded (docs/math.md 5, feasibility): the quantile form raises log p by about
 113 Phi^{-1}(q) nats on digits (D = 64) against a head-room of about D/2 = 32 nats, so q >= 0.7 is refused
 there (dg raises; the table says "infeasible"). The headline Spearman correlations use the feasible q.
 

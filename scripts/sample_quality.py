@@ -7,7 +7,7 @@ inverse transform (``floor((x + 1) 17 / 2)`` clipped to 0..16), so a sample is s
 
 Measured per configuration (the same N prior latents in every one): the fraction of samples whose top class
 has probability >= ``--threshold`` (0.9), the classes covered (distinct top classes among those confident
-samples, of 10), the mean top probability, the mean tracked log p (nats, MATH 4) and bits/dim. The
+samples, of 10), the mean top probability, the mean tracked log p (nats, docs/math.md 4) and bits/dim. The
 configurations: the PF-ODE (``dg.PFODE``) and density guidance ``dg.DensityGuidance(q)`` at a few q (default
 0.3, 0.6), adaptive Tsit5 at rtol = atol = ``--rtol`` (1e-4), or constant ``--steps`` (--quick: 6 steps,
 8 latents, q = 0.6). The reference row "real test digits" is the classifier on the 297 held-out real digits
@@ -146,10 +146,10 @@ def main(argv=None) -> dict:
             f"{type(model.process).__name__}); {n} latents per configuration, {solve}")
     for k, (label, q) in enumerate(configs):
         try:
-            with dg.errors.typed_errors():  # infeasible upward guidance is refused at run time (MATH 5)
+            with dg.errors.typed_errors():  # infeasible upward guidance is refused at run time (docs/math.md 5)
                 x, lp = draw(args.model, model, x_T, q, C.rng_key(args.seed, k), cfg)
         except dg.InfeasibleGuidance:
-            run.log(f"{label}: infeasible (MATH 5), skipped")
+            run.log(f"{label}: infeasible (docs/math.md 5), skipped")
             rows.append(dict(config=label, q=q, n=0, frac_confident=float("nan")))
             continue
         levels = model.dataset.transform.to_data(x)

@@ -1,7 +1,7 @@
 """Stochastic density guidance (DG-SDE): noise orthogonal to the score, early or late in sampling, at three q.
 
 ``dg.StochasticDensityGuidance(q, noise)`` adds ``phi P dW`` (P projects out the score direction) and
-compensates the drift so that the log-density keeps following the DG schedule b^q (MATH 5). The noise
+compensates the drift so that the log-density keeps following the DG schedule b^q (docs/math.md 5). The noise
 windows are those of the published experiments, in log-SNR lambda (VP: lambda in [-10, 10]):
 early phi_tilde = 0.2 on lambda in (-10, -4) (varies structure), late phi_tilde = 0.3 on (-3, 9) (varies
 texture). Both forms of the drift correction are run: the published one (tr(PHP) ~ Lap) and the exact
@@ -10,7 +10,7 @@ one (tr(PHP) = Lap - s^T H s / |s|^2, one JVP more per step).
 From L latents (rescaled to the median radius, as DG starts), each SDE configuration draws R noise paths
 per latent. The DG-ODE reference is the same Euler solve with phi = 0 (identical drift, no noise), from the
 same latents, so a difference is the noise's alone. For every sample: log p tracked along the path
-(MATH 4(d); it includes the published form's deviation from the schedule) and re-encoded with
+(docs/math.md 4(d); it includes the published form's deviation from the schedule) and re-encoded with
 ``dg.log_likelihood`` (independent). "Stray" = SDE sample's log p minus the DG-ODE's from the same latent.
 
 Grids (one per window and form): one row per q; columns grouped per latent: [DG-ODE, draw 1, .., draw R].

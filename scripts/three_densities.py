@@ -1,10 +1,10 @@
 """Three log-densities of one sample (the Cartoonists paper's Figure 4): samples x_0 are drawn with the
 reverse SDE (Euler-Maruyama) from prior latents, and for each:
 
-  r_0       the log-density tracked along that SDE path (MATH 4(c): free; biased upward by the score error),
+  r_0       the log-density tracked along that SDE path (docs/math.md 4(c): free; biased upward by the score error),
   log p^ODE the PF-ODE encoding ``dg.log_likelihood`` (exact for the model's ODE density, up to the solver
             and the Hutchinson probes),
-  ELBO      ``dg.elbo`` (MATH 10: stratified log-SNR draws, antithetic Stein estimate; a lower bound of the
+  ELBO      ``dg.elbo`` (docs/math.md 10: stratified log-SNR draws, antithetic Stein estimate; a lower bound of the
             reverse-SDE model's log-density).
 
 All in bits/dim (the data set's dequantisation offset). Reported, not asserted: means, how often each

@@ -1,4 +1,4 @@
-"""Score alignment (MATH.md section 6) against the Gaussian-mixture oracle.
+"""Score alignment (docs/math.md section 6) against the Gaussian-mixture oracle.
 
 Must show (issue 5): the score and score-free forms agree (D = 64, 256 latents); with the Gaussian
 prior's score, -sigma_T^2 * alignment is d/dc log p_{t_end}(Phi(c x_T)) at c = 1 (central finite

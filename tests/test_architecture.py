@@ -1,6 +1,6 @@
 """The package's structure stays as docs/ARCHITECTURE.md documents it: imports go from higher layers to lower
 ones only (read from the source with ``ast``, so lazy imports inside functions count too), there is no
-import circle, and the public names and documented signatures (API.md) do not change."""
+import circle, and the public names and documented signatures (docs/api/) do not change."""
 
 import ast
 import inspect
@@ -128,7 +128,7 @@ def test_public_names_unchanged():
     assert issubclass(dg.InfeasibleGuidance, __import__("equinox").EquinoxRuntimeError)
 
 
-# documented signatures (API.md): the leading parameters, in order, and the keyword options with defaults
+# documented signatures (docs/api/): the leading parameters, in order, and the keyword options with defaults
 SIGNATURES = {
     "sample": ["score", "process", "x_T", "sampler", "key", "track_logp", "divergence", "solver", "steps", "rtol",
                "atol", "logp_T", "t_start", "t_end", "adjoint", "max_steps", "grid", "options"],

@@ -14,7 +14,7 @@ P = dg.VP()
 
 
 def _hand_reverse_sde(score, x_T, key, times):
-    """Euler-Maruyama of (x, log p) by MATH 4(c), written out step by step over ``times`` (t descending),
+    """Euler-Maruyama of (x, log p) by docs/math.md 4(c), written out step by step over ``times`` (t descending),
     with step i's increment sqrt(dtau) normal(split(k_bm, S)[i]) (the documented key layout)."""
     k_bm, _ = jax.random.split(key)
     keys = jax.random.split(k_bm, len(times) - 1)

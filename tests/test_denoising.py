@@ -1,4 +1,4 @@
-"""Denoising (MATH 9): posterior mean against the mixture's closed form, the mode-tracking ODE against
+"""Denoising (docs/math.md 9): posterior mean against the mixture's closed form, the mode-tracking ODE against
 Newton's method on the denoising density, the HD-ODE as its Gaussian special case, and clear errors."""
 
 import equinox as eqx
@@ -111,7 +111,7 @@ def test_mode_tracking_equals_hd_on_a_gaussian(x64):
 
 
 def test_mode_tracking_logp_and_nfe(x64):
-    """log p tracked along the mode path (MATH 4(b)) equals the exact log p at the end; nfe = cost formula."""
+    """log p tracked along the mode path (docs/math.md 4(b)) equals the exact log p at the end; nfe = cost formula."""
     mix = _mixture(2)
     score, lp = mix.score(PROC), mix.log_prob(PROC)
     t = 0.5

@@ -224,3 +224,23 @@ def test_site_builds_strict(tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert (tmp_path / "site" / "api" / "sampling" / "index.html").exists()
+
+
+def test_no_file_refers_to_the_external_specification():
+    """The mathematics lives in docs/math.md and the public names in dgjax.__all__ / docs/api/: no file of the
+    repository may point at the specification files that are not in it. A grep over every file, skipping only
+    .git, .venv and git-ignored output (caches, *.egg-info, site/, results/, runs/), whose stale copies are not the
+    repository's."""
+    spec, names = "MATH" + ".md", "API" + ".md"
+    short = re.compile(rb"\bMATH [0-9]")  # the old short form: MATH, a space, a section number
+    skip = {".git", ".venv", "__pycache__", "site", ".pytest_cache", ".hypothesis", ".ruff_cache", "results", "runs",
+            "build", "dist"}
+    bad = []
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if d not in skip and not d.endswith(".egg-info")]
+        for name in filenames:
+            path = Path(dirpath) / name
+            data = path.read_bytes()
+            if spec.encode() in data or names.encode() in data or short.search(data):
+                bad.append(path.relative_to(ROOT).as_posix())
+    assert not bad, f"these files refer to {spec}, {names} or 'MATH N' (use docs/math.md, docs/api/): {bad}"

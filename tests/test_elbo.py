@@ -1,4 +1,4 @@
-"""The ELBO (MATH 10) against the oracle: exact score + exact prior = exact log p_{t_min} up to Monte-Carlo
+"""The ELBO (docs/math.md 10) against the oracle: exact score + exact prior = exact log p_{t_min} up to Monte-Carlo
 error; with the standard prior the difference is the prior mismatch; bad input."""
 
 import jax

@@ -1,4 +1,4 @@
-"""Data-set likelihood (dg.evaluate_likelihood, MATH 4): the dequantization protocols against the exact
+"""Data-set likelihood (dg.evaluate_likelihood, docs/math.md 4): the dequantization protocols against the exact
 discrete probabilities of a quantized 2-D Gaussian mixture, the standard-error split, and resume."""
 
 import math

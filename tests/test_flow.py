@@ -1,6 +1,6 @@
 """Flow matching (``dgjax train --objective flow``): the loss falls on a toy set, a killed run resumes exactly,
 the model file records objective / process / parametrization and loads as a velocity model, and the exact
-flow-matching velocity of the Gaussian-mixture oracle converts to its exact score (MATH 2, 8)."""
+flow-matching velocity of the Gaussian-mixture oracle converts to its exact score (docs/math.md 2, 8)."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Log-density along the forward SDE (MATH 4(e)) and the SDE encoder, against the exact mixture log p."""
+"""Log-density along the forward SDE (docs/math.md 4(e)) and the SDE encoder, against the exact mixture log p."""
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +51,7 @@ def _encode(steps, n=64):
 
 def test_sde_encoder_tracks_exact_logp(x64):
     """The encoder is log p_T(x_T) - (r_T - r_0) of forward_sde_logp: its error falling with steps is the
-    forward tracking's (MATH 4(e))."""
+    forward tracking's (docs/math.md 4(e))."""
     rms, corr = [], []
     for steps in (100, 400):
         logp, exact, nfe = _encode(steps)

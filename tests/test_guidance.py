@@ -1,4 +1,4 @@
-"""Guidance on the ODE (issue 3; MATH.md section 5), checked against the Gaussian-mixture oracle.
+"""Guidance on the ODE (issue 3; docs/math.md section 5), checked against the Gaussian-mixture oracle.
 
 Every assertion compares with exact oracle values (log p_t, Laplacian, component variances) or with an
 independent computation (finite differences, scipy's chi quantiles, an evaluation counter). Tests that
@@ -64,7 +64,7 @@ def test_dg_tracked_logp_matches_exact_in_3072_dims(x64):
 
 
 def test_dg_logp_rate_equals_known_rate():
-    """MATH 4(b) applied to the DG drift (what track_logp integrates) is the prescribed rate b."""
+    """docs/math.md 4(b) applied to the DG drift (what track_logp integrates) is the prescribed rate b."""
     d, n = 16, 5
     mix = dg.random_mixture(jax.random.key(3), 3, (d,))
     score, div_u = mix.score(VP), mix.div_pf_drift(VP)
@@ -192,7 +192,7 @@ def test_high_density_sampler_beats_pf_and_tracks_exactly(x64):
 
 
 def test_high_density_phases_and_hd_rate():
-    """Phase layout, and the HD-ODE log-density rate -div u - 1/2 g^2 |s|^2 (MATH 5, from 4(b))."""
+    """Phase layout, and the HD-ODE log-density rate -div u - 1/2 g^2 |s|^2 (docs/math.md 5, from 4(b))."""
     (t0, t1, v), = dg.HighDensity(0.0).phases(VP, 1.0, 0.0)
     assert (t0, t1, v) == (1.0, 0.0, dyn.pf_velocity)
     (t0, t1, hd), = dg.HighDensity(1.0).phases(VP, 1.0, 0.0)
@@ -296,7 +296,7 @@ def test_typicality_statistics_on_exact_samples():
         assert abs(h.std() / pred - 1) < 5 * rel_se, (t, h.std(), pred)
         if t >= 0.75:
             assert abs(h.std() - 1) < 0.15, (t, h.std())
-    assert pred < 0.3  # at t = 0.1 the spread has shrunk well below 1, as MATH 5 predicts
+    assert pred < 0.3  # at t = 0.1 the spread has shrunk well below 1, as docs/math.md 5 predicts
 
 
 def test_typicality_input_checks():

@@ -1,4 +1,4 @@
-"""log_likelihood (PF-ODE encoding, MATH 4) against the exact log p_0, encode-decode round trips, and the
+"""log_likelihood (PF-ODE encoding, docs/math.md 4) against the exact log p_0, encode-decode round trips, and the
 bits/dim convention."""
 
 import math

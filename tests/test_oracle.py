@@ -1,4 +1,4 @@
-"""The Gaussian-mixture oracle (MATH 8) against independent computations: scipy densities, autodiff
+"""The Gaussian-mixture oracle (docs/math.md 8) against independent computations: scipy densities, autodiff
 of its own log-density, and Monte Carlo moments."""
 
 import jax

@@ -1,4 +1,4 @@
-"""Parametrizations (MATH 2): eps / x0 / v / score predictions convert to the same score for any process."""
+"""Parametrizations (docs/math.md 2): eps / x0 / v / score predictions convert to the same score for any process."""
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +37,7 @@ def test_velocity_formula_of_math2(process, x64):
     x0 = (x - s * eps) / a
     v = da * x0 + ds * eps
     np.testing.assert_allclose(dg.score_from(lambda xx, tt: v, process, "v")(x, t), sc, rtol=1e-6, atol=1e-6)
-    # and MATH 2's eps_hat formula
+    # and docs/math.md 2's eps_hat formula
     eps_hat = (a * v - da * x) / (a * ds - da * s)
     np.testing.assert_allclose(eps_hat, eps, rtol=1e-6, atol=1e-6)
 

@@ -1,4 +1,4 @@
-"""Processes (MATH 1): coefficients agree with finite differences and closed forms; the forward SDE's
+"""Processes (docs/math.md 1): coefficients agree with finite differences and closed forms; the forward SDE's
 moments follow alpha and sigma; the prior is the stated Gaussian."""
 
 import math
@@ -30,7 +30,7 @@ def test_f_g2_match_finite_differences(process, x64):
     g2_fd = ds2_fd - 2 * f_fd * s2(t)
     np.testing.assert_allclose(process.f(t), f_fd, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(process.g2(t), g2_fd, rtol=1e-6, atol=1e-8)
-    # g2 = -sigma^2 d lambda / dt, the other form of MATH 1
+    # g2 = -sigma^2 d lambda / dt, the other form of docs/math.md 1
     lam_fd = (process.log_snr(t + h) - process.log_snr(t - h)) / (2 * h)
     np.testing.assert_allclose(process.g2(t), -s2(t) * lam_fd, rtol=1e-6)
     assert jnp.all(process.g2(t) > 0)

@@ -1,4 +1,4 @@
-"""PF-ODE and user-ODE sampling with the tracked log-density, against the exact oracle (MATH 4(a), 4(b), 8)."""
+"""PF-ODE and user-ODE sampling with the tracked log-density, against the exact oracle (docs/math.md 4(a), 4(b), 8)."""
 
 import jax
 import jax.numpy as jnp
@@ -69,7 +69,7 @@ def test_multiple_probes_report_stderr():
 
 
 def test_user_ode_tracking_exact(x64):
-    """MATH 4(b): along dx/dt = u + c(t) s + rotation, the tracked log p matches the exact log p."""
+    """docs/math.md 4(b): along dx/dt = u + c(t) s + rotation, the tracked log p matches the exact log p."""
     p = dg.VP()
     gm = _mixture_2d(jnp.float64)
     lp = gm.log_prob(p)

@@ -109,7 +109,7 @@ def test_four_devices_match_one_reverse_sde_and_padding():
         close(out.x, ref.x, "padded x")
         close(out.logp, ref.logp, "padded logp")
         # a per-sample q is padded along with the batch
-        q = jnp.linspace(0.3, 0.52, 6)  # upward q feasible for D = 8 (MATH 5)
+        q = jnp.linspace(0.3, 0.52, 6)  # upward q feasible for D = 8 (docs/math.md 5)
         ref = dg.sample(score, P, x6, sampler=dg.DensityGuidance(q), steps=8)
         out = dg.sample_sharded(score, P, x6, sampler=dg.DensityGuidance(q), steps=8, pad=True)
         close(out.x, ref.x, "padded per-sample q")
@@ -190,7 +190,7 @@ def _sweep(make_sampler, values, **kw):
 
 
 def test_q_sweep_of_seven_values_compiles_once():
-    qs = [0.2, 0.3, 0.4, 0.45, 0.5, 0.53, 0.56]  # feasible upward: Phi^-1(q) < sqrt(D/2)/20 (MATH 5)
+    qs = [0.2, 0.3, 0.4, 0.45, 0.5, 0.53, 0.56]  # feasible upward: Phi^-1(q) < sqrt(D/2)/20 (docs/math.md 5)
     (mix, score, x_T), outs, first, rest = _sweep(dg.DensityGuidance, qs, track_logp=True, steps=12)
     assert first.count("jit(_sample_program)") == 1, first
     assert rest == [], rest  # the other six values compile nothing at all

@@ -72,7 +72,7 @@ def test_logp_vs_q(run_script):
         rows = list(csv.DictReader(fh))
     assert {r["method"] for r in rows} == {"pfode", "dg", "pg"}
     assert sum(r["method"] == "pg" for r in rows) == 7                     # every q of the issue
-    # q >= 0.7 is refused on digits (MATH 5 feasibility: ~113 Phi^-1(q) nats against ~D/2 = 32)
+    # q >= 0.7 is refused on digits (docs/math.md 5 feasibility: ~113 Phi^-1(q) nats against ~D/2 = 32)
     assert {float(r["q"]) for r in rows if r["status"] == "infeasible"} >= {0.9, 0.95}
 
 

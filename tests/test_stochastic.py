@@ -1,4 +1,4 @@
-"""Stochastic sampling with the log-density tracked (MATH 4(c), 4(d), 5) against the exact oracle."""
+"""Stochastic sampling with the log-density tracked (docs/math.md 4(c), 4(d), 5) against the exact oracle."""
 
 import diffrax as dfx
 import jax
@@ -100,7 +100,7 @@ def test_keys_reproduce_paths(brownian):
 
 
 def test_user_sde_reproduces_reverse_sde():
-    """dg.SDE with the reverse SDE's own drift and diffusion gives the same path and log-density (MATH 4(d)
+    """dg.SDE with the reverse SDE's own drift and diffusion gives the same path and log-density (docs/math.md 4(d)
     reduces to 4(c)): the Hutchinson estimates of div u and tr(G G^T H) cancel exactly."""
     gm = dg.random_mixture(jax.random.key(3), 3, (32,))
     x_T = P.prior_sample(jax.random.key(4), (8, 32))
@@ -152,7 +152,7 @@ def _dg_setup():
 
 @pytest.mark.parametrize("exact", [True, False])
 def test_dg_sde_tracked_matches_exact(exact):
-    """DG-SDE, late window 0.3 on lambda in (-3, 9), q = 0.6 (feasible in D = 64): tracked log p (MATH 4(d) rate,
+    """DG-SDE, late window 0.3 on lambda in (-3, 9), q = 0.6 (feasible in D = 64): tracked log p (docs/math.md 4(d) rate,
     which for the published form includes its deviation) matches the exact log p_{t_min}; measured about 2e-3
     per dimension at 1000 steps."""
     gm, x_T = _dg_setup()

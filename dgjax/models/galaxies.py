@@ -9,7 +9,7 @@ exp(-t/2), sigma_t^2 = 1 - exp(-t), t in [1e-3, 10], prior N(0, (1 - e^-10) I).
 Spaces. The network space is y = log(x + 1) / 0.1 of the image flux x. Samples (``dg.sample``) and every
 log p dgjax reports are in y-space (the density the network defines); ``model.transform`` is the
 ``dg.log_transform(0.1, 1)`` change of variables, and ``model.data_log_prob(logp_y, y)`` gives log p of the
-flux, log p_Y(y) + sum_i log|dy/dx_i| (MATH.md section 4). dgjax's image layout is (N, H, W, 1); the adapter
+flux, log p_Y(y) + sum_i log|dy/dx_i| (docs/math.md section 4). dgjax's image layout is (N, H, W, 1); the adapter
 transposes to galaxygrad's (1, H, W).
 
 Only galaxygrad 0.1.5 is accepted: it ships the weights in its wheel (later versions download them at run

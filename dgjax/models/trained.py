@@ -109,7 +109,7 @@ class TrainedModel(Model):
         return out.astype(x.dtype)
 
     def score(self, x, t):
-        """The score from the network's prediction (``dg.score_from``, MATH.md section 2), like x."""
+        """The score from the network's prediction (``dg.score_from``, docs/math.md section 2), like x."""
         return score_from(self.apply, self.process, self.parametrization)(x, t)
 
     @property

@@ -1,4 +1,4 @@
-"""Guidance on the ODE (MATH.md section 5): density guidance, prior guidance, the high-density sampler
+"""Guidance on the ODE (docs/math.md section 5): density guidance, prior guidance, the high-density sampler
 and the typicality statistic.
 
     DG-ODE, custom rate b_t(x):   v = u + (div u + b) / |s|^2 * s        =>  d/dt log p_t(x_t) = b
@@ -11,16 +11,16 @@ and the typicality statistic.
 q means the same everywhere in dgjax: the quantile of log-density; q > 0.5 raises log p (smoother, less
 detail), q < 0.5 lowers it (more detail), q = 0.5 is the median behaviour.
 
-Log-density tracking (``dg.sample(..., track_logp=True)``) uses the generic rate of MATH 4(b),
+Log-density tracking (``dg.sample(..., track_logp=True)``) uses the generic rate of docs/math.md 4(b),
 ``-div u + s . (v - u)``, which for these drifts equals the known rate b exactly (up to the |s| floor
 below), so the reported log p is the one the guidance prescribes, integrated along the actual path.
 
-Numerical guard (MATH 7). The coefficient of s in the guidance correction, ``(div u + b) / |s|^2``
+Numerical guard (docs/math.md 7). The coefficient of s in the guidance correction, ``(div u + b) / |s|^2``
 (quantile form: ``eta - 1 = sqrt(2D) Phi^{-1}(q) / |sigma s|^2``), has its denominator floored so that it
 never exceeds ``COEF_CAP = 1e12`` in magnitude; an exactly-zero score therefore gives a finite velocity,
 never a NaN.
 
-Feasibility (MATH 5). Upward guidance (b above the PF-ODE rate -div u) moves x toward a mode of p_t;
+Feasibility (docs/math.md 5). Upward guidance (b above the PF-ODE rate -div u) moves x toward a mode of p_t;
 once the remaining log-density head-room is used up, |s| -> 0, eta blows up and the path is meaningless.
 The head-room left at x is bounded above by ``1/2 c_max |s|^2`` (exact for a Gaussian: 1/2 s^T C s, C the
 local covariance), with ``c_max = alpha_t^2 data_scale^2 + sigma_t^2`` an upper bound on the local
@@ -32,7 +32,7 @@ The guidance demands ``kappa = -2 sigma^2 / g^2 (div u + b)`` nats per unit of l
 
 and otherwise raises a runtime error (``equinox.error_if``, also under jit) naming the cause: the head-room
 is less than what ``feasibility_tol`` units of log-SNR of guidance require. At high noise (c_max ~ sigma^2)
-this is MATH 5's test "|sigma s|^2 small against sqrt(2D)|Phi^{-1}(q)|"; the alpha^2 data_scale^2 term
+this is docs/math.md 5's test "|sigma s|^2 small against sqrt(2D)|Phi^{-1}(q)|"; the alpha^2 data_scale^2 term
 keeps it from firing at low noise on feasible paths, where |sigma s|^2 -> sum_i sigma^2/c_i -> 0 although
 the head-room (about D/2) is intact. ``feasibility_tol=0`` disables the check (the floor still applies).
 """
@@ -138,7 +138,7 @@ def chi_radius(q, dim: int):
 
 
 def prior_radius(process, q, dim: int):
-    """The latent radius of prior guidance at quantile q (MATH 5): ``sigma_T chi.ppf(1 - q, df=D)``; q = 0.5 is
+    """The latent radius of prior guidance at quantile q (docs/math.md 5): ``sigma_T chi.ppf(1 - q, df=D)``; q = 0.5 is
     the median radius density guidance starts from. q scalar or (N,)."""
     return process.sigma(process.t_max) * chi_radius(1.0 - q, dim)
 
@@ -157,7 +157,7 @@ def _rescale(x_T, radius):
 # ------------------------------------------------------------------------------------------------------
 def quantile_velocity(coeffs, x: Float[Array, "N *shape"], s: Float[Array, "N *shape"], q, *, data_scale: float = 1.0,
                       feasibility_tol: float = 1.0) -> Float[Array, "N *shape"]:
-    """DG-ODE velocity, quantile form (MATH 5): ``v = f x - 1/2 g^2 eta s``,
+    """DG-ODE velocity, quantile form (docs/math.md 5): ``v = f x - 1/2 g^2 eta s``,
     ``eta = 1 + sqrt(2D) Phi^{-1}(q) / |sigma s|^2`` (floored, module docstring), with the feasibility check.
 
     coeffs: ``process.coefficients(t)``; x, s: (N, *shape); q: scalar or (N,). Returns dx/dt like x.
@@ -173,7 +173,7 @@ def quantile_velocity(coeffs, x: Float[Array, "N *shape"], s: Float[Array, "N *s
 def rate_velocity(coeffs, x: Float[Array, "N *shape"], s: Float[Array, "N *shape"], div_u: Float[Array, " N"],
                   b: Float[Array, " N"], *, data_scale: float = 1.0,
                   feasibility_tol: float = 1.0) -> Float[Array, "N *shape"]:
-    """DG-ODE velocity for a custom rate b (N,) (MATH 5): ``v = u + (div u + b) / |s|^2 s``, so that
+    """DG-ODE velocity for a custom rate b (N,) (docs/math.md 5): ``v = u + (div u + b) / |s|^2 s``, so that
     d/dt log p_t(x_t) = b; ``div_u`` (N,) is the PF-ODE divergence at (x, t). Returns dx/dt like x."""
     _, sigma, _, g2 = coeffs
     excess = div_u + b.astype(x.dtype)  # (N,)
@@ -184,7 +184,7 @@ def rate_velocity(coeffs, x: Float[Array, "N *shape"], s: Float[Array, "N *shape
 
 
 def log_density_shift(process, q, dim: int, t_start=None, t_end=None):
-    """The log-density offset the quantile form adds over [t_end, t_start] relative to q = 0.5 (MATH 5):
+    """The log-density offset the quantile form adds over [t_end, t_start] relative to q = 0.5 (docs/math.md 5):
     ``1/2 (lambda(t_end) - lambda(t_start)) sqrt(2D) Phi^{-1}(q)`` (defaults: the process's full range)."""
     t_start = process.t_max if t_start is None else t_start
     t_end = process.t_min if t_end is None else t_end
@@ -196,7 +196,7 @@ def log_density_shift(process, q, dim: int, t_start=None, t_end=None):
 # prior guidance
 # ------------------------------------------------------------------------------------------------------
 def prior_guidance(process, x_T: Float[Array, "N *shape"], q) -> Float[Array, "N *shape"]:
-    """Prior guidance (latent rescaling, MATH 5): ``x_T <- x_T * sigma_T * r / |x_T|`` per sample, with
+    """Prior guidance (latent rescaling, docs/math.md 5): ``x_T <- x_T * sigma_T * r / |x_T|`` per sample, with
     ``r = chi.ppf(1 - q, df=D)``.
 
     q is the dgjax log-density quantile: q > 0.5 gives a smaller radius, a higher log p_T and (through the
@@ -220,7 +220,7 @@ def prior_guidance(process, x_T: Float[Array, "N *shape"], q) -> Float[Array, "N
 # samplers
 # ------------------------------------------------------------------------------------------------------
 class DensityGuidance(ODESampler):
-    """Density guidance on the PF-ODE (DG-ODE, MATH 5).
+    """Density guidance on the PF-ODE (DG-ODE, docs/math.md 5).
 
     Quantile form (``rate=None``): ``v = f x - 1/2 g^2 eta s``, ``eta = 1 + sqrt(2D) Phi^{-1}(q) / |sigma s|^2``
     -- exactly one score evaluation per step when log p is not tracked, like the PF-ODE. It prescribes
@@ -248,7 +248,7 @@ class DensityGuidance(ODESampler):
         guidance far from q = 0.5 does in either direction. None (default): not checked.
 
     With ``track_logp=True`` dg.sample reports log p along the guided path through the generic rate of
-    MATH 4(b), which equals the known rate b here.
+    docs/math.md 4(b), which equals the known rate b here.
     """
 
     q: Array
@@ -300,7 +300,7 @@ class DensityGuidance(ODESampler):
         return _rescale(x_T, prior_radius(process, 0.5, event_dim(x_T)))
 
     def log_density_shift(self, process, dim: int, t_start=None, t_end=None):
-        """``log_density_shift(process, self.q, dim, t_start, t_end)`` (MATH 5, feasibility)."""
+        """``log_density_shift(process, self.q, dim, t_start, t_end)`` (docs/math.md 5, feasibility)."""
         return log_density_shift(process, self.q, dim, t_start, t_end)
 
     def velocity(self, coeffs, x, s, *, t, div_u=None, **_):
@@ -317,11 +317,11 @@ class DensityGuidance(ODESampler):
 
 
 class HighDensity(ODESampler):
-    """The high-density sampler (MATH 5): the PF-ODE from t_start (t_max) down to ``t_switch``, then the
+    """The high-density sampler (docs/math.md 5): the PF-ODE from t_start (t_max) down to ``t_switch``, then the
     HD-ODE ``dx/dt = f x - g^2 s`` (the reverse SDE's drift without noise) to t_end (t_min).
 
     A larger t_switch (an earlier switch along sampling) gives higher-density, smoother samples. Both
-    phases cost one score evaluation per step; the tracked log-density follows MATH 4(b): on the HD phase
+    phases cost one score evaluation per step; the tracked log-density follows docs/math.md 4(b): on the HD phase
     ``d/dt log p = -div u - 1/2 g^2 |s|^2``.
 
     Args:
@@ -370,7 +370,7 @@ class HighDensity(ODESampler):
 # ------------------------------------------------------------------------------------------------------
 def typicality(score: Callable, process, x: Float[Array, "N *shape"], t, *, key=None,
                divergence: DivergenceEstimator | None = None) -> Float[Array, " N"]:
-    """The typicality statistic of MATH 5: ``h_t(x) = sigma_t^2 (Lap log p_t(x) + |s|^2) / sqrt(2D)``.
+    """The typicality statistic of docs/math.md 5: ``h_t(x) = sigma_t^2 (Lap log p_t(x) + |s|^2) / sqrt(2D)``.
 
     For x ~ p_t, E[h] = 0 exactly; h is close to N(0, 1) where sigma_t^2 dominates the data variance, and
     its spread shrinks toward 0 as t -> 0 on full-rank data (std about sqrt(mean_i (sigma^2 / c_i)^2), c_i

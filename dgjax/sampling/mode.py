@@ -1,4 +1,4 @@
-"""The mode-tracking ODE (MATH.md section 9; Cartoonists, Thm 5 and Fig. 1): a sampler that follows the
+"""The mode-tracking ODE (docs/math.md section 9; Cartoonists, Thm 5 and Fig. 1): a sampler that follows the
 mode of the denoising density p(x_s | x_t) from an observed x_t at s = t down to t_end (``dg.denoise``,
 ``dgjax.denoising``, wraps it).
 
@@ -16,7 +16,7 @@ and ``I - c H`` is positive definite exactly while H_q is negative definite (the
 from conjugate gradients (lineax ``CG``) on that operator, matrix-free with Hessian-vector products
 (JVPs of the score). grad Lap is the gradient of the divergence estimator's Laplacian: exact with
 ``dg.Exact()`` (small D), or the gradient of a Hutchinson estimate ``v^T H v`` with probes held fixed
-along the path. Dropping the last term is the HD-ODE (MATH 5), exact when p_0 is Gaussian.
+along the path. Dropping the last term is the HD-ODE (docs/math.md 5), exact when p_0 is Gaussian.
 
 The velocity needs the score *function* (Hessian-vector products), not only its value at (x, t): it gets
 it, with the divergence estimator and the solve's probes, as the keywords ``score``, ``divergence`` and
@@ -45,7 +45,7 @@ from .ode import ODESampler
 _BIFURCATION_MSG = (
     "mode tracking: the denoising density p(x_s | x_t) lost its negative-definite Hessian at the tracked "
     "mode (H_q = H - (a^2/v) I is no longer negative definite): the mode bifurcates or vanishes here "
-    "(MATH.md section 9), and the ODE cannot be continued through it. Stop earlier (a larger t_end), start "
+    "(docs/math.md section 9), and the ODE cannot be continued through it. Stop earlier (a larger t_end), start "
     "from a smaller t, or use method='hd' (the HD-ODE approximation, defined everywhere). (An improper score, "
     "e.g. one that grows with |x|, has no mode to follow and stops here too.)")
 def _solve_msg(solver) -> str:
@@ -122,7 +122,7 @@ def krylov_solver(linear_solver: str, steps: int, cg_tol: float, dim: int) -> lx
 def mode_correction(score_fn: Callable, laplacian_fn: Callable, x, c, *, cg_steps: int | None = None, cg_tol: float,
                     check: str, symmetrize: bool = False, linear_solver: str | lx.AbstractLinearSolver = "cg",
                     lanczos_steps: int = LANCZOS_STEPS):
-    """z = (I - c H)^{-1} grad Lap(x) per sample (MATH 9), with the checks described in ``ModeTracking``.
+    """z = (I - c H)^{-1} grad Lap(x) per sample (docs/math.md 9), with the checks described in ``ModeTracking``.
 
     score_fn(z (N, *shape)) -> like z; laplacian_fn(z) -> (N,) (per sample, so the gradient of the sum is
     the per-sample gradient). c scalar >= 0. Returns z like x.
@@ -225,7 +225,7 @@ def solver_hvps(solver: lx.AbstractLinearSolver) -> int:
 
 
 def mode_drift(coeffs, x, s, z, c):
-    """The mode-tracking drift ``f y - g^2 s + 1/2 g^2 c z`` (MATH 9; the HD-ODE drift when c z = 0)."""
+    """The mode-tracking drift ``f y - g^2 s + 1/2 g^2 c z`` (docs/math.md 9; the HD-ODE drift when c z = 0)."""
     _, _, _, g2 = coeffs
     return dyn.hd_drift(coeffs, x, s) + 0.5 * bcast(g2 * c, x) * z
 
@@ -239,9 +239,9 @@ def _py_scalar(v):
 
 
 class ModeTracking(ODESampler):
-    """The mode-tracking ODE (MATH 9) as a ``dg.sample`` sampler: started at x_t at ``t_start`` (any time),
+    """The mode-tracking ODE (docs/math.md 9) as a ``dg.sample`` sampler: started at x_t at ``t_start`` (any time),
     it follows the mode of ``p(x_s | x_t)`` down to t_end. ``dg.sample(score, process, x_t,
-    sampler=dg.ModeTracking(), t_start=t, ...)``; ``track_logp`` follows MATH 4(b) with v = this drift (give
+    sampler=dg.ModeTracking(), t_start=t, ...)``; ``track_logp`` follows docs/math.md 4(b) with v = this drift (give
     ``logp_T`` = log p_t(x_t), e.g. from ``dg.denoise(..., track_logp=True)`` which computes it).
 
     grad Lap uses ``dg.sample``'s ``divergence``: ``dg.Exact()`` (exact, small D) or ``dg.Hutchinson(K)``

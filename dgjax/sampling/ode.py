@@ -11,7 +11,7 @@ evaluation; ``div_u`` (N,) is the PF-ODE divergence when the sampler ``needs_div
 uses the keywords ``score`` (the function ``score(x, t)``), ``divergence`` (the estimator) and ``probes``
 (the solve's probes, fixed along the path; None unless ``cost`` declares a divergence pass); the others
 ignore them (``**_``). ``ODESampler.integrate`` (called by ``dg.sample``) integrates each phase with
-diffrax, with the augmented state ``(x, log p per probe)`` when ``track_logp`` (MATH.md section 4(a)/(b)).
+diffrax, with the augmented state ``(x, log p per probe)`` when ``track_logp`` (docs/math.md section 4(a)/(b)).
 """
 
 import abc
@@ -48,7 +48,7 @@ class ODESampler(AbstractSampler):
 
 
 class PFODE(ODESampler):
-    """The probability-flow ODE dx/dt = f x - 1/2 g^2 s (MATH 3); log-density rate -div u (MATH 4(a))."""
+    """The probability-flow ODE dx/dt = f x - 1/2 g^2 s (docs/math.md 3); log-density rate -div u (docs/math.md 4(a))."""
 
     needs_divergence: ClassVar[bool] = False
 
@@ -57,7 +57,7 @@ class PFODE(ODESampler):
 
 
 class ODE(ODESampler):
-    """User dynamics dx/dt = drift(x, t, s) with the log-density tracked by MATH 4(b):
+    """User dynamics dx/dt = drift(x, t, s) with the log-density tracked by docs/math.md 4(b):
     d/dt log p_t(x_t) = -div u + s . (v - u).
 
     ``drift(x (N, *shape), t scalar, s (N, *shape)) -> v (N, *shape)`` receives the score at (x, t)

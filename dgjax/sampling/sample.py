@@ -40,7 +40,7 @@ def sample(score: Callable | AbstractModel, process=None, x_T: Float[Array, "N *
         (``dg.ReverseSDE()``, ``dg.SDE(drift, diffusion)``, ``dg.StochasticDensityGuidance(q, noise)``).
       key: PRNG key; needed for Hutchinson probes when tracking (one key per sample is split from it)
         and for the Brownian path of stochastic samplers.
-      track_logp: integrate log p_t(x_t) along the path (MATH 4) and return it in ``Sample.logp``.
+      track_logp: integrate log p_t(x_t) along the path (docs/math.md 4) and return it in ``Sample.logp``.
       divergence: ``dg.Hutchinson(num_probes=1)`` (default) or ``dg.Exact()``.
       solver: any diffrax ODE solver (default ``diffrax.Tsit5()``); for SDE samplers ``diffrax.Euler()``
         (Euler-Maruyama, the default) or a Stratonovich solver where the sampler allows it.

@@ -1,15 +1,15 @@
-"""Stochastic samplers with the log-density tracked (MATH.md sections 4(c), 4(d), 5).
+"""Stochastic samplers with the log-density tracked (docs/math.md sections 4(c), 4(d), 5).
 
 Every SDE here is solved in reverse time tau = t_start - t (d tau = -dt > 0), as the Ito SDE
 
     dx = -v_t(x) d tau + G dW,        (v in forward-time units, as for ODEs)
 
-with the log-density of MATH 4(d) carried along in the same diffrax solve, driven by the *same*
+with the log-density of docs/math.md 4(d) carried along in the same diffrax solve, driven by the *same*
 Brownian increment dW that moves x:
 
     d log p_t(x_t) = [div u - s.(v - u) + 1/2 tr(G G^T H)] d tau + s . G dW.
 
-- ``ReverseSDE()``: v = f x - g^2 s, G = g I, so (MATH 4(c)) d log p = [f D + 1/2 g^2 |s|^2] d tau + g s.dW:
+- ``ReverseSDE()``: v = f x - g^2 s, G = g I, so (docs/math.md 4(c)) d log p = [f D + 1/2 g^2 |s|^2] d tau + g s.dW:
   no divergence, no Laplacian -- tracking is free (the score is already computed). Default scheme
   ``"ito"``: Euler-Maruyama on the pair (x, log p). Option ``scheme="stratonovich"``: the same SDE in
   Stratonovich form, d log p = [div u + 1/2 g^2 |s|^2] d tau + g s o dW (Ito-to-Stratonovich correction
@@ -17,14 +17,14 @@ Brownian increment dW that moves x:
   two evaluations per step (each: 1 score + the divergence estimator's JVPs). ``diffrax.ReversibleHeun``
   is refused: on this SDE its samples diverge (mean exact log p -3.3e6 at 124 steps, -2347 at 8000,
   against -30.9 for true samples; its PF-ODE use is fine). Option ``scheme="milstein"``: Euler-Maruyama
-  with the pathwise Milstein term of MATH 4(c). The midpoint-type evaluation of g s o dW captures the pathwise Ito term 1/2 g^2 dW^T H dW
+  with the pathwise Milstein term of docs/math.md 4(c). The midpoint-type evaluation of g s o dW captures the pathwise Ito term 1/2 g^2 dW^T H dW
   that Euler-Maruyama replaces by its mean; the price is the Laplacian in the drift (the divergence
   estimator's JVPs: one per Hutchinson probe). Measured in benchmarks/bench_sde.py.
 - ``SDE(drift, diffusion)``: user dynamics; tr(G G^T H) and div u by Hutchinson probes (2K JVPs).
 - ``StochasticDensityGuidance(q, noise, exact=False)``: G = phi P with P = I - s s^T/|s|^2 (noise
-  orthogonal to the score, so log p has no noise term) and the drift of MATH 5,
+  orthogonal to the score, so log p has no noise term) and the drift of docs/math.md 5,
   v_S = v_DG + 1/2 phi^2 tr(P H P) / |s|^2 s, phi = phi_tilde(t) g(t); tr(PHP) = Lap - s^T H s/|s|^2
-  (``exact=True``) or Lap alone (the published form). The tracked log p uses the MATH 4(d) rate, so with
+  (``exact=True``) or Lap alone (the published form). The tracked log p uses the docs/math.md 4(d) rate, so with
   the published form it reports the true deviation from the schedule (1/2 phi^2 s^T H s / |s|^2 per unit
   tau), never hides it.
 
@@ -154,7 +154,7 @@ def _linear_increment(vf, dt, dw, track: bool):
 
 
 class ItoScheme(ReverseSDEScheme):
-    """Euler-Maruyama on the pair (x, log p) (MATH 4(c)): d log p = [f D + 1/2 g^2 |s|^2] dtau + g s.dW; 1 score
+    """Euler-Maruyama on the pair (x, log p) (docs/math.md 4(c)): d log p = [f D + 1/2 g^2 |s|^2] dtau + g s.dW; 1 score
     evaluation per step, tracking free."""
 
     name: ClassVar[str] = "ito"
@@ -177,7 +177,7 @@ class ItoScheme(ReverseSDEScheme):
     def increment(self, vf, dt, dw, track):
         if not track:
             return _linear_increment(vf, dt, dw, track)
-        # MATH 4(c), Ito: d log p = f D dtau + s . (1/2 g^2 s dtau + g dW): one (N,) dot product per step.
+        # docs/math.md 4(c), Ito: d log p = f D dtau + s . (1/2 g^2 s dtau + g dW): one (N,) dot product per step.
         # g dW is read back from dx: XLA (CPU) otherwise fuses the Gaussian draw (threefry bits -> erf_inv) into
         # both consumers, x's update and the dot, and computes it twice (109 erf_inv ops instead of 56 in the
         # compiled HLO, D = 3072); jax.lax.optimization_barrier does not stop this, XLA expands it away first.
@@ -214,7 +214,7 @@ class StratonovichScheme(ReverseSDEScheme):
 
 
 class MilsteinScheme(ReverseSDEScheme):
-    """Euler-Maruyama plus the pathwise term 1/2 g^2 (dW^T H dW - Lap dtau) of MATH 4(c) along the increment
+    """Euler-Maruyama plus the pathwise term 1/2 g^2 (dW^T H dW - Lap dtau) of docs/math.md 4(c) along the increment
     that moves x: per step 1 score + K JVPs (Lap) + 1 JVP (H dW) when tracking."""
 
     name: ClassVar[str] = "milstein"
@@ -240,7 +240,7 @@ class MilsteinScheme(ReverseSDEScheme):
     def increment(self, vf, dt, dw, track):
         if not track:
             return _linear_increment(vf, dt, dw, track)
-        # MATH 4(c) + Milstein: d log p = [f D + 1/2 g^2 (|s|^2 - Lap)] dtau + g s.dW + 1/2 (g dW)^T H (g dW)
+        # docs/math.md 4(c) + Milstein: d log p = [f D + 1/2 g^2 (|s|^2 - Lap)] dtau + g s.dW + 1/2 (g dW)^T H (g dW)
         a_x, a_l, (g, s, jvp) = vf
         dx = a_x * dt + g * dw
         gdw = dx - a_x * dt  # read back from dx: one Gaussian draw per step (see ItoScheme.increment)
@@ -262,7 +262,7 @@ def _to_scheme(scheme) -> ReverseSDEScheme:
 
 
 class ReverseSDE(SDESampler):
-    """The reverse SDE dx = [f x - g^2 s] dt + g dW_bar (MATH 3) with free log-density tracking (MATH 4(c)).
+    """The reverse SDE dx = [f x - g^2 s] dt + g dW_bar (docs/math.md 3) with free log-density tracking (docs/math.md 4(c)).
 
     Args:
       scheme: ``"ito"`` / ``ItoScheme()`` (default; Euler-Maruyama, 1 score evaluation per step, tracking free),
@@ -271,7 +271,7 @@ class ReverseSDE(SDESampler):
         (default) and ``diffrax.Midpoint()``, 2 evaluations per step, each 1 score + K JVPs for K probes;
         ``diffrax.ReversibleHeun`` is refused, its reverse-SDE samples diverge), or ``"milstein"`` /
         ``MilsteinScheme()`` (Euler-Maruyama plus the pathwise term 1/2 g^2 (dW^T H dW - Lap dtau) of
-        MATH 4(c) along the increment that moves x: per step 1 score + K JVPs (Lap) + 1 JVP (H dW); tracking
+        docs/math.md 4(c) along the increment that moves x: per step 1 score + K JVPs (Lap) + 1 JVP (H dW); tracking
         only). The scheme decides the solver kind (diffrax's ``AbstractItoSolver`` or
         ``AbstractStratonovichSolver``) and the vector field.
       brownian: ``"auto"``, ``"steps"``, ``"unsafe"`` or ``"virtual"`` (module docstring).
@@ -305,7 +305,7 @@ class ReverseSDE(SDESampler):
 
 class SDE(SDESampler):
     """User SDE, in forward-time units: dx = drift dt + G dW_bar (integrated from t_start down to t_end),
-    i.e. the Ito SDE dx = -drift d tau + G dW in reverse time, with log p tracked by MATH 4(d).
+    i.e. the Ito SDE dx = -drift d tau + G dW in reverse time, with log p tracked by docs/math.md 4(d).
 
     ``drift(x, t, s) -> v`` (like x) and ``diffusion(x, t, s, dw) -> G dw`` (like x, linear in dw: a
     matrix-free G) both receive the score s at (x, t), already evaluated. Tracking costs 2K JVPs per step
@@ -360,14 +360,14 @@ def _check_noise_fn(noise, process, dtype):
 
 
 class StochasticDensityGuidance(SDESampler):
-    """Stochastic density guidance (DG-SDE, MATH 5): density guidance with noise orthogonal to the score.
+    """Stochastic density guidance (DG-SDE, docs/math.md 5): density guidance with noise orthogonal to the score.
 
         dx = v_S dt + phi P dW_bar,   P = I - s s^T / |s|^2,   phi = phi_tilde(t) g(t)
         v_S = v_DG + 1/2 phi^2 tr(P H P) / |s|^2 s
 
     so that d/dt log p_t(x_t) = b_t exactly: the log-density follows the guidance schedule along every
     noisy path. ``exact=False`` (the published method) uses Lap for tr(PHP); ``exact=True`` subtracts
-    s^T H s / |s|^2 (one JVP more per step). With ``track_logp`` the rate of MATH 4(d) is integrated, so
+    s^T H s / |s|^2 (one JVP more per step). With ``track_logp`` the rate of docs/math.md 4(d) is integrated, so
     the published form's deviation from the schedule shows up in the tracked value.
 
     Args:
@@ -433,7 +433,7 @@ class StochasticDensityGuidance(SDESampler):
         v_s = v_dg + bcast(0.5 * phi2 * tr_php * inv_s_sq, x) * s
         a_l = None
         if track:
-            # MATH 4(d) with G = phi P: s.P dW = 0, tr(G G^T H) = phi^2 (Lap - s^T H s/|s|^2)
+            # docs/math.md 4(d) with G = phi P: s.P dW = 0, tr(G G^T H) = phi^2 (Lap - s^T H s/|s|^2)
             u = dyn.pf_drift(coeffs, x, s)
             a_l = div_u - batch_dot(s, v_s - u) + 0.5 * phi2 * (lap - shs)
         s_hat = s * bcast(jnp.sqrt(inv_s_sq), x)

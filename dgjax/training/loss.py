@@ -70,7 +70,7 @@ def make_loss_fn(cfg: TrainConfig, net, dim: int):
 
 
 def flow_matching_loss_fn(cfg: TrainConfig, net, dim: int):
-    """The flow-matching (conditional velocity) loss on ``dg.LinearFlow`` (MATH 2; Lipman et al. 2023,
+    """The flow-matching (conditional velocity) loss on ``dg.LinearFlow`` (docs/math.md 2; Lipman et al. 2023,
     Liu et al. 2023): with ``t ~ U[t_min, t_max]`` (uniform time sampling, t_min = 1 - t_max = 1e-3) and
     ``x_t = (1 - t) x + t eps``, the velocity target is ``d x_t / dt = eps - x`` and
 
