@@ -76,16 +76,17 @@ def sample(score: Callable | AbstractModel, process=None, x_T: Float[Array, "N *
                             max_steps=max_steps, grid=grid)
     check_common(process, divergence, key, options)
     x_T = check_finite(check_batch(x_T, "x_T"), "x_T")
+    start_given = t_start is not None
     t_start = process.t_max if t_start is None else t_start
     t_end = process.t_min if t_end is None else t_end
     x_T, t_start, t_end = check_span(process, t_start, t_end, x_T, names=("t_start", "t_end"),
                                      why="sampling runs from noise to data")
     check_score_fn(score, x_T, jnp.asarray(t_start, dtype=x_T.dtype))
-    if track_logp and logp_T is None and not (is_concrete(jnp.asarray(t_start))
-                                              and float(t_start) == float(process.t_max)):
+    if track_logp and logp_T is None and start_given and is_concrete(jnp.asarray(t_start)) \
+            and float(t_start) != float(process.t_max):
         # the default start, the prior's log-density, is log p_{t_max}: at another t_start it is not p_{t_start}
-        at = f"t_start = {t_start}" if is_concrete(jnp.asarray(t_start)) else "a traced t_start"
-        raise InvalidArgument(f"logp_T: track_logp from {at} (not t_max = {process.t_max}) needs "
+        # (a traced t_start cannot be told apart from t_max before the run; the default t_start is t_max)
+        raise InvalidArgument(f"logp_T: track_logp from t_start = {t_start} (not t_max = {process.t_max}) needs "
                               f"the log-density there: pass logp_T = log p_t_start(x_T) ((N,) or a callable; e.g. "
                               f"dg.log_likelihood's encoding from t_start, or the oracle's), since the default "
                               f"prior N(0, sigma_T^2 I) is p at t_max only")
