@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array
 import numpy as np
 
 from ._io import atomic_write
@@ -41,8 +42,6 @@ from .quantization import Quantization
 from .divergence import DivergenceEstimator, Exact, Hutchinson
 from .errors import InvalidArgument
 from .solve import SolveOptions
-
-Array = jax.Array
 
 __all__ = ["Dequantization", "UniformDequantization", "ImportanceDequantization", "StandardErrors",
            "DatasetLikelihood", "evaluate_likelihood", "evaluate_log_density"]
