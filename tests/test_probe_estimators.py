@@ -83,3 +83,19 @@ def test_stepwise_needs_constant_steps(mixture):
     out = dg.log_likelihood(mixture.score(p), p, x, key=jax.random.key(0), divergence=dg.StepwiseHutchinson(),
                             steps=8, grid="log_snr")
     assert np.all(np.isfinite(np.asarray(out.logp)))
+
+
+@pytest.mark.parametrize("est", [dg.OrthogonalHutchinson(2), dg.StepwiseHutchinson(2)], ids=["orthogonal", "stepwise"])
+def test_estimators_match_the_oracle_log_likelihood(mixture, est):
+    """Gaussian-mixture oracle (D = 16): the PF-ODE log-likelihood with each new estimator is unbiased for the
+    exact log p_0 (mean over 32 probe keys within 3 standard errors plus the solver's own error, measured with
+    the exact divergence on the same steps)."""
+    p = dg.VP()
+    x0 = mixture.sample(jax.random.key(5), 2)
+    exact = np.asarray(mixture.log_prob(p)(x0, p.t_min))
+    ref = np.asarray(dg.log_likelihood(mixture.score(p), p, x0, divergence=dg.Exact(), steps=32).logp)
+    x = jnp.repeat(x0, 32, axis=0)
+    v = np.asarray(dg.log_likelihood(mixture.score(p), p, x, key=jax.random.key(6), divergence=est,
+                                     steps=32).logp).reshape(2, 32)
+    se = v.std(axis=1, ddof=1) / np.sqrt(32)
+    assert np.all(np.abs(v.mean(axis=1) - exact) < 3 * se + np.abs(ref - exact) + 1e-3), (v.mean(axis=1), exact, se)
