@@ -193,10 +193,11 @@ def test_high_density_sampler_beats_pf_and_tracks_exactly(x64):
 
 def test_high_density_phases_and_hd_rate():
     """Phase layout, and the HD-ODE log-density rate -div u - 1/2 g^2 |s|^2 (docs/math.md 5, from 4(b))."""
-    (t0, t1, v), = dg.HighDensity(0.0).phases(VP, 1.0, 0.0)
-    assert (t0, t1, v) == (1.0, 0.0, dyn.pf_velocity)
-    (t0, t1, hd), = dg.HighDensity(1.0).phases(VP, 1.0, 0.0)
-    assert (t0, t1) == (1.0, 0.0)
+    # always two phases (the same layout as a traced t_switch); one of zero length at the ends
+    (t0, t1, v), (z0, z1, _) = dg.HighDensity(0.0).phases(VP, 1.0, 0.0)
+    assert (t0, t1, v, z0, z1) == (1.0, 0.0, dyn.pf_velocity, 0.0, 0.0)
+    (z0, z1, _), (t0, t1, hd) = dg.HighDensity(1.0).phases(VP, 1.0, 0.0)
+    assert (z0, z1, t0, t1) == (1.0, 1.0, 1.0, 0.0) and hd is not dyn.pf_velocity
     (a0, a1, va), (b0, b1, vb) = dg.HighDensity(0.4).phases(VP, 1.0, 0.0)
     assert (a0, a1, b0, b1) == (1.0, 0.4, 0.4, 0.0) and va is dyn.pf_velocity
     d = 16

@@ -358,10 +358,9 @@ class HighDensity(ODESampler):
         ts = float(self.t_switch)
         if not lo <= ts <= hi:
             raise ValueError(f"{msg}; got {ts}")
-        if ts >= t_start:
-            return [(t_start, t_end, hd)]
-        if ts <= t_end:
-            return [(t_start, t_end, dyn.pf_velocity)]
+        # the same two phases as when traced (the vector field looks its phase up by index in a sampler
+        # rebuilt from traced leaves); run_ode skips a phase of zero length
+        ts = min(max(ts, float(t_end)), float(t_start))
         return [(t_start, ts, dyn.pf_velocity), (ts, t_end, hd)]
 
 

@@ -38,7 +38,11 @@ class ODESampler(AbstractSampler):
 
     @abc.abstractmethod
     def phases(self, process, t_start, t_end) -> list[tuple]:
-        """[(t_from, t_to, velocity)] from t_start down to t_end; ``velocity`` as in the module docstring."""
+        """[(t_from, t_to, velocity)] from t_start down to t_end; ``velocity`` as in the module docstring.
+
+        The number and order of the phases must not depend on whether the sampler's fields are concrete:
+        the vector field rebuilds the sampler from traced leaves and takes its phase by index. A phase of
+        zero length is skipped."""
 
     def cost(self, track: bool) -> Cost:
         return Cost(divergence_passes=int(track or self.needs_divergence))
@@ -119,6 +123,8 @@ def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence,
     nfe, num_steps = jnp.asarray(0), jnp.asarray(0)
     steps, full_grid = grids.plan(process, t_start, t_end, steps, options.grid)
     for k, (t0, t1, _) in enumerate(phases):
+        if is_concrete(t0) and is_concrete(t1) and float(t0) == float(t1):
+            continue  # a phase of zero length (e.g. HighDensity's t_switch at an end of the span)
         phase_max_steps, ts = max_steps, None
         if full_grid is not None:  # the phases share one grid, each phase's boundary added (grids.restrict)
             if not (is_concrete(t0) and is_concrete(t1)):
