@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import check_int, check_param
+from .errors import InvalidArgument
 
 GRIDS = ("t", "log_snr", "edm")
 EDM_RHO = 7.0
@@ -163,7 +164,8 @@ def as_grid(grid) -> AbstractGrid | None:
                              f"dg.LogSNRGrid(), dg.EDMGrid(rho), or an array of times (dg.TimesGrid)")
         return _SHORTHANDS[grid]()
     if isinstance(grid, jax.core.Tracer):
-        raise ValueError("grid: the times of an explicit grid must be concrete (not traced under jit)")
+        raise InvalidArgument("grid: the times of an explicit grid must be concrete (not traced under jit): they fix "
+                              "the steps at trace time; pass a NumPy array or a list")
     return TimesGrid(grid)
 
 

@@ -21,6 +21,7 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._checks import all_finite, check_int, check_param, check_value, is_concrete
 from .errors import InvalidArgument, MaxStepsReached, NonFiniteError, RuntimeCheckError
@@ -181,6 +182,13 @@ def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, options
     if ts is not None:
         if steps is not None or rtol is not None or atol is not None:
             raise InvalidArgument("grid: a grid of times fixes the steps; do not also pass steps or rtol/atol to solve")
+        if is_concrete(ts):  # distinct in float64 (grids checks that) but maybe not in the state's precision
+            cast = np.asarray(ts, np.float64).astype(tdtype)
+            d = np.diff(cast)
+            check_param(bool(np.all(d > 0) or np.all(d < 0)), "grid",
+                        f"some neighbouring times coincide in {jnp.dtype(tdtype).name} (the state's precision); "
+                        f"space them at least {float(jnp.finfo(tdtype).eps):g} x |t| apart or enable float64 "
+                        f"(jax.config.update('jax_enable_x64', True))")
         ts = jnp.asarray(ts, tdtype)
         ctrl, dt0, default_max = dfx.StepTo(ts), None, int(ts.shape[0]) - 1
         t0, t1 = ts[0], ts[-1]

@@ -124,6 +124,11 @@ def test_grid_bad_input():
         dg.CustomProcess(lambda t: -t, lambda t: -t, 0.0, 1.0)  # constant log-SNR
     with pytest.raises(ValueError, match="traced"):
         jax.jit(lambda ts: dg.sample(gm.score(p), p, x, sampler=dg.HighDensity(ts), steps=4, grid="edm"))(0.5)
+    # distinct in float64, one time in float32: refused before diffrax, naming the precision and the fix
+    with pytest.raises(dg.InvalidArgument, match="coincide in float32"):
+        dg.sample(gm.score(p), p, x, grid=np.array([p.t_max, 0.5 + 1e-9, 0.5, p.t_min]))
+    with pytest.raises(dg.InvalidArgument, match="must be concrete"):
+        jax.jit(lambda g: dg.sample(gm.score(p), p, x, grid=g).x)(jnp.asarray([p.t_max, 0.5, p.t_min]))
 
 
 @pytest.mark.slow
