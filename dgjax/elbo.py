@@ -68,6 +68,25 @@ def elbo_integrand(score: Callable, process, x, t, eps, antithetic: bool):
     return sigma**2 * (stein + 0.5 * sq) - c.f * d * sigma**2 / c.g2
 
 
+def log_snr_draws(process, key, m: int, n: int, dtype, stratified: bool) -> Array:
+    """(M, N) draws of lambda, uniform on [lambda(t_max), lambda(t_min)] (one per stratum when ``stratified``),
+    through ``log_snr_of_uniform``."""
+    u = jax.random.uniform(key, (m, n), dtype)
+    if stratified:
+        u = (jnp.arange(m, dtype=dtype)[:, None] + u) / m
+    return log_snr_of_uniform(process, u)
+
+
+def log_snr_of_uniform(process, u: Array) -> Array:
+    """lambda = lambda(t_min) - u (lambda(t_min) - lambda(t_max)) for u in [0, 1), kept a few ulps below
+    lambda(t_min): there the kernel variance v rounds to 0 and the Stein term is 0/0 (u that small is drawn at
+    M ~ 1e7 strata in float32); the strip left out is ~1e-5 of the range."""
+    lam_hi = process.log_snr(jnp.asarray(process.t_min, u.dtype))
+    lam_lo = process.log_snr(jnp.asarray(process.t_max, u.dtype))
+    u_min = 64 * jnp.finfo(u.dtype).eps * jnp.maximum(1.0, jnp.abs(lam_hi)) / (lam_hi - lam_lo)
+    return lam_hi - jnp.maximum(u, u_min) * (lam_hi - lam_lo)
+
+
 @entry_point
 def elbo(score: Callable, process, x: Float[Array, "N *shape"], *, key, num_samples: int,
          prior_log_prob: Callable | None = None,
@@ -99,10 +118,7 @@ def elbo(score: Callable, process, x: Float[Array, "N *shape"], *, key, num_samp
     check_score_fn(score, x, t_min)
     lam_hi, lam_lo = process.log_snr(t_min), process.log_snr(t_max)
     k_u, k_eps, k_prior = jax.random.split(key, 3)
-    u = jax.random.uniform(k_u, (m, n), dtype)
-    if stratified:
-        u = (jnp.arange(m, dtype=dtype)[:, None] + u) / m
-    lam = lam_hi - u * (lam_hi - lam_lo)  # (M, N)
+    lam = log_snr_draws(process, k_u, m, n, dtype, stratified)
     t = process.time_of_log_snr(lam)
     eps_keys = jax.random.split(k_eps, m)
 

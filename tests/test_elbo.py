@@ -75,3 +75,21 @@ def test_time_of_log_snr_inverts(x64):
     for proc in (dg.VP(), dg.VPCosine(), dg.EDM()):
         t = jnp.linspace(proc.t_min + 1e-3, proc.t_max - 1e-3, 7)
         np.testing.assert_allclose(proc.time_of_log_snr(proc.log_snr(t)), t, atol=1e-9)
+
+
+@pytest.mark.parametrize("process", [dg.VP(), dg.VE(), dg.EDM(), dg.LinearFlow()], ids=lambda p: type(p).__name__)
+def test_log_snr_draws_keep_the_kernel_variance_positive(process):
+    """The lowest stratum at M = 1e7 (u ~ 1e-7) put lambda on lambda(t_min) in float32: v = 0 and the Stein term
+    0/0 (a NonFiniteError blaming the score). The draws stay where v > 0 and still cover the whole range."""
+    from dgjax.elbo import log_snr_draws, log_snr_of_uniform
+
+    lam = log_snr_of_uniform(process, jnp.asarray([0.0, 1e-12, 1e-9, 1e-7], jnp.float32))
+    t = process.time_of_log_snr(lam)
+    _, v, _ = process.transition(jnp.float32(process.t_min), t)
+    assert bool(jnp.all(v > 0)), (lam, t, v)
+    lam_hi = float(process.log_snr(jnp.float32(process.t_min)))
+    assert float(jnp.max(lam_hi - lam)) < 1e-3 * max(1.0, abs(lam_hi))  # the strip left out is thin
+    lam = log_snr_draws(process, jax.random.key(0), 100, 3, jnp.float32, True)  # one draw per stratum
+    lam_lo = float(process.log_snr(jnp.float32(process.t_max)))
+    strata = np.floor((lam_hi - np.asarray(lam)) / (lam_hi - lam_lo) * 100)
+    np.testing.assert_array_equal(strata, np.repeat(np.arange(100)[:, None], 3, axis=1))
