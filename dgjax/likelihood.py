@@ -111,6 +111,9 @@ def bits_per_dim(logp: Float[ArrayLike, " *N"], shape, offset_bits: "float | Qua
                  ) -> Float[Array, " *N"]:
     """bits/dim = -log p(x) / (D ln 2) + offset_bits, D = prod(shape).
 
+    ``shape``: the per-sample event shape (``x.shape[1:]``), or D as an int. A shape that starts with logp's
+    batch shape (``x.shape`` passed by mistake) is refused: give D as an int where the event shape really does.
+
     ``offset_bits``: a ``dg.Quantization`` (the offset is its ``offset_bits = log2(levels / (high - low))``,
     docs/math.md 4), a number of bits, or None: 8-bit data on [-1, 1), ``dg.Quantization(256)``, 7 bits (x = 2 (y + u)
     / 256 - 1: the Jacobian of y + u -> x is (1/128)^D). Data sets declare theirs (``Dataset.quantization``;
@@ -120,13 +123,23 @@ def bits_per_dim(logp: Float[ArrayLike, " *N"], shape, offset_bits: "float | Qua
         offset_bits = Quantization().offset_bits
     elif isinstance(offset_bits, Quantization):
         offset_bits = offset_bits.offset_bits
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise ValueError(f"shape: must be the per-sample event shape, a tuple of ints; got {shape!r}") from None
-    if len(shape) == 0 or any(s < 1 for s in shape):
-        raise ValueError(f"shape: must be the per-sample event shape (D = prod(shape) >= 1, without the batch axis); "
-                         f"got {shape}")
     logp = jnp.asarray(logp)
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (int(shape),)  # D itself: never mistaken for a shape with the batch axis
+    else:
+        try:
+            shape = tuple(int(s) for s in shape)
+        except TypeError:
+            raise InvalidArgument(f"shape: must be the per-sample event shape, a tuple of ints (or D, an int); got "
+                                  f"{shape!r}") from None
+        # x.shape instead of x.shape[1:]: the most common slip; an event shape that really starts with the
+        # batch size can be given as D
+        if logp.ndim >= 1 and logp.shape[0] > 1 and len(shape) > logp.ndim and shape[:logp.ndim] == logp.shape:
+            raise InvalidArgument(f"shape: {shape} starts with logp's batch shape {logp.shape}; pass the per-sample "
+                                  f"event shape (x.shape[1:] = {shape[logp.ndim:]}), or D = {math.prod(shape)} as an int if the "
+                                  f"event shape really is {shape}")
+    if len(shape) == 0 or any(s < 1 for s in shape):
+        raise InvalidArgument(f"shape: must be the per-sample event shape (D = prod(shape) >= 1, without the batch "
+                              f"axis); got {shape}")
     d = math.prod(shape)
     return -logp / (d * math.log(2.0)) + offset_bits
