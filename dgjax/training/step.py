@@ -98,7 +98,7 @@ def make_evaluator(net, mcfg: dict, offset_bits: float, rtol: float):
     def evaluate(params, x, key):
         model = TrainedModel(net, params, mcfg)
         ll = log_likelihood(model.score, model.process, x, key=key, rtol=rtol, atol=rtol)
-        return bits_per_dim(ll.logp, shape, offset_bits)
+        return bits_per_dim(ll.logp, math.prod(shape), offset_bits)  # D: a chunk can match shape[0]
 
     return evaluate
 
