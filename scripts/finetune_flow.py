@@ -91,11 +91,14 @@ def main(argv=None) -> dict:
     evaluate = jax.jit(lambda p, x, k: eqx.combine(p, static).log_likelihood(
         x, key=k, divergence=dg.Hutchinson(args.eval_probes), solver=dfx.Tsit5(), steps=args.eval_ode_steps).logp)
 
-    def bpd_of(p):
-        bpd = np.asarray(dg.bits_per_dim(evaluate(p, x_test, k_eval), model.shape, ds.offset_bits))
-        return float(bpd.mean()), float(bpd.std(ddof=1) / math.sqrt(len(bpd)))
+    def bpd_of(p):  # per-example held-out bits/dim
+        return np.asarray(dg.bits_per_dim(evaluate(p, x_test, k_eval), model.dim, ds.offset_bits), np.float64)
 
-    before, before_se = bpd_of(params)
+    def mean_se(v):
+        return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
+
+    bpd_before = bpd_of(params)
+    before, before_se = mean_se(bpd_before)
     print(f"held-out bits/dim before: {before:.4f} +- {before_se:.4f} ({args.eval_n} test examples)", flush=True)
     opt_state = opt.init(params)
     history = []
@@ -108,20 +111,24 @@ def main(argv=None) -> dict:
             recent = np.mean(history[-max(1, args.steps // 10):])
             print(f"step {i + 1:4d}/{args.steps}: training bits/dim (batch, {args.ode_steps} Heun steps) "
                   f"{recent:.4f}  [{time.perf_counter() - t_train:.0f} s]", flush=True)
-    after, after_se = bpd_of(params)
+    bpd_after = bpd_of(params)
+    after, after_se = mean_se(bpd_after)
     # the paired difference: same examples, same probes, so its error is far below either's
-    print(f"held-out bits/dim after:  {after:.4f} +- {after_se:.4f}", flush=True)
+    change, change_se = mean_se(bpd_after - bpd_before)
+    print(f"held-out bits/dim after:  {after:.4f} +- {after_se:.4f}; paired change {change:+.4f} +- {change_se:.4f}",
+          flush=True)
     summary = dict(
         command="python scripts/finetune_flow.py " + " ".join(sys.argv[1:] if argv is None else argv),
         quick=args.quick, steps=args.steps, batch_size=args.batch_size, lr=args.lr, ode_steps=args.ode_steps,
         adjoint=args.adjoint, eval_n=args.eval_n, eval_ode_steps=args.eval_ode_steps, eval_probes=args.eval_probes,
         heldout_bpd_before=before, heldout_bpd_before_stderr=before_se,
         heldout_bpd_after=after, heldout_bpd_after_stderr=after_se,
+        heldout_bpd_change=change, heldout_bpd_change_stderr=change_se,
         train_bpd_first=history[0], train_bpd_last10=float(np.mean(history[-10:])),
         wall_s=round(time.perf_counter() - t_start, 1), backend=jax.default_backend(),
     )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"held-out bits/dim {before:.4f} -> {after:.4f} ({after - before:+.4f}) in {summary['wall_s']:.0f} s; "
+    print(f"held-out bits/dim {before:.4f} -> {after:.4f} ({change:+.4f} +- {change_se:.4f}) in {summary['wall_s']:.0f} s; "
           f"{out_dir / 'summary.json'}")
     return summary
 
