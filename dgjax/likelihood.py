@@ -9,7 +9,7 @@ forward in time: its log-density state changes by -int div u, so log p_0 = log p
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import equinox as eqx
 import jax
@@ -25,7 +25,7 @@ from .divergence import DivergenceEstimator, Hutchinson, StepwiseHutchinson, tra
 from .errors import InvalidArgument
 from .external import AbstractModel
 from .sampling.sample import check_common, from_model
-from .solve import SolveOptions, add_nfe, merge_options, solve, split_params
+from .solve import SolveOptions, add_nfe, merge_options, retrace_token, solve
 
 
 class Likelihood(eqx.Module):
@@ -38,6 +38,29 @@ class Likelihood(eqx.Module):
     x_T: Array
     logp_T: Array
     nfe: Array
+
+
+class _EncodingField(eqx.Module):
+    """The augmented PF-ODE of the encoding, the score rebuilt from args = (first, params) and ``static``; with
+    per-step probes ``first`` is a key and step k's probes are drawn here, else it holds the fixed probes. A
+    module, not a closure, so that the compiled solve is reused by the next call (``ode._ODEField``)."""
+
+    static: Any
+    retrace: object | None  # solve.retrace_token(static)
+    process: Any
+    divergence: Any
+    per_step: bool
+    t0: Any
+    t1: Any
+    plan: Any = eqx.field(static=True)  # the number of steps, or the step times (a tuple: hashable)
+
+    def __call__(self, t, y, args):
+        first, params = args
+        plan = np.asarray(self.plan) if isinstance(self.plan, tuple) else self.plan
+        probes = (self.divergence.draw_step(first, y[0], grids.step_index(t, self.t0, self.t1, plan))
+                  if self.per_step else first)
+        return dyn.augmented_rate(eqx.combine(params, self.static), self.process, y[0], t, self.divergence, probes,
+                                  dyn.pf_velocity)
 
 
 @entry_point
@@ -87,15 +110,10 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
     check_score_fn(score, x0, jnp.asarray(t0, dtype=x0.dtype))
     probes, change0 = tracking_start(divergence, key, x0)
     y0 = (x0, change0)
-    params, rebuild = split_params(score)  # through args: every adjoint differentiates w.r.t. the score's params
-    plan = (np.asarray(ts) if ts is not None else steps) if per_step else None
-
-    def vf(t, y, args):
-        # per-step probes: args[0] is a key and step k's probes are drawn here; else it holds the fixed probes
-        first, params = args
-        probes = divergence.draw_step(first, y[0], grids.step_index(t, t0, t1, plan)) if per_step else first
-        return dyn.augmented_rate(rebuild(params), process, y[0], t, divergence, probes, dyn.pf_velocity)
-
+    # through args: every adjoint differentiates w.r.t. the score's params
+    params, static = eqx.partition(score, eqx.is_inexact_array)
+    plan = (tuple(float(v) for v in np.asarray(ts)) if ts is not None else steps) if per_step else None
+    vf = _EncodingField(static, retrace_token(static), process, divergence, per_step, t0, t1, plan)
     (x_T, change), evals, _ = solve(vf, y0, t0, t1, args=(key if per_step else probes, params), options=options,
                                     steps=steps, grid=ts)
     x_T, change = check_output((x_T, change), "dg.log_likelihood: the PF-ODE encoding solve")

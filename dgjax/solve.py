@@ -242,16 +242,26 @@ def check_solve(y1, sol, t0, t1, max_steps: int):
                        f"the solve {span} failed in diffrax", reached, cls=RuntimeCheckError)
 
 
-def split_params(tree: Any) -> tuple[Any, Callable[[Any], Any]]:
-    """(params, rebuild) of a pytree the vector field uses (a score, a model, a sampler; a plain function has
-    no params): params = its inexact arrays, ``rebuild(params)`` the tree again.
+# packages whose functions read no state of the caller's: a compiled solve over them may be reused
+_LIBRARIES = frozenset({"dgjax", "diffrax", "equinox", "jax", "jaxlib", "flax", "optax", "lineax", "optimistix",
+                        "galaxygrad", "numpy"})
 
-    Pass params to the solve in ``args`` and rebuild the score inside the vector field, so that nothing
-    being differentiated is closed over: diffrax's adjoints differentiate with respect to ``args``, and
-    ``diffrax.BacksolveAdjoint`` (memory flat in the number of steps) rejects closed-over tracers.
+
+def retrace_token(static: Any) -> object | None:
+    """None when the non-array part of a score or sampler (``equinox.partition``'s static half) holds only
+    functions of these libraries, so that a vector field built from it may reuse diffrax's compiled solve
+    across calls; else a fresh object, which makes the field unequal to every other (traced anew).
+
+    A function of the caller's (a lambda, a closure) may read arrays that change between calls, which a
+    reused program would have frozen as constants; pass the score as a pytree (an equinox module,
+    ``dg.external_score``, a loaded model) for the compiled solve to be reused.
     """
-    params, static = eqx.partition(tree, eqx.is_inexact_array)
-    return params, lambda p: eqx.combine(p, static)
+    for leaf in jax.tree_util.tree_leaves(static):
+        if callable(leaf) and not isinstance(leaf, type):
+            module = getattr(leaf, "__module__", None) or type(leaf).__module__ or ""
+            if module.split(".")[0] not in _LIBRARIES:
+                return object()
+    return None
 
 
 def solve(vector_field: Callable, y0: Any, t0: float, t1: float, **kwargs):

@@ -16,8 +16,9 @@ diffrax, with the augmented state ``(x, log p per probe)`` when ``track_logp`` (
 
 import abc
 from functools import partial
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
+import equinox as eqx
 import jax.numpy as jnp
 from equinox import AbstractVar
 
@@ -25,7 +26,7 @@ from .. import dynamics as dyn
 from .. import grids
 from .._checks import check_output, check_param, checked_shape, is_concrete
 from ..divergence import tracking_start
-from ..solve import add_nfe, solve, split_params
+from ..solve import add_nfe, retrace_token, solve
 from .base import AbstractSampler, Cost
 
 
@@ -81,30 +82,42 @@ class ODE(ODESampler):
         return [(t_start, t_end, velocity)]
 
 
-def _ode_vector_field(rebuild, process, divergence, track: bool, needs_div: bool, phase: int, t_start, t_end):
+class _ODEField(eqx.Module):
     """The diffrax vector field of one phase: plain (y = x) or augmented (y = (x, logp (P, N))).
 
-    args = (probes, params): the score and the sampler are rebuilt from ``params`` (``split_params``) and the
-    phase's velocity taken from the rebuilt sampler, so nothing differentiable is closed over."""
+    args = (probes, params): the score and the sampler are rebuilt from ``params`` (their inexact arrays) and
+    ``static`` (the rest, ``equinox.partition``) and the phase's velocity taken from the rebuilt sampler, so
+    nothing differentiable is closed over: diffrax's adjoints differentiate with respect to ``args``, and
+    ``diffrax.BacksolveAdjoint`` rejects closed-over tracers. A module, not a closure: equal fields give an equal field, so diffrax's compiled solve is
+    reused by the next call with the same score, sampler and options (a closure is new at every call)."""
 
-    def vf(t, y, args):
+    static: Any
+    retrace: object | None  # solve.retrace_token(static)
+    process: Any
+    divergence: Any
+    track: bool
+    needs_div: bool
+    phase: int
+    t_start: Any
+    t_end: Any
+
+    def __call__(self, t, y, args):
         probes, params = args
-        score, sampler = rebuild(params)
-        velocity = sampler.phases(process, t_start, t_end)[phase][2]
-        if track:
+        score, sampler = eqx.combine(params, self.static)
+        process, divergence = self.process, self.divergence
+        velocity = sampler.phases(process, self.t_start, self.t_end)[self.phase][2]
+        if self.track:
             x, _ = y
             return dyn.augmented_rate(score, process, x, t, divergence, probes,
                                       partial(velocity, score=score, divergence=divergence, probes=probes))
         x = y
         coeffs = process.coefficients_like(t, x)
-        if needs_div:
+        if self.needs_div:
             s, lap = dyn.score_and_laplacian(score, x, t, divergence, probes)
             div_u = jnp.mean(dyn.pf_divergence(coeffs, lap, x[0].size), axis=0)
         else:
             s, div_u = score(x, t), None
         return velocity(coeffs, x, s, t=t, div_u=div_u, score=score, divergence=divergence, probes=probes)
-
-    return vf
 
 
 def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence, options, logp_T, t_start,
@@ -116,7 +129,7 @@ def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence,
     probes, logp0 = tracking_start(divergence, key, x, logp_T, draw=use_div)
     y = (x, logp0) if track_logp else x
     phases = sampler.phases(process, t_start, t_end)
-    params, rebuild = split_params((score, sampler))
+    params, static = eqx.partition((score, sampler), eqx.is_inexact_array)
     total_span = abs(t_start - t_end)
     nfe_per_eval = sampler.nfe_per_eval(track_logp, divergence, dim)
     steps, max_steps = options.steps, options.max_steps
@@ -142,7 +155,7 @@ def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence,
             frac = jnp.abs(jnp.asarray(t0, x.dtype) - jnp.asarray(t1, x.dtype)) / total_span
             phase_steps = jnp.maximum(1, jnp.round(steps * frac)).astype(jnp.int32)
             phase_max_steps = steps + 1 if max_steps is None else max_steps  # as above: room for a sliver
-        vf = _ode_vector_field(rebuild, process, divergence, track_logp, needs_div, k, t_start, t_end)
+        vf = _ODEField(static, retrace_token(static), process, divergence, track_logp, needs_div, k, t_start, t_end)
         y, evals, stats = solve(vf, y, t0, t1, args=(probes, params), options=options, steps=phase_steps,
                                 max_steps=phase_max_steps, grid=ts)
         y = check_output(y, f"dg.sample: the ODE solve of phase {k + 1} of {len(phases)} ({type(sampler).__name__})")

@@ -37,7 +37,7 @@ reproduces a path exactly. See benchmarks/bench_sde.py and bench_loop_overhead.p
 
 import abc
 import math
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import diffrax as dfx
 import equinox as eqx
@@ -51,7 +51,7 @@ from .. import dynamics as dyn
 from .. import grids
 from .._checks import batch_dot, bcast, check_output, check_param, check_value, checked_shape, event_dim, is_concrete
 from ..divergence import tracking_start
-from ..solve import add_nfe, solve_term, split_params
+from ..solve import add_nfe, retrace_token, solve_term
 from .base import AbstractSampler, Cost
 from .brownian import BROWNIAN, brownian_path, default_adjoint  # noqa: F401 (BROWNIAN re-exported)
 from .guidance import DensityGuidance
@@ -533,6 +533,25 @@ class _AugmentedSDETerm(dfx.AbstractTerm):
         return self.increment(vf, dt, dw, self.track)
 
 
+class _SDECoefficients(eqx.Module):
+    """The sampler's coefficients at tau = t_start - t, the score and the sampler rebuilt from args = (probes,
+    params) and ``static`` (as ``ode._ODEField``: a module, so that the compiled solve is reused)."""
+
+    static: Any
+    retrace: object | None  # solve.retrace_token(static)
+    process: Any
+    divergence: Any
+    track: bool
+    t_start: Any
+
+    def __call__(self, tau, y, args):
+        probes, params = args
+        score, sampler = eqx.combine(params, self.static)
+        xx = y[0] if self.track else y
+        t = jnp.asarray(self.t_start, xx.dtype) - tau
+        return sampler.coefficients(score, self.process, xx, t, self.divergence, probes, self.track)
+
+
 def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence, options, logp_T, t_start,
             t_end):
     """Integrate an SDE sampler from t_start to t_end (in tau); returns (y, nfe, num_steps),
@@ -555,15 +574,8 @@ def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence,
     path = brownian_path(sampler.brownian, k_bm, x.shape, x.dtype, span, steps, knots=ts)
     adjoint = default_adjoint(path, adjoint)
 
-    params, rebuild = split_params((score, sampler))  # through args, as in run_ode
-
-    def coeff_fn(tau, y, args):
-        probes, params = args
-        score, sampler = rebuild(params)
-        xx = y[0] if track_logp else y
-        t = jnp.asarray(t_start, xx.dtype) - tau
-        return sampler.coefficients(score, process, xx, t, divergence, probes, track_logp)
-
+    params, static = eqx.partition((score, sampler), eqx.is_inexact_array)  # through args, as in run_ode
+    coeff_fn = _SDECoefficients(static, retrace_token(static), process, divergence, track_logp, t_start)
     term = _AugmentedSDETerm(coeff_fn, sampler.increment, path, track_logp)
     y0 = (x, logp0) if track_logp else x
     y1, evals, stats = solve_term(term, y0, 0.0, span, args=(probes, params), options=options, solver=solver,
