@@ -47,7 +47,7 @@ JVP 2 more, as it propagates both a first- and a second-order tangent):
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import equinox as eqx
 import jax
@@ -59,7 +59,7 @@ from . import dynamics as dyn
 from . import grids
 from ._checks import batch_dot, check_batch, check_finite, check_output, check_score_fn, entry_point, is_concrete
 from .divergence import DivergenceEstimator, Exact, Hutchinson, tracking_start
-from .solve import SolveOptions, add_nfe, merge_options, solve
+from .solve import SolveOptions, add_nfe, merge_options, retrace_token, solve
 
 
 class Alignment(eqx.Module):
@@ -95,17 +95,22 @@ def _flat_norm(a):
     return jnp.sqrt(batch_dot(a, a))
 
 
-def _tangent_field(score: Callable, process):
-    """(dx/dt, dw/dt) = (u(x), J_u(x) w): one score evaluation and one JVP along w."""
+class _TangentField(eqx.Module):
+    """(dx/dt, dw/dt) = (u(x), J_u(x) w): one score evaluation and one JVP along w. The score is rebuilt from
+    args = its params and ``static`` (as ``sampling.ode._ODEField``: adjoints differentiate through args, and
+    the compiled solve is reused by the next call)."""
 
-    def vf(t, y, args):
+    static: Any
+    retrace: object | None
+    process: Any
+
+    def __call__(self, t, y, args):
+        score = eqx.combine(args, self.static)
         x, w = y
-        coeffs = process.coefficients_like(t, x)
+        coeffs = self.process.coefficients_like(t, x)
         s, js_w = jax.jvp(lambda z: score(z, t), (x,), (w,))
         # J_u w = f w - 1/2 g^2 J_s w has the same form as the drift itself.
         return dyn.pf_drift(coeffs, x, s), dyn.pf_drift(coeffs, w, js_w)
-
-    return vf
 
 
 def _second_order_traces(inner: Callable, x, probes):
@@ -133,30 +138,39 @@ def _second_order_traces(inner: Callable, x, probes):
     return s, js_w, jnp.sum(diag, axis=0)[None]
 
 
-def _score_free_field(score: Callable, process, divergence: DivergenceEstimator, redraw, t_span):
+class _ScoreFreeField(eqx.Module):
     """(dx/dt, dw/dt, d omega/dt per probe (P, N)), with d omega/dt = 1/2 g^2 div_x(J_s(x) w).
 
-    ``args`` is the fixed probes (None for ``dg.Exact``), or (``redraw`` = the number of constant steps,
-    or the step times of a grid) a key from which fresh probes are drawn at every step: all stages of one
-    step share its probes (folded in from the step index), so a Runge-Kutta step integrates one smooth
-    field and its negative weights (Tsit5's reach -3.3) do not amplify independent probe noise.
+    ``args`` = (first, params): ``first`` is the fixed probes (None for ``dg.Exact``), or (``redraw`` = the
+    number of constant steps, or the step times of a grid, as a tuple) a key from which fresh probes are drawn at
+    every step: all stages of one step share its probes (folded in from the step index), so a Runge-Kutta step
+    integrates one smooth field and its negative weights (Tsit5's reach -3.3) do not amplify independent probe
+    noise. The score is rebuilt from ``params`` and ``static`` (``_TangentField``).
     """
-    t_hi, t_lo = t_span
 
-    def vf(t, y, args):
+    static: Any
+    retrace: object | None
+    process: Any
+    divergence: Any
+    t_hi: Any
+    t_lo: Any
+    redraw: Any = eqx.field(static=True)
+
+    def __call__(self, t, y, args):
+        first, params = args
+        score = eqx.combine(params, self.static)
         x, w, _ = y
-        if redraw is not None:
-            probes = divergence.draw_step(args, x, grids.step_index(t, t_hi, t_lo, redraw))
+        if self.redraw is not None:
+            plan = np.asarray(self.redraw) if isinstance(self.redraw, tuple) else self.redraw
+            probes = self.divergence.draw_step(first, x, grids.step_index(t, self.t_hi, self.t_lo, plan))
         else:
-            probes = args
-        coeffs = process.coefficients_like(t, x)
+            probes = first
+        coeffs = self.process.coefficients_like(t, x)
         # z -> (s(z), J_s(z) w): w is a constant inside (held fixed in the divergence).
         inner = lambda z: jax.jvp(lambda q: score(q, t), (z,), (w,))  # noqa: E731
         s, js_w, traces = _second_order_traces(inner, x, probes)
         _, _, _, g2 = coeffs
         return dyn.pf_drift(coeffs, x, s), dyn.pf_drift(coeffs, w, js_w), 0.5 * g2 * traces
-
-    return vf
 
 
 def _check_t_end(process, t_end) -> float:
@@ -292,8 +306,10 @@ def _score_free_solve(score, process, x_T, t_end, w0, s_T, key, divergence, redr
     """The score-free form: omega_t = <s_t(x_t), w_t> by its rate 1/2 g^2 div_x(J_s(x) w) along the PF-ODE and
     its tangent, from omega_T = <s_T(x_T), w_T>. Returns ((x_end, w_end, value (N,), stderr (N,)), evals, stats)."""
     probes, omega0 = tracking_start(divergence, key, x_T, batch_dot(s_T, w0))
-    field = _score_free_field(score, process, divergence, redraw, (process.t_max, t_end))
-    args = jax.random.fold_in(key, 1) if redraw is not None else probes
+    params, static = eqx.partition(score, eqx.is_inexact_array)
+    plan = tuple(float(v) for v in redraw) if isinstance(redraw, np.ndarray) else redraw
+    field = _ScoreFreeField(static, retrace_token(static), process, divergence, process.t_max, t_end, plan)
+    args = (jax.random.fold_in(key, 1) if redraw is not None else probes, params)
     (x_end, w_end, omega), evals, stats = solve(field, (x_T, w0, omega0), process.t_max, t_end, args=args,
                                                 options=options)
     # the result is omega; x_end (details only) may carry a NaN the score-free form never reads (Tsit5's last
@@ -305,8 +321,9 @@ def _score_free_solve(score, process, x_T, t_end, w0, s_T, key, divergence, redr
 def _tangent_solve(score, process, x_T, t_end, w0, options):
     """The score form: the PF-ODE and its tangent dw/dt = J_u(x_t) w to t_end, read out as <s_{t_end}, w_{t_end}>.
     Returns ((x_end, w_end, value (N,), cosine (N,)), evals, stats)."""
-    (x_end, w_end), evals, stats = solve(_tangent_field(score, process), (x_T, w0), process.t_max, t_end,
-                                         options=options)
+    params, static = eqx.partition(score, eqx.is_inexact_array)
+    (x_end, w_end), evals, stats = solve(_TangentField(static, retrace_token(static), process), (x_T, w0),
+                                         process.t_max, t_end, args=params, options=options)
     x_end, w_end = check_output((x_end, w_end), "dg.score_alignment: the tangent solve")
     s_end = score(x_end, jnp.asarray(t_end, dtype=x_T.dtype))
     value = check_output(batch_dot(s_end, w_end), "dg.score_alignment: the score at t_end")

@@ -30,6 +30,9 @@ CALLS = {
     "reverse-sde": lambda s, x: dg.sample(s, VP, x, sampler=dg.ReverseSDE(), key=jax.random.key(2),
                                           track_logp=True, steps=8).logp,
     "log-likelihood": lambda s, x: dg.log_likelihood(s, VP, x, key=jax.random.key(2)).logp,
+    "alignment": lambda s, x: dg.score_alignment(s, VP, x, 0.5),
+    "alignment-score-free": lambda s, x: dg.score_alignment(s, VP, x, 0.5, score_free=True, key=jax.random.key(2),
+                                                            steps=16),
 }
 
 
