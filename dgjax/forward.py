@@ -15,7 +15,7 @@ Maruyama has strong order 1/2 here (docs/math.md 4(c) numerics), so use many ste
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import diffrax as dfx
 import equinox as eqx
@@ -28,7 +28,7 @@ from . import grids
 from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, check_key, check_output,
                       check_per_sample, check_score_fn, check_span, entry_point, event_dim)
 from .divergence import DivergenceEstimator, Hutchinson, tracking_start
-from .solve import SolveOptions, add_nfe, merge_options, solve_term
+from .solve import SolveOptions, add_nfe, merge_options, retrace_token, solve_term
 from .sampling.brownian import brownian_path, default_adjoint
 from .sampling.sde import _AugmentedSDETerm
 
@@ -46,6 +46,32 @@ class ForwardTrack(eqx.Module):
 def forward_rates(coeffs, s, lap, dim: int):
     """dt-drift of log p along the forward SDE, -f D + g^2 Lap + 1/2 g^2 |s|^2 (docs/math.md 4(e)); lap (P, N)."""
     return -coeffs.f * dim + coeffs.g2 * lap + 0.5 * coeffs.g2 * batch_dot(s, s)[None, :]
+
+
+class _ForwardCoefficients(eqx.Module):
+    """The forward SDE's drift f x, the tracked rates (docs/math.md 4(e)) and the noise coefficients (g, s), the
+    score rebuilt from args = (probes, params) and ``static`` (as ``sampling.ode._ODEField``)."""
+
+    static: Any
+    retrace: object | None
+    process: Any
+    divergence: Any
+    dim: int
+
+    def __call__(self, t, y, args):
+        probes, params = args
+        score = eqx.combine(params, self.static)
+        xx = y[0]
+        coeffs = self.process.coefficients_like(t, xx)
+        s, lap = dyn.score_and_laplacian(score, xx, t, self.divergence, probes)
+        return bcast(coeffs.f, xx) * xx, forward_rates(coeffs, s, lap, self.dim), (jnp.sqrt(coeffs.g2), s)
+
+
+def _forward_increment(vf, dt, dw, track):
+    """(dx, d r) of one Euler-Maruyama step; r's noise uses x's own dW."""
+    a_x, a_l, (g, s) = vf
+    gdw = g * dw
+    return a_x * dt + gdw, a_l * dt + batch_dot(s, gdw)[None, :]
 
 
 @entry_point
@@ -93,20 +119,11 @@ def forward_sde_logp(score: Callable, process, x: Float[Array, "N *shape"], *, k
     path = brownian_path(brownian, k_bm, x.shape, x.dtype, float(t_end) - float(t_start), steps, knots=ts,
                          t0=float(t_start))
 
-    def coeff_fn(t, y, probes):
-        xx = y[0]
-        coeffs = process.coefficients_like(t, xx)
-        s, lap = dyn.score_and_laplacian(score, xx, t, divergence, probes)
-        return bcast(coeffs.f, xx) * xx, forward_rates(coeffs, s, lap, dim), (jnp.sqrt(coeffs.g2), s)
-
-    def increment(vf, dt, dw, track):  # (dx, d r) of one Euler-Maruyama step; r's noise uses x's own dW
-        a_x, a_l, (g, s) = vf
-        gdw = g * dw
-        return a_x * dt + gdw, a_l * dt + batch_dot(s, gdw)[None, :]
-
-    term = _AugmentedSDETerm(coeff_fn, increment, path, True)
+    params, static = eqx.partition(score, eqx.is_inexact_array)  # through args, as in dg.sample
+    coeff_fn = _ForwardCoefficients(static, retrace_token(static), process, divergence, dim)
+    term = _AugmentedSDETerm(coeff_fn, _forward_increment, path, True)
     y0 = (x, change0)
-    (x_T, change), evals, _ = solve_term(term, y0, t_start, t_end, args=probes, options=options, solver=dfx.Euler(),
+    (x_T, change), evals, _ = solve_term(term, y0, t_start, t_end, args=(probes, params), options=options, solver=dfx.Euler(),
                                          steps=None if ts is not None else steps, grid=ts,
                                          adjoint=default_adjoint(path, options.adjoint))
     x_T, change = check_output((x_T, change), "dg.forward_sde_logp: the forward-SDE solve")

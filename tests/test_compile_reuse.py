@@ -30,6 +30,7 @@ CALLS = {
     "reverse-sde": lambda s, x: dg.sample(s, VP, x, sampler=dg.ReverseSDE(), key=jax.random.key(2),
                                           track_logp=True, steps=8).logp,
     "log-likelihood": lambda s, x: dg.log_likelihood(s, VP, x, key=jax.random.key(2)).logp,
+    "forward-sde": lambda s, x: dg.forward_sde_logp(s, VP, x, key=jax.random.key(2), steps=16).change,
     "alignment": lambda s, x: dg.score_alignment(s, VP, x, 0.5),
     "alignment-score-free": lambda s, x: dg.score_alignment(s, VP, x, 0.5, score_free=True, key=jax.random.key(2),
                                                             steps=16),
