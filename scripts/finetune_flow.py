@@ -8,9 +8,12 @@ gives the gradient with respect to every weight, through diffrax's adjoint (``--
 flat in the number of steps). optax's Adam takes ``--steps`` steps of it. Held-out bits/dim are measured before
 and after on the same fixed test examples (one fixed dequantisation draw), with the same fixed probes and a finer
 solve (``--eval-ode-steps`` Tsit5 steps, more than training's) so that the gain is not an artefact of the
-training discretisation.
+training discretisation: 16 Tsit5 steps give the adaptive rtol = 1e-5 value to 2e-4 bits/dim on this model,
+while 4 Heun steps are 0.2 bits/dim off and 8 Heun steps 0.004. Trained on 4 Heun steps (300 steps, batch 16),
+the model learns that solve's error: its training bits/dim fell to -1.1 while the held-out value rose from 1.84
+to 2.38, so the default is 8 steps, and the held-out value under the training solve is reported beside it.
 
-    python scripts/finetune_flow.py                # 300 Adam steps, batch 16, 4 Heun steps: a few minutes
+    python scripts/finetune_flow.py                # 80 Adam steps, batch 8, 8 Heun steps: about 20 minutes on 2 cores
     python scripts/finetune_flow.py --quick        # 3 steps, tiny sizes: the plumbing only
 """
 
@@ -39,10 +42,12 @@ ADJOINTS = {"recursive": dfx.RecursiveCheckpointAdjoint, "backsolve": dfx.Backso
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 steps on tiny batches: checks the plumbing only")
-    ap.add_argument("--steps", type=int, default=300, help="Adam steps")
-    ap.add_argument("--batch-size", type=int, default=16, help="training examples per step")
+    ap.add_argument("--steps", type=int, default=80, help="Adam steps")
+    ap.add_argument("--batch-size", type=int, default=8, help="training examples per step")
     ap.add_argument("--lr", type=float, default=2e-5, help="Adam learning rate")
-    ap.add_argument("--ode-steps", type=int, default=4, help="constant Heun steps of the training PF-ODE solve")
+    ap.add_argument("--ode-steps", type=int, default=8,
+                    help="constant Heun steps of the training PF-ODE solve (4 is too coarse: its log p is 0.2 bits/dim "
+                         "off before training and the model learns the discretisation's error; see the docstring)")
     ap.add_argument("--eval-n", type=int, default=128, help="held-out (test split) examples")
     ap.add_argument("--eval-ode-steps", type=int, default=16, help="constant Tsit5 steps of the held-out solve")
     ap.add_argument("--eval-probes", type=int, default=4, help="Hutchinson probes of the held-out solve")
@@ -112,6 +117,13 @@ def main(argv=None) -> dict:
             print(f"step {i + 1:4d}/{args.steps}: training bits/dim (batch, {args.ode_steps} Heun steps) "
                   f"{recent:.4f}  [{time.perf_counter() - t_train:.0f} s]", flush=True)
     bpd_after = bpd_of(params)
+    # the held-out value under the training solve: far below the fine solve's when the model has learnt the
+    # coarse solve's discretisation error instead of the data (a too-coarse --ode-steps)
+    coarse = np.asarray(dg.bits_per_dim(jax.jit(lambda p, x, k: eqx.combine(p, static).log_likelihood(
+        x, key=k, divergence=dg.Hutchinson(args.eval_probes), solver=dfx.Heun(), steps=args.ode_steps).logp)(
+        params, x_test, k_eval), model.dim, ds.offset_bits), np.float64)
+    print(f"held-out bits/dim after, under the training solve ({args.ode_steps} Heun steps): "
+          f"{coarse.mean():.4f}", flush=True)
     after, after_se = mean_se(bpd_after)
     # the paired difference: same examples, same probes, so its error is far below either's
     change, change_se = mean_se(bpd_after - bpd_before)
@@ -124,6 +136,7 @@ def main(argv=None) -> dict:
         heldout_bpd_before=before, heldout_bpd_before_stderr=before_se,
         heldout_bpd_after=after, heldout_bpd_after_stderr=after_se,
         heldout_bpd_change=change, heldout_bpd_change_stderr=change_se,
+        heldout_bpd_after_training_solve=float(coarse.mean()),
         train_bpd_first=history[0], train_bpd_last10=float(np.mean(history[-10:])),
         wall_s=round(time.perf_counter() - t_start, 1), backend=jax.default_backend(),
     )
