@@ -204,7 +204,7 @@ def _prepare_w_T(w_T, x_T, process):
 
 
 @entry_point
-def score_alignment(score: Callable, process, x_T: Float[Array, "N *shape"], t_end: float, *,
+def score_alignment(score: Callable, process, x_T: Float[Array, " N *shape"], t_end: float, *,
                     key=None, score_free: bool = False,
                     w_T=None, divergence: DivergenceEstimator | None = None, solver=None,
                     steps: int | None = None, rtol: float | None = None, atol: float | None = None,

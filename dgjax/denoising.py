@@ -35,8 +35,8 @@ METHODS = ("mean", "mode", "hd", "sample")
 # ------------------------------------------------------------------------------------------------------
 # pure functions
 # ------------------------------------------------------------------------------------------------------
-def add_noise(process, x_0: Float[Array, "N *shape"], t: ArrayLike | Float[Array, " N"],
-              key) -> Float[Array, "N *shape"]:
+def add_noise(process, x_0: Float[Array, " N *shape"], t: ArrayLike | Float[Array, " N"],
+              key) -> Float[Array, " N *shape"]:
     """x_t ~ p(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I) (docs/math.md 1).
 
     Args: x_0 (N, *shape); t scalar or (N,) in [t_min, t_max]; key a PRNG key. Returns x_t like x_0.
@@ -52,8 +52,8 @@ def add_noise(process, x_0: Float[Array, "N *shape"], t: ArrayLike | Float[Array
     return bcast(process.alpha(t), x_0) * x_0 + bcast(process.sigma(t), x_0) * eps
 
 
-def posterior_mean(score: Callable, process, x_t: Float[Array, "N *shape"],
-                   t: ArrayLike | Float[Array, " N"]) -> Float[Array, "N *shape"]:
+def posterior_mean(score: Callable, process, x_t: Float[Array, " N *shape"],
+                   t: ArrayLike | Float[Array, " N"]) -> Float[Array, " N *shape"]:
     """Tweedie: ``E[x_0 | x_t] = (x_t + sigma_t^2 s(x_t, t)) / alpha_t`` (docs/math.md 9); one score evaluation.
 
     x_t (N, *shape), t scalar or (N,). Returns (N, *shape). The score's value must be like x_t (shape and dtype:
@@ -69,7 +69,7 @@ def posterior_mean(score: Callable, process, x_t: Float[Array, "N *shape"],
 # dg.denoise
 # ------------------------------------------------------------------------------------------------------
 @entry_point
-def denoise(score: Callable, process, x_t: Float[Array, "N *shape"], t: ArrayLike | Float[Array, " N"], *,
+def denoise(score: Callable, process, x_t: Float[Array, " N *shape"], t: ArrayLike | Float[Array, " N"], *,
             method: str = "mean", t_end=None, key=None,
             track_logp: bool = False, divergence=None, solver=None, steps: int | None = None, grid=None,
             rtol: float | None = None, atol: float | None = None, logp_t=None,

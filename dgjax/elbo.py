@@ -88,7 +88,7 @@ def log_snr_of_uniform(process, u: Array) -> Array:
 
 
 @entry_point
-def elbo(score: Callable, process, x: Float[Array, "N *shape"], *, key, num_samples: int,
+def elbo(score: Callable, process, x: Float[Array, " N *shape"], *, key, num_samples: int,
          prior_log_prob: Callable | None = None,
          stratified: bool = True, antithetic: bool = True) -> Elbo:
     """ELBO of data ``x`` (N, *shape) at t_min (docs/math.md 10): a lower bound of log p^SDE_{t_min}(x), per sample.

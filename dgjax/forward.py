@@ -75,7 +75,7 @@ def _forward_increment(vf, dt, dw, track):
 
 
 @entry_point
-def forward_sde_logp(score: Callable, process, x: Float[Array, "N *shape"], *, key, steps: int | None = None,
+def forward_sde_logp(score: Callable, process, x: Float[Array, " N *shape"], *, key, steps: int | None = None,
                      divergence: DivergenceEstimator | None = None,
                      t_start=None, t_end=None, brownian: str = "auto", grid=None, adjoint=None,
                      max_steps: int | None = None, options: SolveOptions | None = None) -> ForwardTrack:

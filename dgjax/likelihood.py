@@ -64,7 +64,7 @@ class _EncodingField(eqx.Module):
 
 
 @entry_point
-def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Array, "N *shape"] | None = None, *,
+def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Array, " N *shape"] | None = None, *,
                    key=None,
                    divergence: DivergenceEstimator | None = None,
                    solver=None, steps: int | None = None, rtol: float | None = None, atol: float | None = None,

@@ -155,8 +155,8 @@ def _rescale(x_T, radius):
 # ------------------------------------------------------------------------------------------------------
 # the density-guidance formulas (public: used by the samplers, the stochastic version, the CLI, scripts)
 # ------------------------------------------------------------------------------------------------------
-def quantile_velocity(coeffs, x: Float[Array, "N *shape"], s: Float[Array, "N *shape"], q, *, data_scale: float = 1.0,
-                      feasibility_tol: float = 1.0) -> Float[Array, "N *shape"]:
+def quantile_velocity(coeffs, x: Float[Array, " N *shape"], s: Float[Array, " N *shape"], q, *, data_scale: float = 1.0,
+                      feasibility_tol: float = 1.0) -> Float[Array, " N *shape"]:
     """DG-ODE velocity, quantile form (docs/math.md 5): ``v = f x - 1/2 g^2 eta s``,
     ``eta = 1 + sqrt(2D) Phi^{-1}(q) / |sigma s|^2`` (floored, module docstring), with the feasibility check.
 
@@ -170,9 +170,9 @@ def quantile_velocity(coeffs, x: Float[Array, "N *shape"], s: Float[Array, "N *s
     return _check_feasible(v, coeffs, s_sq, jnp.broadcast_to(k, s_sq.shape), data_scale, feasibility_tol)
 
 
-def rate_velocity(coeffs, x: Float[Array, "N *shape"], s: Float[Array, "N *shape"], div_u: Float[Array, " N"],
+def rate_velocity(coeffs, x: Float[Array, " N *shape"], s: Float[Array, " N *shape"], div_u: Float[Array, " N"],
                   b: Float[Array, " N"], *, data_scale: float = 1.0,
-                  feasibility_tol: float = 1.0) -> Float[Array, "N *shape"]:
+                  feasibility_tol: float = 1.0) -> Float[Array, " N *shape"]:
     """DG-ODE velocity for a custom rate b (N,) (docs/math.md 5): ``v = u + (div u + b) / |s|^2 s``, so that
     d/dt log p_t(x_t) = b; ``div_u`` (N,) is the PF-ODE divergence at (x, t). Returns dx/dt like x."""
     _, sigma, _, g2 = coeffs
@@ -195,7 +195,7 @@ def log_density_shift(process, q, dim: int, t_start=None, t_end=None):
 # ------------------------------------------------------------------------------------------------------
 # prior guidance
 # ------------------------------------------------------------------------------------------------------
-def prior_guidance(process, x_T: Float[Array, "N *shape"], q) -> Float[Array, "N *shape"]:
+def prior_guidance(process, x_T: Float[Array, " N *shape"], q) -> Float[Array, " N *shape"]:
     """Prior guidance (latent rescaling, docs/math.md 5): ``x_T <- x_T * sigma_T * r / |x_T|`` per sample, with
     ``r = chi.ppf(1 - q, df=D)``.
 
@@ -367,7 +367,7 @@ class HighDensity(ODESampler):
 # ------------------------------------------------------------------------------------------------------
 # typicality
 # ------------------------------------------------------------------------------------------------------
-def typicality(score: Callable, process, x: Float[Array, "N *shape"], t, *, key=None,
+def typicality(score: Callable, process, x: Float[Array, " N *shape"], t, *, key=None,
                divergence: DivergenceEstimator | None = None) -> Float[Array, " N"]:
     """The typicality statistic of docs/math.md 5: ``h_t(x) = sigma_t^2 (Lap log p_t(x) + |s|^2) / sqrt(2D)``.
 

@@ -22,7 +22,7 @@ from .ode import PFODE
 
 
 @entry_point
-def sample(score: Callable | AbstractModel, process=None, x_T: Float[Array, "N *shape"] | None = None, *,
+def sample(score: Callable | AbstractModel, process=None, x_T: Float[Array, " N *shape"] | None = None, *,
            sampler: AbstractSampler | None = None,
            key=None, track_logp: bool = False, divergence: DivergenceEstimator | None = None, solver=None,
            steps: int | None = None, rtol: float | None = None, atol: float | None = None, logp_T=None,
