@@ -15,20 +15,18 @@ NFE convention (dgjax.alignment): a score evaluation 1, a JVP of the score 1, a 
 from __future__ import annotations
 
 import argparse
-import time
 
 import diffrax as dfx
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import dgjax as dg
 
 try:
-    from benchmarks._common import timed, save_json
+    from benchmarks._common import save_json, timed
 except ImportError:  # run as a script from benchmarks/
-    from _common import timed, save_json
+    from _common import save_json, timed
 
 
 def _time(fn, x, repeats):

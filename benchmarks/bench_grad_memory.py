@@ -82,7 +82,7 @@ def grad_memory_rows(step_counts=(8, 16, 32, 64, 128, 256), *, dim: int = 3072, 
 
 def print_rows(rows) -> None:
     steps = sorted({r["steps"] for r in rows})
-    print(f"\ngradient of mean log p (Tsit5, constant steps): XLA temp MiB against the number of steps")
+    print("\ngradient of mean log p (Tsit5, constant steps): XLA temp MiB against the number of steps")
     print(f"{'model':<20} {'adjoint':<28} " + " ".join(f"{s:>8d}" for s in steps))
     for (model, adj) in dict.fromkeys((r["model"], r["adjoint"]) for r in rows):
         by = {r["steps"]: r["temp_bytes"] for r in rows if r["model"] == model and r["adjoint"] == adj}

@@ -23,7 +23,6 @@ import time
 import diffrax as dfx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import dgjax as dg
 

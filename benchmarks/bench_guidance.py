@@ -25,14 +25,13 @@ import time
 
 import diffrax as dfx
 import jax
-import jax.numpy as jnp
 
 import dgjax as dg
 
 try:
-    from benchmarks._common import small_flax_score, save_json
+    from benchmarks._common import save_json, small_flax_score
 except ImportError:  # run as a script from benchmarks/
-    from _common import small_flax_score, save_json
+    from _common import save_json, small_flax_score
 
 
 

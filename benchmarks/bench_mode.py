@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import dgjax as dg
 
 try:
-    from benchmarks._common import interleaved_best, small_flax_score, save_json
+    from benchmarks._common import interleaved_best, save_json, small_flax_score
 except ImportError:  # run as a script from benchmarks/
-    from _common import interleaved_best, small_flax_score, save_json
+    from _common import interleaved_best, save_json, small_flax_score
 
 
 def main(argv=None):

@@ -23,7 +23,6 @@ noise).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import jax

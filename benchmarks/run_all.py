@@ -48,12 +48,12 @@ import jax.numpy as jnp
 import dgjax as dg
 
 try:
-    from benchmarks._common import interleaved_best, small_flax_score, save_json
+    from benchmarks._common import interleaved_best, save_json, small_flax_score
     from benchmarks.bench_grad_memory import grad_memory_rows, print_rows as print_grad_memory
     from benchmarks.bench_probe_variance import probe_variance_rows
     from benchmarks.bench_tracking_cost import accuracy_rows, cost_rows
 except ImportError:  # run as a script from benchmarks/
-    from _common import interleaved_best, small_flax_score, save_json
+    from _common import interleaved_best, save_json, small_flax_score
     from bench_grad_memory import grad_memory_rows, print_rows as print_grad_memory
     from bench_probe_variance import probe_variance_rows
     from bench_tracking_cost import accuracy_rows, cost_rows

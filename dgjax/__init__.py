@@ -8,27 +8,70 @@ from .data import DATASETS, Dataset, load_dataset
 from .denoising import add_noise, denoise, posterior_mean
 from .divergence import DivergenceEstimator, Exact, Hutchinson, OrthogonalHutchinson, StepwiseHutchinson
 from .elbo import Elbo, elbo
-from .errors import (ArchitectureMismatch, DgjaxError, InfeasibleGuidance, InvalidArgument, LeftDataRange,
-                     LinearSolveFailed, MaxStepsReached, ModeBifurcation, ModelError, NonFiniteError,
-                     RuntimeCheckError)
-from .forward import ForwardTrack, forward_sde_logp
-from .likelihood import Likelihood, bits_per_dim, log_likelihood
-from .evaluation import (DatasetLikelihood, Dequantization, ImportanceDequantization, StandardErrors,
-                         UniformDequantization, evaluate_likelihood, evaluate_log_density)
-from .quantization import Quantization
-from .models import SHIPPED_MODELS, ArchitectureMismatch, ModelError, TrainedModel, load_model, save_model
-from .oracle import GaussianMixture, random_mixture
-from .parallel import (batch_sharding, host_local_batch, host_slice, log_likelihood_sharded, pad_batch, sample_sharded,
-                       score_alignment_sharded, shard_batch)
-from .parametrizations import score_from, score_to
-from .processes import PROCESSES, EDM, VE, VP, VPSDE, CustomProcess, LinearFlow, Process, VPCosine, VPLinear
-from .grids import GRIDS, AbstractGrid, EDMGrid, LogSNRGrid, TimesGrid, UniformGrid, step_times
-from .solve import SolveOptions
+from .errors import (
+    ArchitectureMismatch,
+    DgjaxError,
+    InfeasibleGuidance,
+    InvalidArgument,
+    LeftDataRange,
+    LinearSolveFailed,
+    MaxStepsReached,
+    ModeBifurcation,
+    ModelError,
+    NonFiniteError,
+    RuntimeCheckError,
+)
+from .evaluation import (
+    DatasetLikelihood,
+    Dequantization,
+    ImportanceDequantization,
+    StandardErrors,
+    UniformDequantization,
+    evaluate_likelihood,
+    evaluate_log_density,
+)
 from .external import AbstractModel, ElementwiseTransform, ExternalScore, batched, external_score, log_transform
+from .forward import ForwardTrack, forward_sde_logp
+from .grids import GRIDS, AbstractGrid, EDMGrid, LogSNRGrid, TimesGrid, UniformGrid, step_times
+from .likelihood import Likelihood, bits_per_dim, log_likelihood
+from .models import SHIPPED_MODELS, ArchitectureMismatch, ModelError, TrainedModel, load_model, save_model
 from .models.galaxies import GALAXY_MODELS, GalaxyModel
-from .sampling import (ODE, PFODE, SDE, DensityGuidance, HighDensity, ModeTracking, NoiseWindow, NoiseWindowLogSNR,
-                       ODESampler, ReverseSDE, Sample, SDESampler, StepBrownianPath, StochasticDensityGuidance,
-                       noise_window, noise_window_log_snr, prior_guidance, sample, typicality)
+from .oracle import GaussianMixture, random_mixture
+from .parallel import (
+    batch_sharding,
+    host_local_batch,
+    host_slice,
+    log_likelihood_sharded,
+    pad_batch,
+    sample_sharded,
+    score_alignment_sharded,
+    shard_batch,
+)
+from .parametrizations import score_from, score_to
+from .processes import EDM, PROCESSES, VE, VP, VPSDE, CustomProcess, LinearFlow, Process, VPCosine, VPLinear
+from .quantization import Quantization
+from .sampling import (
+    ODE,
+    PFODE,
+    SDE,
+    DensityGuidance,
+    HighDensity,
+    ModeTracking,
+    NoiseWindow,
+    NoiseWindowLogSNR,
+    ODESampler,
+    ReverseSDE,
+    Sample,
+    SDESampler,
+    StepBrownianPath,
+    StochasticDensityGuidance,
+    noise_window,
+    noise_window_log_snr,
+    prior_guidance,
+    sample,
+    typicality,
+)
+from .solve import SolveOptions
 from .training import TrainConfig, train
 
 __all__ = [

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-from typing import IO, Callable
+from collections.abc import Callable
+from typing import IO
 
 import jax
 import numpy as np

@@ -47,16 +47,16 @@ JVP 2 more, as it propagates both a first- and a second-order tangent):
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, Float
 
-from . import dynamics as dyn
-from . import grids
+from . import dynamics as dyn, grids
 from ._checks import batch_dot, check_batch, check_finite, check_output, check_score_fn, entry_point, is_concrete
 from .divergence import DivergenceEstimator, Exact, Hutchinson, tracking_start
 from .solve import SolveOptions, add_nfe, merge_options, retrace_token, solve

@@ -48,8 +48,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -235,7 +235,7 @@ def _check_split(split):
         raise ValueError(f"split: unknown {split!r}; choose one of {SPLITS}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits_raw(split):
     from sklearn.datasets import load_digits
 
@@ -244,7 +244,7 @@ def _digits_raw(split):
     return y[perm[:1500]] if split == "train" else y[perm[1500:]]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lfw_raw(split):
     from skimage.data import lfw_subset
 

@@ -8,17 +8,27 @@ exact when p_0 is Gaussian) or a posterior sample (PF-ODE or reverse SDE), all t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from . import grids
-from ._checks import (bcast, check_batch, check_finite, check_key, check_param, check_score_value, check_span,
-                      check_time, entry_point)
+from ._checks import (
+    bcast,
+    check_batch,
+    check_finite,
+    check_key,
+    check_param,
+    check_score_value,
+    check_span,
+    check_time,
+    entry_point,
+)
 from .divergence import Hutchinson
 from .errors import InvalidArgument
+from .likelihood import log_likelihood
 from .parametrizations import x0_from_score
 from .sampling.base import Sample
 from .sampling.guidance import HighDensity
@@ -26,7 +36,6 @@ from .sampling.mode import ModeTracking
 from .sampling.ode import PFODE
 from .sampling.sample import sample
 from .sampling.sde import ReverseSDE
-from .likelihood import log_likelihood
 from .solve import SolveOptions, merge_options
 
 METHODS = ("mean", "mode", "hd", "sample")

@@ -21,7 +21,7 @@ NFE: each JVP counts as one score evaluation more (``num_jvps``).
 from __future__ import annotations
 
 import abc
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax

@@ -12,7 +12,7 @@ with scalar t inside a solve.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -23,15 +23,25 @@ over sqrt(num_samples) (conservative under stratification).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, check_key, check_nonfinite,
-                      check_per_sample, check_score_fn, entry_point)
+from ._checks import (
+    batch_dot,
+    bcast,
+    check_batch,
+    check_finite,
+    check_int,
+    check_key,
+    check_nonfinite,
+    check_per_sample,
+    check_score_fn,
+    entry_point,
+)
 from .processes import gaussian_log_prob
 
 

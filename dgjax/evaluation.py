@@ -29,18 +29,19 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array
 import numpy as np
+from jaxtyping import Array
 
 from ._io import atomic_write
-from .quantization import Quantization
 from .divergence import DivergenceEstimator, Exact, Hutchinson
 from .errors import InvalidArgument
+from .quantization import Quantization
 from .solve import SolveOptions
 
 __all__ = ["Dequantization", "UniformDequantization", "ImportanceDequantization", "StandardErrors",
@@ -151,7 +152,7 @@ class StandardErrors:
     dequantization: float
     probe: float
 
-    def scaled(self, factor: float) -> "StandardErrors":
+    def scaled(self, factor: float) -> StandardErrors:
         return StandardErrors(*(abs(factor) * v for v in dataclasses.astuple(self)))
 
 
@@ -195,7 +196,7 @@ class DatasetLikelihood:
     offset_bits: float
     nfe_per_example: float
     wall_time: float
-    data_space: "DatasetLikelihood | None" = None
+    data_space: DatasetLikelihood | None = None
 
     @property
     def bits_per_dim(self) -> float:

@@ -17,12 +17,13 @@ which ``ElementwiseTransform.data_log_prob(logp_y, y)`` applies (with x = T^{-1}
 
 import abc
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
-from equinox import AbstractVar
 import jax
 import jax.numpy as jnp
+from equinox import AbstractVar
 from jaxtyping import Array
 
 from ._checks import check_param

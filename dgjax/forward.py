@@ -15,7 +15,8 @@ Maruyama has strong order 1/2 here (docs/math.md 4(c) numerics), so use many ste
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import diffrax as dfx
 import equinox as eqx
@@ -23,14 +24,25 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from . import dynamics as dyn
-from . import grids
-from ._checks import (batch_dot, bcast, check_batch, check_finite, check_int, check_key, check_output,
-                      check_per_sample, check_score_fn, check_span, entry_point, event_dim)
+from . import dynamics as dyn, grids
+from ._checks import (
+    batch_dot,
+    bcast,
+    check_batch,
+    check_finite,
+    check_int,
+    check_key,
+    check_output,
+    check_per_sample,
+    check_score_fn,
+    check_span,
+    entry_point,
+    event_dim,
+)
 from .divergence import DivergenceEstimator, Hutchinson, tracking_start
-from .solve import SolveOptions, add_nfe, merge_options, retrace_token, solve_term
 from .sampling.brownian import brownian_path, default_adjoint
 from .sampling.sde import _AugmentedSDETerm
+from .solve import SolveOptions, add_nfe, merge_options, retrace_token, solve_term
 
 
 class ForwardTrack(eqx.Module):

@@ -9,21 +9,20 @@ forward in time: its log-density state changes by -int div u, so log p_0 = log p
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from . import dynamics as dyn
-from . import grids
+from . import dynamics as dyn, grids
 from ._checks import check_batch, check_finite, check_output, check_per_sample, check_score_fn, check_span, entry_point
-from .quantization import Quantization
 from .divergence import DivergenceEstimator, Hutchinson, StepwiseHutchinson, tracking_start
 from .errors import InvalidArgument
 from .external import AbstractModel
+from .quantization import Quantization
 from .sampling.sample import check_common, from_model
 from .solve import SolveOptions, add_nfe, merge_options, retrace_token, solve
 
@@ -125,7 +124,7 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
     return Likelihood(logp, stderr, x_T, logp_T, nfe)
 
 
-def bits_per_dim(logp: Float[ArrayLike, " *N"], shape, offset_bits: "float | Quantization | None" = None
+def bits_per_dim(logp: Float[ArrayLike, " *N"], shape, offset_bits: float | Quantization | None = None
                  ) -> Float[Array, " *N"]:
     """bits/dim = -log p(x) / (D ln 2) + offset_bits, D = prod(shape).
 

@@ -50,7 +50,7 @@ sampler): without gradients every solve is a while loop over its state.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import equinox as eqx
 import jax

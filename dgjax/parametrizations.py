@@ -14,7 +14,7 @@ Every sampler consumes one thing only: a pure ``score(x, t) -> array like x``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -16,9 +16,10 @@ array of times and act elementwise.
 """
 
 import abc
-import math
 import inspect
-from typing import Callable, ClassVar, Mapping, NamedTuple
+import math
+from collections.abc import Callable, Mapping
+from typing import ClassVar, NamedTuple
 
 import equinox as eqx
 import jax

@@ -15,7 +15,8 @@ reached; an exhausted step budget raises ``MaxStepsReached``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import diffrax as dfx
 import equinox as eqx
@@ -58,7 +59,7 @@ class SolveOptions:
     max_steps: int | None = None
     grid: Any = None
 
-    def replace(self, **changes) -> "SolveOptions":
+    def replace(self, **changes) -> SolveOptions:
         return dataclasses.replace(self, **changes)
 
 

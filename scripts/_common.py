@@ -27,9 +27,8 @@ import json
 import logging
 import math
 import os
-import sys
 import time
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -260,7 +259,7 @@ def bits_per_dim(model, logp) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------
 # models and compiled solves (cached per process)
 # ------------------------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def load_model(name: str):
     import dgjax as dg
 
@@ -295,7 +294,7 @@ def batched(fn, x, key, batch: int, *extra):
     return map_chunks(fn, x, batch, key, *extra, pad=True, fold="index")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _guided_program(model_name: str, steps: int, probes: int):
     import jax
 
@@ -333,7 +332,7 @@ def median_latents(model, x_T):
     return dg.DensityGuidance(0.5).prepare(model.process, x_T)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _encode_program(model_name: str, steps: int, probes: int):
     import jax
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -31,7 +31,7 @@ import _common as C  # noqa: E402
 NAME = "consistency"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sde_program(model_name: str, steps: int, scheme: str, probes: int):
     import jax
 
@@ -48,7 +48,7 @@ def _sde_program(model_name: str, steps: int, scheme: str, probes: int):
     return run
 
 
-@lru_cache(maxsize=None)
+@cache
 def _align_program(model_name: str, t_end: float, steps: int, score_free: bool, probes: int):
     import jax
 

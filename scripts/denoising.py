@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -34,7 +34,7 @@ NAME = "denoising"
 METHODS = ("mean", "sample", "hd", "mode")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _program(model_name: str, method: str, t: float, steps: int, sde_steps: int, mode_solver: str = "gmres"):
     import jax
 
@@ -98,7 +98,6 @@ def clean_images(model_name, model, n: int, seed: int, cfg) -> np.ndarray:
 
 
 def main(argv=None) -> dict:
-    import jax
 
     import dgjax as dg
 
@@ -149,7 +148,7 @@ def main(argv=None) -> dict:
         rel = diff / np.linalg.norm(res["mode"].reshape(n, -1), axis=1)
         rows.append(dict(t=t, method="hd_vs_mode", n=n, mean_dist=np.nanmean(diff), mean_rel_dist=np.nanmean(rel)))
         grid += [x0, x_t] + [np.nan_to_num(res[m]) for m in METHODS]
-        labels += [f"x_0", f"x_t (t={t:g})"] + [f"{m}" for m in METHODS]
+        labels += ["x_0", f"x_t (t={t:g})"] + [f"{m}" for m in METHODS]
     run.csv("table.csv", rows)
     run.csv("samples.csv", per_sample)
     cols = min(n, 12)

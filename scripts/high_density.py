@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -31,7 +31,7 @@ import _common as C  # noqa: E402
 NAME = "high_density"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _hd_program(model_name: str, t_switch: float, steps: int):
     import jax
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -33,7 +33,7 @@ import _common as C  # noqa: E402
 NAME = "sample_quality"
 
 
-@lru_cache(maxsize=None)
+@cache
 def classifier(c: float = 0.5):
     """(fitted LogisticRegression, held-out features (297, 64), held-out labels (297,)) on real digits."""
     from sklearn.datasets import load_digits
@@ -69,7 +69,7 @@ def score_samples(clf, levels, threshold: float) -> dict:
                 mean_top_prob=float(top.mean()))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _adaptive_program(model_name: str, rtol: float):
     """jit(x_T, q, key) -> (x, tracked log p): ``dg.DensityGuidance(q, start_at_median=False)`` from the
     latents as given, adaptive Tsit5; at q = 0.5 it is exactly the PF-ODE (Phi^{-1}(0.5) = 0), so one

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import sys
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -38,7 +38,7 @@ NAME = "stochastic_dg"
 WINDOWS = {"early": (0.2, -10.0, -4.0), "late": (0.3, -3.0, 9.0)}  # phi_tilde level, lambda_from, lambda_to
 
 
-@lru_cache(maxsize=None)
+@cache
 def _dgsde_program(model_name: str, steps: int, exact: bool, probes: int):
     """One program for every window and q: the window (level, lambda range) and q are traced arguments
     (``dg.noise_window_log_snr`` accepts traced values)."""
@@ -80,7 +80,6 @@ def main(argv=None) -> dict:
     run = C.Run(NAME, args, argv, cfg)
     import jax.numpy as jnp
 
-    import dgjax as dg
     from dgjax.sampling import log_density_shift
 
     L, R, b = cfg["num"], cfg["draws"], cfg["batch"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -28,7 +28,7 @@ import _common as C  # noqa: E402
 NAME = "three_densities"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sde_program(model_name: str, steps: int):
     import jax
 
@@ -45,7 +45,7 @@ def _sde_program(model_name: str, steps: int):
     return run
 
 
-@lru_cache(maxsize=None)
+@cache
 def _elbo_program(model_name: str, num_samples: int):
     import jax
 

@@ -4,8 +4,8 @@ classifies an exception by its text."""
 
 import ast
 import os
-import re
 import pathlib
+import re
 import subprocess
 import sys
 import time

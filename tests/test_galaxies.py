@@ -3,8 +3,9 @@
 One cheap test per claim (the model loaded once per module, N = 8 or fewer, Heun with 16-24 steps on the
 process's default grid, one compiled program per test); the rest is marked slow."""
 
-import diffrax as dfx
 import importlib.metadata
+
+import diffrax as dfx
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 
 import dgjax as dg
-from dgjax.models import (ArchitectureMismatch, ModelError, SHIPPED_MODELS, WEIGHTS_DIR, TrainedModel,
-                          init_params, load_model, make_network, save_model)
+from dgjax.models import (
+    SHIPPED_MODELS,
+    WEIGHTS_DIR,
+    ArchitectureMismatch,
+    ModelError,
+    TrainedModel,
+    init_params,
+    load_model,
+    make_network,
+    save_model,
+)
 
 TINY = dict(channels=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], dropout=0.0)
 

@@ -4,9 +4,9 @@ moments follow alpha and sigma; the prior is the stated Gaussian."""
 import math
 
 import diffrax as dfx
-import lineax as lx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 import pytest
 from scipy import stats

@@ -4,8 +4,8 @@ typicality and the likelihood encoders refuse a mis-shaped or low-precision scor
 used to broadcast into a finite wrong result or return NaN / -inf."""
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import dgjax as dg

@@ -14,8 +14,17 @@ import pytest
 
 from dgjax.data import load_dataset
 from dgjax.models import ArchitectureMismatch, ModelError, load_model, make_network
-from dgjax.training import (Checkpoints, TrainConfig, init_state, lambda_density, learning_rate, make_optimizer,
-                            sample_lambda, train, update_histogram)
+from dgjax.training import (
+    Checkpoints,
+    TrainConfig,
+    init_state,
+    lambda_density,
+    learning_rate,
+    make_optimizer,
+    sample_lambda,
+    train,
+    update_histogram,
+)
 
 # a small UNet that compiles quickly; no evaluation unless a test asks for it
 SMALL = dict(channels=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], dropout=0.0)

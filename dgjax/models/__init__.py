@@ -7,10 +7,28 @@ run's orbax checkpoints; ``load_run``) <- ``galaxies`` (galaxygrad's pretrained 
 nothing here imports training (docs/ARCHITECTURE.md).
 """
 
-from .checkpoints import Checkpoints, load_run, read_run_config, state_checksum
-from .files import (SHIPPED_MODELS, WEIGHTS_DIR, check_params_finite, load_model, load_model_files, params_from_bytes,
-                    save_model)
 from ..errors import ArchitectureMismatch, ModelError
-from .networks import (ARCHITECTURES, MLP, AttnBlock, ResBlock, UNet,
-                       check_same_architecture, init_params, logsnr_embedding, make_network, num_params, param_shapes)
+from .checkpoints import Checkpoints, load_run, read_run_config, state_checksum
+from .files import (
+    SHIPPED_MODELS,
+    WEIGHTS_DIR,
+    check_params_finite,
+    load_model,
+    load_model_files,
+    params_from_bytes,
+    save_model,
+)
+from .networks import (
+    ARCHITECTURES,
+    MLP,
+    AttnBlock,
+    ResBlock,
+    UNet,
+    check_same_architecture,
+    init_params,
+    logsnr_embedding,
+    make_network,
+    num_params,
+    param_shapes,
+)
 from .trained import FORMAT, TrainedModel, network_from_config, process_from_config, process_to_config

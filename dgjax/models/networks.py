@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -24,6 +25,7 @@ import numpy as np
 
 from .._io import leaf_shapes
 from ..errors import ArchitectureMismatch, ModelError
+
 
 # ------------------------------------------------------------------------------------------------------
 # networks

@@ -15,8 +15,8 @@ import equinox as eqx
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ..errors import ModelError
 from .. import processes
+from ..errors import ModelError
 from ..external import AbstractModel
 from ..likelihood import log_likelihood
 from ..parametrizations import PARAMETRIZATIONS, score_from
@@ -117,7 +117,7 @@ class TrainedModel(Model):
         """The dtype the network computes in (float32 unless made with ``with_compute_dtype``)."""
         return jnp.dtype(_compute_dtype(getattr(self.network, "dtype", None)))
 
-    def with_compute_dtype(self, dtype) -> "TrainedModel":
+    def with_compute_dtype(self, dtype) -> TrainedModel:
         """The same model with the network computing in ``dtype`` (e.g. ``jnp.bfloat16``): mixed precision.
 
         Parameters stay float32 (cast per layer), the log-SNR embedding's sinusoids are computed in float32,

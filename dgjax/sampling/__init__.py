@@ -5,14 +5,37 @@ package: base <- brownian <- ode <- guidance <- sde <- mode <- sample."""
 
 from .base import AbstractSampler, Cost, Sample
 from .brownian import StepBrownianPath
-from .guidance import (COEF_CAP, DensityGuidance, HighDensity, chi_radius, log_density_shift, prior_guidance,
-                       quantile_velocity, rate_velocity, typicality)
+from .guidance import (
+    COEF_CAP,
+    DensityGuidance,
+    HighDensity,
+    chi_radius,
+    log_density_shift,
+    prior_guidance,
+    quantile_velocity,
+    rate_velocity,
+    typicality,
+)
 from .mode import ModeTracking
 from .ode import ODE, PFODE, ODESampler, run_ode
 from .sample import sample
-from .sde import (BROWNIAN, SDE, ItoScheme, MilsteinScheme, NoiseWindow, NoiseWindowLogSNR, ReverseSDE, ReverseSDEScheme,
-                  SDESampler, StochasticDensityGuidance, StratonovichScheme, brownian_path, noise_window,
-                  noise_window_log_snr, run_sde)
+from .sde import (
+    BROWNIAN,
+    SDE,
+    ItoScheme,
+    MilsteinScheme,
+    NoiseWindow,
+    NoiseWindowLogSNR,
+    ReverseSDE,
+    ReverseSDEScheme,
+    SDESampler,
+    StochasticDensityGuidance,
+    StratonovichScheme,
+    brownian_path,
+    noise_window,
+    noise_window_log_snr,
+    run_sde,
+)
 
 __all__ = [
     "AbstractSampler", "Cost", "Sample", "StepBrownianPath",

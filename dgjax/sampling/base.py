@@ -22,7 +22,8 @@ never ask which kind of sampler they have.
 from __future__ import annotations
 
 import abc
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 from jaxtyping import Array
@@ -81,7 +82,7 @@ class AbstractSampler(eqx.Module):
         """Transform the starting latent (e.g. rescale it); default: unchanged."""
         return x_T
 
-    def with_data_range(self, data_range: float | None) -> "AbstractSampler":
+    def with_data_range(self, data_range: float | None) -> AbstractSampler:
         """This sampler checking its samples against the data range [-r, r] of the model it samples
         (``dg.sample(model, ...)``): guidance samplers override it (unless given their own range); the rest
         keep to the model's data and are returned unchanged."""

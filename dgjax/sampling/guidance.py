@@ -40,7 +40,8 @@ the head-room (about D/2) is intact. ``feasibility_tol=0`` disables the check (t
 from __future__ import annotations
 
 import math
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -52,11 +53,21 @@ from jaxtyping import Array, Float
 from scipy import stats
 
 from .. import dynamics as dyn
-from .._checks import (batch_dot, bcast, check_batch, check_finite, check_nonfinite, check_param, check_time,
-                       check_value, checked_shape, event_dim, is_concrete)
+from .._checks import (
+    batch_dot,
+    bcast,
+    check_batch,
+    check_finite,
+    check_nonfinite,
+    check_param,
+    check_time,
+    check_value,
+    checked_shape,
+    event_dim,
+    is_concrete,
+)
 from ..divergence import DivergenceEstimator, Hutchinson
-from ..errors import INFEASIBLE_MSG as _INFEASIBLE_MSG
-from ..errors import InfeasibleGuidance
+from ..errors import INFEASIBLE_MSG as _INFEASIBLE_MSG, InfeasibleGuidance
 from .ode import ODESampler
 
 COEF_CAP = 1e12
@@ -286,7 +297,7 @@ class DensityGuidance(ODESampler):
     def checked_range(self) -> float | None:
         return self.data_range
 
-    def with_data_range(self, data_range: float | None) -> "DensityGuidance":
+    def with_data_range(self, data_range: float | None) -> DensityGuidance:
         """This guidance with ``data_range`` (kept as is when it has its own)."""
         if self.data_range is not None or data_range is None:
             return self

@@ -27,7 +27,8 @@ it, with the divergence estimator and the solve's probes, as the keywords ``scor
 from __future__ import annotations
 
 import math
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax

@@ -15,15 +15,15 @@ diffrax, with the augmented state ``(x, log p per probe)`` when ``track_logp`` (
 """
 
 import abc
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
 from equinox import AbstractVar
 
-from .. import dynamics as dyn
-from .. import grids
+from .. import dynamics as dyn, grids
 from .._checks import check_output, check_param, checked_shape, is_concrete
 from ..divergence import tracking_start
 from ..solve import add_nfe, retrace_token, solve

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -10,8 +10,19 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .. import dynamics as dyn
-from .._checks import (check_batch, check_finite, check_int, check_key, check_param, check_per_sample, check_score_fn,
-                       check_span, check_value, entry_point, is_concrete)
+from .._checks import (
+    check_batch,
+    check_finite,
+    check_int,
+    check_key,
+    check_param,
+    check_per_sample,
+    check_score_fn,
+    check_span,
+    check_value,
+    entry_point,
+    is_concrete,
+)
 from ..divergence import DivergenceEstimator, Hutchinson
 from ..errors import InvalidArgument, LeftDataRange
 from ..external import AbstractModel

@@ -37,18 +37,18 @@ reproduces a path exactly. See benchmarks/bench_sde.py and bench_loop_overhead.p
 
 import abc
 import math
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import diffrax as dfx
 import equinox as eqx
-from equinox import AbstractClassVar, AbstractVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from equinox import AbstractClassVar, AbstractVar
 from jaxtyping import Array
 
-from .. import dynamics as dyn
-from .. import grids
+from .. import dynamics as dyn, grids
 from .._checks import batch_dot, bcast, check_output, check_param, check_value, checked_shape, event_dim, is_concrete
 from ..divergence import tracking_start
 from ..solve import add_nfe, retrace_token, solve_term

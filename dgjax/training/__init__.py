@@ -48,5 +48,12 @@ from .checkpoints import Checkpoints, load_run, state_checksum
 from .config import IMPORTANCE, OBJECTIVES, WEIGHTINGS, TrainConfig, model_config
 from .loop import TrainingInterrupted, TrainResult, train
 from .loss import flow_matching_loss_fn, lambda_density, make_loss_fn, sample_lambda, update_histogram, weight
-from .step import (heldout_bits_per_dim, init_state, learning_rate, lr_schedule, make_evaluator, make_optimizer,
-                   make_train_step)
+from .step import (
+    heldout_bits_per_dim,
+    init_state,
+    learning_rate,
+    lr_schedule,
+    make_evaluator,
+    make_optimizer,
+    make_train_step,
+)

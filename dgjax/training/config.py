@@ -48,7 +48,7 @@ class TrainConfig:
     ckpt_every: int = 500
     keep: int = 3
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         def need(ok, name, msg):
             if not ok:
                 raise ValueError(f"{name}: {msg}; got {getattr(self, name)!r}")
@@ -81,7 +81,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
