@@ -1,6 +1,7 @@
 """dgjax: measure and control the log-density of what diffusion and flow models generate.
 
-The specification is docs/math.md (conventions, signs, formulas); the public names are ``__all__``, documented in docs/api/.
+The specification is docs/math.md (conventions, signs, formulas); the public names are ``__all__``, documented in
+docs/api/.
 """
 
 from .alignment import Alignment, score_alignment
@@ -34,7 +35,7 @@ from .external import AbstractModel, ElementwiseTransform, ExternalScore, batche
 from .forward import ForwardTrack, forward_sde_logp
 from .grids import GRIDS, AbstractGrid, EDMGrid, LogSNRGrid, TimesGrid, UniformGrid, step_times
 from .likelihood import Likelihood, bits_per_dim, log_likelihood
-from .models import SHIPPED_MODELS, ArchitectureMismatch, ModelError, TrainedModel, load_model, save_model
+from .models import SHIPPED_MODELS, TrainedModel, load_model, save_model
 from .models.galaxies import GALAXY_MODELS, GalaxyModel
 from .oracle import GaussianMixture, random_mixture
 from .parallel import (
@@ -97,8 +98,8 @@ __all__ = [
     "AbstractModel", "ExternalScore", "ElementwiseTransform", "batched", "external_score", "log_transform",
     "GALAXY_MODELS", "GalaxyModel",
     "ODE", "PFODE", "ODESampler", "Sample", "sample",
-    "SDE", "NoiseWindow", "NoiseWindowLogSNR", "ReverseSDE", "SDESampler", "StepBrownianPath", "StochasticDensityGuidance",
-    "noise_window", "noise_window_log_snr",
+    "SDE", "NoiseWindow", "NoiseWindowLogSNR", "ReverseSDE", "SDESampler", "StepBrownianPath",
+    "StochasticDensityGuidance", "noise_window", "noise_window_log_snr",
     "TrainConfig", "train",
 ]
 __version__ = "0.1.0"

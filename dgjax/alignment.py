@@ -28,11 +28,11 @@ divergence of the JVP map is a second-order term (a JVP of a JVP: ``v^T d/dx(J_s
 with ``dg.Hutchinson`` (default; with constant steps fresh probes at every step, as in the published
 code -- Rademacher probes cycle through the rows of a randomly signed Hadamard matrix, so consecutive
 steps' probes are orthogonal and their noise cancels; with adaptive steps drawn once per solve, one key
-per sample, held fixed along the path) or ``dg.Exact()`` (small D). The read-out never evaluates the score at t_end: omega comes from
-the drift along the path only. (The solver still evaluates the vector field at its own stages, which
-for Tsit5 include t_end as the first-same-as-last stage; with constant ``steps`` that value is not used
-at all, and a score that is NaN at t_end leaves the score-free result finite, as tested; an adaptive
-controller does use it in the error estimate of the last step.) The two forms agree up to solver
+per sample, held fixed along the path) or ``dg.Exact()`` (small D). The read-out never evaluates the score at t_end:
+omega comes from the drift along the path only. (The solver still evaluates the vector field at its own stages, which
+for Tsit5 include t_end as the first-same-as-last stage; with constant ``steps`` that value is not used at all, and a
+score that is NaN at t_end leaves the score-free result finite, as tested; an adaptive controller does use it in the
+error estimate of the last step.) The two forms agree up to solver
 error when s is an exact score (the oracle); for a learned score they differ by how far ``s_theta`` is
 from the score of the model's own PF-ODE density. The Hutchinson noise of the second-order term is
 heavy-tailed on the oracle (narrow components); redrawing the probes (the default under constant

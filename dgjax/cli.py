@@ -51,7 +51,8 @@ def _demo(args) -> int:
         err = abs(float(out.logp[i]) - float(exact[i]))
         print(f"{i:>6} {'(' + xi + ')':>22} {float(out.logp[i]):>14.6f} {float(exact[i]):>12.6f} {err:>10.2e}")
     max_err = float(jnp.max(jnp.abs(out.logp - exact)))
-    print(f"max |tracked - exact| = {max_err:.2e} nats; NFE per sample = {int(out.nfe)}; {elapsed:.2f}s (incl. compile)")
+    print(f"max |tracked - exact| = {max_err:.2e} nats; NFE per sample = {int(out.nfe)}; "
+          f"{elapsed:.2f}s (incl. compile)")
     return 0
 
 
@@ -60,7 +61,8 @@ def _number(kind, lo=None, lo_open=False, hi=None, hi_open=False, what=None):
     exits with code 2 (issue 15: every invalid option is refused, never tabulated)."""
     import math
 
-    bounds = ("(" if lo_open else "[") + f"{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}" + (")" if hi_open or hi is None else "]")
+    bounds = (("(" if lo_open else "[") + f"{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}"
+              + (")" if hi_open or hi is None else "]"))
     what = what or f"must be {'an integer' if kind is int else 'a finite number'} in {bounds}"
 
     def parse(text):
@@ -271,7 +273,8 @@ def _sample_report(args, model, table, elapsed: float) -> None:
     print(f"density guidance (DG-ODE) on model {model.name!r} ({model.config.get('data')}, shape {model.shape}, "
           f"D={dim}), {args.num} samples per q from the same {args.num} latents (seed {args.seed}), {mode}, "
           f"log p tracked with Hutchinson ({args.probes} probe{'s' if args.probes > 1 else ''})")
-    print(f"{'q':>6} {'mean log p':>11} {'std':>8} {'mean -log p':>12} {'bits/dim':>9} {'DG rate shift':>14} {'NFE':>6}")
+    print(f"{'q':>6} {'mean log p':>11} {'std':>8} {'mean -log p':>12} {'bits/dim':>9} {'DG rate shift':>14} "
+          f"{'NFE':>6}")
     for q, logp, nfe, err in table:
         if err is not None:
             print(f"{q:>6.3g}  {err}")
@@ -282,8 +285,9 @@ def _sample_report(args, model, table, elapsed: float) -> None:
               f"{shift:>+14.2f} {nfe:>6d}")
     done = [q for q, _, _, err in table if err is None]
     if done:
-        print(f"grid: {args.out} ({len(done)} rows, one per sampled q top to bottom: {', '.join(f'{q:g}' for q in done)}; "
-              f"{args.num} columns, one per latent); {elapsed:.1f}s (incl. compile)")
+        print(f"grid: {args.out} ({len(done)} rows, one per sampled q top to bottom: "
+              f"{', '.join(f'{q:g}' for q in done)}; {args.num} columns, one per latent); "
+              f"{elapsed:.1f}s (incl. compile)")
     else:
         print(f"no q could be sampled; {args.out} was not written")
     if hasattr(model, "data_log_prob"):
@@ -291,9 +295,9 @@ def _sample_report(args, model, table, elapsed: float) -> None:
               "t_min; bits/dim without an offset; the grid shows asinh(x / 0.05) (see --help)")
     else:
         print("log p is in nats of the model density of x in [-1, 1]^D at t_min; bits/dim uses the data set's "
-              f"dequantisation offset ({ds.offset_bits:.3f} bits); 'DG rate shift' is what the guidance adds to the PF-ODE's "
-              "log-density rate (-div u) over the path, 1/2 (lambda_max - lambda_min) sqrt(2D) Phi^-1(q); the final log p "
-              "also differs because -div u is integrated along a different path")
+              f"dequantisation offset ({ds.offset_bits:.3f} bits); 'DG rate shift' is what the guidance adds to the "
+              "PF-ODE's log-density rate (-div u) over the path, 1/2 (lambda_max - lambda_min) sqrt(2D) Phi^-1(q); "
+              "the final log p also differs because -div u is integrated along a different path")
 
 
 def _likelihood(args) -> int:
@@ -387,7 +391,8 @@ def _protocol_text(deq) -> str:
 
 
 def _stochastic_evaluator(model, offset_bits, method, steps, num_samples):
-    """(params, x, key) -> bits/dim (N,) by the forward-SDE encoder (docs/math.md 4(e)) or the ELBO (docs/math.md 10)."""
+    """(params, x, key) -> bits/dim (N,) by the forward-SDE encoder (docs/math.md 4(e)) or the ELBO
+    (docs/math.md 10)."""
     import jax
 
     import dgjax as dg
@@ -463,7 +468,8 @@ def _align(args) -> int:
                      f"model's score is not finite along the path (check the model file)")
     frac = float(np.mean(v > 0))
     print(f"score alignment of model {model.name!r} at t_end={args.t_end:g} "
-          f"({'score-free' if args.score_free else 'score'} form, w_T = {'prior score' if args.prior_direction else 's_T(x_T)'}): "
+          f"({'score-free' if args.score_free else 'score'} form, "
+          f"w_T = {'prior score' if args.prior_direction else 's_T(x_T)'}): "
           f"aligned fraction {frac:.3f} of {len(v)} latents (value > 0); median value {np.median(v):.4g} "
           f"({time.perf_counter() - start:.1f}s)")
     return 0
@@ -484,7 +490,8 @@ def _add_demo(sub) -> None:
     demo.add_argument("--num-samples", type=POS_INT, default=8, help="number of samples (default 8)")
     demo.add_argument("--process", default="vp", choices=["vp", "vplinear", "cosine", "ve", "edm", "flow"],
                       help="forward process (default vp: log-SNR linear in [-10, 10])")
-    demo.add_argument("--rtol", type=POS_FLOAT, default=1e-6, help="rtol = atol of the adaptive Tsit5 solve (default 1e-6)")
+    demo.add_argument("--rtol", type=POS_FLOAT, default=1e-6,
+                      help="rtol = atol of the adaptive Tsit5 solve (default 1e-6)")
     demo.add_argument("--seed", type=SEED, default=0, help="PRNG seed (default 0)")
     demo.add_argument("--x64", action="store_true", help="run in float64")
     demo.set_defaults(func=_demo)
@@ -517,7 +524,8 @@ def _add_train(sub) -> None:
     tr.add_argument("--depth", type=POS_INT, default=3, help="mlp: hidden layers")
     tr.add_argument("--steps", type=POS_INT, default=2000, help="optimisation steps")
     tr.add_argument("--batch-size", type=POS_INT, default=64, help="examples per step")
-    tr.add_argument("--lr", type=POS_FLOAT, default=1e-3, help="peak Adam learning rate (warm-up, then cosine decay to 10%%)")
+    tr.add_argument("--lr", type=POS_FLOAT, default=1e-3,
+                    help="peak Adam learning rate (warm-up, then cosine decay to 10%%)")
     tr.add_argument("--warmup", type=NONNEG_INT, default=100, help="linear learning-rate warm-up steps")
     tr.add_argument("--grad-clip", type=POS_FLOAT, default=1.0, help="global gradient-norm clip")
     tr.add_argument("--ema-decay", type=FRACTION, default=0.999, help="decay of the parameter EMA")
@@ -526,7 +534,8 @@ def _add_train(sub) -> None:
     tr.add_argument("--importance", default=None, choices=["adaptive", "uniform"],
                     help="noise-level sampling: adaptive importance sampling (Kingma & Gao 2023; default for "
                          "--objective eps) or uniform in log-SNR (uniform in t for --objective flow, its only choice)")
-    tr.add_argument("--seed", type=SEED, default=0, help="seed: the data order and all randomness are functions of (seed, step)")
+    tr.add_argument("--seed", type=SEED, default=0,
+                    help="seed: the data order and all randomness are functions of (seed, step)")
     tr.add_argument("--eval-every", type=POS_INT, default=500, help="steps between held-out bits/dim evaluations")
     tr.add_argument("--eval-num", type=POS_INT, default=32, help="test examples in each periodic evaluation")
     tr.add_argument("--final-eval-num", type=POS_INT, default=256, help="test examples in the final evaluation")
@@ -552,9 +561,10 @@ def _add_sample(sub) -> None:
                         "quantile: q > 0.5 raises log p (smoother, less detail), q < 0.5 lowers it (more detail).",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sm.add_argument("--model", default="digits",
-                    help="a shipped model (digits, digits-flow, patches), a galaxy model (galaxies-hsc32, galaxies-hsc64, "
-                    "galaxies-ztf32, galaxies-ztf64; needs dgjax[galaxies]; images shown with an asinh stretch "
-                    "of the flux x = exp(0.1 y) - 1: asinh(x / 0.05) / asinh(20), black at flux 0, white at flux 1), "
+                    help="a shipped model (digits, digits-flow, patches), a galaxy model (galaxies-hsc32, "
+                    "galaxies-hsc64, galaxies-ztf32, galaxies-ztf64; needs dgjax[galaxies]; images shown with an "
+                    "asinh stretch of the flux x = exp(0.1 y) - 1: asinh(x / 0.05) / asinh(20), black at flux 0, "
+                    "white at flux 1), "
                     "a NAME.msgpack file, or a training run directory")
     sm.add_argument("--q", type=QUANTILE, nargs="+", default=[0.5, 0.55, 0.6, 0.65],
                     help="log-density quantiles, one grid row each (the default rows keep the digits model inside "
@@ -594,7 +604,8 @@ def _add_likelihood(sub) -> None:
     lk.add_argument("--max-steps", type=MAX_STEPS, default=16384,
                     help="adaptive solves: give up after this many steps")
     lk.add_argument("--method", default="ode", choices=["ode", "sde", "elbo"],
-                    help="log p by PF-ODE encoding, by the forward-SDE encoder (docs/math.md 4(e)), or the ELBO (docs/math.md 10)")
+                    help="log p by PF-ODE encoding, by the forward-SDE encoder (docs/math.md 4(e)), or the ELBO "
+                    "(docs/math.md 10)")
     lk.add_argument("--steps", type=POS_INT, default=1000, help="Euler-Maruyama steps of --method sde")
     lk.add_argument("--num-samples", type=POS_INT, default=64, help="log-SNR draws per example of --method elbo")
     lk.add_argument("--dequantization", default=None, choices=["uniform", "importance", "none"],

@@ -99,7 +99,8 @@ class Dequantize:
 
     @property
     def offset_bits(self) -> float:
-        """log2(K / 2): bits/dim of y = -log p(x) / (D ln 2) + offset_bits (``Quantization.offset_bits``, docs/math.md 4)."""
+        """log2(K / 2): bits/dim of y = -log p(x) / (D ln 2) + offset_bits (``Quantization.offset_bits``,
+        docs/math.md 4)."""
         return self.quantization.offset_bits
 
     def to_model(self, y, rng: np.random.Generator | None) -> np.ndarray:

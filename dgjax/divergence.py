@@ -10,8 +10,8 @@ stack of per-probe trace estimates of shape (P, N):
 - ``Hutchinson(K)``: P = K rows ``v_k^T J v_k``, v Rademacher (default) or standard Gaussian; each
   row is an unbiased estimate of tr J, their mean is the estimate and their spread gives its standard
   error. Probes are drawn once per solve, one key per sample (``split(key, N)``; with JAX's default
-  partitionable threefry, sample i's probes do not depend on the batch size), and held fixed along the path: the augmented ODE stays a smooth vector field that
-  adaptive solvers can step.
+  partitionable threefry, sample i's probes do not depend on the batch size), and held fixed along the path: the
+  augmented ODE stays a smooth vector field that adaptive solvers can step.
 
 ``fn`` must act per sample (row i of the output depends only on row i of the input), as every score
 function does; then one tangent carrying a probe in every row yields all N per-sample traces at once.
@@ -95,8 +95,9 @@ class Hutchinson(DivergenceEstimator):
     distribution: str = eqx.field(static=True, default="rademacher")
 
     def __check_init__(self):
-        check_param(isinstance(self.num_probes, int) and not isinstance(self.num_probes, bool) and self.num_probes >= 1, "num_probes",
-                    f"must be an integer >= 1; got {self.num_probes!r}")
+        k = self.num_probes
+        check_param(isinstance(k, int) and not isinstance(k, bool) and k >= 1, "num_probes",
+                    f"must be an integer >= 1; got {k!r}")
         check_param(self.distribution in ("rademacher", "gaussian"), "distribution",
                     f"must be 'rademacher' or 'gaussian'; got {self.distribution!r}")
 
@@ -134,10 +135,11 @@ class Hutchinson(DivergenceEstimator):
         d_pad = 1 << max(d - 1, 0).bit_length()
         signs = self.draw(key, x)[:1]  # (1, N, *shape), fixed per solve
         offset = jax.random.randint(jax.random.fold_in(key, 1), (n,), 0, d_pad, dtype=jnp.int32)
-        rows = (offset[None, :] + step * self.num_probes + jnp.arange(self.num_probes, dtype=jnp.int32)[:, None]) % d_pad
+        k = self.num_probes
+        rows = (offset[None, :] + step * k + jnp.arange(k, dtype=jnp.int32)[:, None]) % d_pad
         cols = jnp.arange(d, dtype=jnp.int32)
         parity = jax.lax.population_count(rows[:, :, None] & cols[None, None, :]) & 1  # (K, N, D)
-        h = (1 - 2 * parity).astype(x.dtype).reshape((self.num_probes,) + x.shape)
+        h = (1 - 2 * parity).astype(x.dtype).reshape((k,) + x.shape)
         return signs * h
 
     def quadratic_traces(self, quad, x, probes):

@@ -453,7 +453,8 @@ def _solve_kwargs(options: SolveOptions | None) -> dict:
         return {}
     if not isinstance(options, SolveOptions):
         raise InvalidArgument(f"options: expected a dg.SolveOptions (solver, steps, rtol, atol, ...); got {options!r}")
-    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if getattr(options, f.name) is not None}
+    fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -496,7 +497,8 @@ def evaluate_likelihood(score: Callable, process, data, *, key,
 
     divergence = Hutchinson() if divergence is None else divergence
     if not isinstance(divergence, DivergenceEstimator):
-        raise InvalidArgument(f"divergence: expected a dg.DivergenceEstimator such as dg.Hutchinson(); got {divergence!r}")
+        raise InvalidArgument(f"divergence: expected a dg.DivergenceEstimator such as dg.Hutchinson(); "
+                              f"got {divergence!r}")
     kwargs = _solve_kwargs(options)
 
     def batch_fn(x, k):

@@ -54,7 +54,8 @@ class GaussianMixture(eqx.Module):
         check_param(means.ndim >= 2 and means.shape[0] == k, "means",
                     f"must have shape (K, *shape) with K = {k} (from weights); got {means.shape}")
         if variances.ndim == 1:
-            check_param(variances.shape == (k,), "variances", f"must have shape (K,) or (K, *shape); got {variances.shape}")
+            check_param(variances.shape == (k,), "variances",
+                        f"must have shape (K,) or (K, *shape); got {variances.shape}")
             variances = jnp.broadcast_to(jnp.reshape(variances, (k,) + (1,) * (means.ndim - 1)), means.shape)
         check_param(variances.shape == means.shape, "variances",
                     f"must have shape (K,) or {means.shape} like means; got {variances.shape}")
@@ -81,7 +82,8 @@ class GaussianMixture(eqx.Module):
         """Flattened per-component terms: g (N, K, D), inv_c (N?, K, D), log-joint (N, K)."""
         n = x.shape[0]
         if x.shape[1:] != self.shape:
-            raise ValueError(f"x has event shape {x.shape[1:]}, but the mixture's is {self.shape}; pass x of shape (N, *{self.shape})")
+            raise ValueError(f"x has event shape {x.shape[1:]}, but the mixture's is {self.shape}; "
+                             f"pass x of shape (N, *{self.shape})")
         xf = jnp.reshape(x, (n, 1, -1))
         t = jnp.asarray(t, dtype=x.dtype)
         a, s = process.alpha(t), process.sigma(t)

@@ -151,9 +151,9 @@ def shard_batch(x, devices: Sequence | None = None, *, pad: bool = False, name: 
 def host_slice(n_global: int, process_index: int | None = None, process_count: int | None = None) -> slice:
     """The rows of a global batch of ``n_global`` that this process owns (contiguous, in process order).
 
-    ``n_global`` must split evenly over the processes (and, for sharding, over all devices); defaults ``jax.process_index()``
-    and ``jax.process_count()``. With the slice each process builds only its rows (``x[host_slice(N)]``,
-    or draws them from ``jax.random.fold_in(key, jax.process_index())``) and ``host_local_batch``
+    ``n_global`` must split evenly over the processes (and, for sharding, over all devices); defaults
+    ``jax.process_index()`` and ``jax.process_count()``. With the slice each process builds only its rows
+    (``x[host_slice(N)]``, or draws them from ``jax.random.fold_in(key, jax.process_index())``) and ``host_local_batch``
     assembles the global batch.
     """
     idx = jax.process_index() if process_index is None else int(process_index)

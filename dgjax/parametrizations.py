@@ -30,8 +30,8 @@ def _coefficients(process, t, x):
 
 
 def x0_from_score(alpha, sigma, x, s):
-    """Tweedie's formula E[x_0 | x_t] = (x_t + sigma_t^2 s(x_t, t)) / alpha_t (docs/math.md 2, 9); alpha, sigma broadcast
-    against x."""
+    """Tweedie's formula E[x_0 | x_t] = (x_t + sigma_t^2 s(x_t, t)) / alpha_t (docs/math.md 2, 9); alpha, sigma
+    broadcast against x."""
     return (x + sigma**2 * s) / alpha
 
 

@@ -99,14 +99,14 @@ class Process(eqx.Module):
         lam = jnp.asarray(lam, dtype=jnp.result_type(lam, float))
 
         @jax.custom_jvp
-        def invert(l):
+        def invert(target):
             def halve(_, ab):
                 a, b = ab
                 m = 0.5 * (a + b)
-                later = self.log_snr(m) > l  # lambda(m) above the target: the root lies later in t
+                later = self.log_snr(m) > target  # lambda(m) above the target: the root lies later in t
                 return jnp.where(later, m, a), jnp.where(later, b, m)
 
-            ends = (jnp.full(l.shape, self.t_min, l.dtype), jnp.full(l.shape, self.t_max, l.dtype))
+            ends = (jnp.full(target.shape, self.t_min, target.dtype), jnp.full(target.shape, self.t_max, target.dtype))
             a, b = jax.lax.fori_loop(0, 100, halve, ends)
             return 0.5 * (a + b)
 
@@ -267,7 +267,8 @@ class VE(Process):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
         _check_finite_params(sigma_min=sigma_min, sigma_max=sigma_max)
-        check_param(0 < sigma_min < sigma_max, "sigma_min", f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        check_param(0 < sigma_min < sigma_max, "sigma_min",
+                    f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.t_min, self.t_max = 0.0, 1.0
 
@@ -288,7 +289,8 @@ class EDM(Process):
     t_max: float = eqx.field(static=True)
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
         _check_finite_params(sigma_min=sigma_min, sigma_max=sigma_max)
-        check_param(0 < sigma_min < sigma_max, "sigma_min", f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        check_param(0 < sigma_min < sigma_max, "sigma_min",
+                    f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.t_min, self.t_max = float(sigma_min), float(sigma_max)
 
     @property

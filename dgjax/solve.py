@@ -166,8 +166,8 @@ def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, options
 
     ``options`` (a ``SolveOptions``) or its fields as keyword arguments (solver, steps, rtol, atol, adjoint,
     max_steps, grid; keywords override ``options``). ``grid`` here is None, "t" (uniform constant steps) or
-    the times to step to (from ``dgjax.grids``), t0 first and t1 last. Returns (y1, num_vf_evals, stats) with stats diffrax's
-    statistics dictionary.
+    the times to step to (from ``dgjax.grids``), t0 first and t1 last. Returns (y1, num_vf_evals, stats) with stats
+    diffrax's statistics dictionary.
     """
     options = (SolveOptions() if options is None else options).replace(**kwargs)
     solver, steps, rtol, atol = options.solver, options.steps, options.rtol, options.atol

@@ -32,3 +32,11 @@ from .networks import (
     param_shapes,
 )
 from .trained import FORMAT, TrainedModel, network_from_config, process_from_config, process_to_config
+
+__all__ = [
+    "ArchitectureMismatch", "ModelError", "Checkpoints", "load_run", "read_run_config", "state_checksum",
+    "SHIPPED_MODELS", "WEIGHTS_DIR", "check_params_finite", "load_model", "load_model_files", "params_from_bytes",
+    "save_model", "ARCHITECTURES", "MLP", "AttnBlock", "ResBlock", "UNet", "check_same_architecture", "init_params",
+    "logsnr_embedding", "make_network", "num_params", "param_shapes", "FORMAT", "TrainedModel", "network_from_config",
+    "process_from_config", "process_to_config",
+]

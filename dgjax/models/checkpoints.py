@@ -45,7 +45,8 @@ def _from_saveable(saved, template) -> dict:
     return {"step": fresh(saved["step"], template["step"]),
             "params": jax.tree_util.tree_map(fresh, saved["params"], template["params"]),
             "ema_params": jax.tree_util.tree_map(fresh, saved["ema_params"], template["ema_params"]),
-            "opt_state": jax.tree_util.tree_unflatten(treedef, [fresh(v, w) for v, w in zip(opt_leaves, opt_like)]),
+            "opt_state": jax.tree_util.tree_unflatten(
+                treedef, [fresh(v, w) for v, w in zip(opt_leaves, opt_like, strict=True)]),
             "hist": fresh(saved["hist"], template["hist"])}
 
 

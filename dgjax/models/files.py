@@ -10,9 +10,9 @@ checksum; every failure is a ``ModelError`` (``ArchitectureMismatch`` for the ar
 
 ``dg.load_model(name_or_path)`` accepts a shipped name (``SHIPPED_MODELS``: ``digits``, ``digits-flow``,
 ``patches``; a bare shipped or galaxy name always means that model, even where a folder of that name
-exists: write ``./digits`` for the folder), a ``.msgpack`` file (its ``.json`` beside it), a directory holding ``model.msgpack`` /
-``model.json`` (what ``dgjax train`` exports), a training run directory (its latest orbax checkpoint, EMA
-parameters: ``models.checkpoints.load_run``), or a galaxygrad model name (``galaxies-*``,
+exists: write ``./digits`` for the folder), a ``.msgpack`` file (its ``.json`` beside it), a directory holding
+``model.msgpack`` / ``model.json`` (what ``dgjax train`` exports), a training run directory (its latest orbax
+checkpoint, EMA parameters: ``models.checkpoints.load_run``), or a galaxygrad model name (``galaxies-*``,
 ``models.galaxies``).
 """
 

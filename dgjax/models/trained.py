@@ -163,7 +163,8 @@ def network_from_config(config: dict) -> nn.Module:
     shape = config["shape"]
     if not (isinstance(shape, (list, tuple)) and len(shape) >= 1
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
-        raise ModelError(f"model config: 'shape' must be a list of positive integers (the per-sample shape); got {shape!r}")
+        raise ModelError(f"model config: 'shape' must be a list of positive integers (the per-sample shape); "
+                         f"got {shape!r}")
     return make_network(config["arch"], config["shape"], config.get("arch_kwargs"))
 
 

@@ -44,5 +44,6 @@ __all__ = [
     "ModeTracking",
     "ODE", "PFODE", "ODESampler", "run_ode", "sample",
     "BROWNIAN", "SDE", "NoiseWindow", "NoiseWindowLogSNR", "ReverseSDE", "SDESampler", "StochasticDensityGuidance",
-    "ReverseSDEScheme", "ItoScheme", "StratonovichScheme", "MilsteinScheme", "brownian_path", "noise_window", "noise_window_log_snr", "run_sde",
+    "ReverseSDEScheme", "ItoScheme", "StratonovichScheme", "MilsteinScheme", "brownian_path", "noise_window",
+    "noise_window_log_snr", "run_sde",
 ]

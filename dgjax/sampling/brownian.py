@@ -11,8 +11,8 @@
 Why ``"steps"`` is the default for fixed steps: on the CPU JAX lowers each threefry call to a rolled loop, and
 ``UnsafeBrownianPath.evaluate`` makes three scalar ones per step (two ``fold_in`` and a ``split``) before the
 (N, D) draw: dgjax's reverse SDE on the oracle (D = 3072, N = 64, 64 steps) ran 8-17% slower with it
-(``python benchmarks/bench_loop_overhead.py``; a bare scan: 15-20%). Splitting the keys of all steps at once makes the draw the
-only threefry call of a step. Either way one key reproduces the path exactly.
+(``python benchmarks/bench_loop_overhead.py``; a bare scan: 15-20%). Splitting the keys of all steps at once makes the
+draw the only threefry call of a step. Either way one key reproduces the path exactly.
 """
 
 from __future__ import annotations

@@ -349,7 +349,8 @@ class HighDensity(ODESampler):
     def __init__(self, t_switch):
         if is_concrete(t_switch):
             ok = isinstance(t_switch, (int, float, np.floating, np.ndarray, jax.Array)) and np.ndim(t_switch) == 0
-            ok = ok and not isinstance(t_switch, (bool, np.bool_)) and np.issubdtype(np.asarray(t_switch).dtype, np.number)
+            ok = (ok and not isinstance(t_switch, (bool, np.bool_))
+                  and np.issubdtype(np.asarray(t_switch).dtype, np.number))
             check_param(ok and math.isfinite(float(t_switch)), "t_switch",
                         f"must be a finite number (a time of the process); got {t_switch!r}")
             self.t_switch = np.asarray(float(t_switch), np.float64)

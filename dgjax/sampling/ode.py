@@ -53,7 +53,8 @@ class ODESampler(AbstractSampler):
 
 
 class PFODE(ODESampler):
-    """The probability-flow ODE dx/dt = f x - 1/2 g^2 s (docs/math.md 3); log-density rate -div u (docs/math.md 4(a))."""
+    """The probability-flow ODE dx/dt = f x - 1/2 g^2 s (docs/math.md 3); log-density rate -div u
+    (docs/math.md 4(a))."""
 
     needs_divergence: ClassVar[bool] = False
 

@@ -17,9 +17,9 @@ Brownian increment dW that moves x:
   two evaluations per step (each: 1 score + the divergence estimator's JVPs). ``diffrax.ReversibleHeun``
   is refused: on this SDE its samples diverge (mean exact log p -3.3e6 at 124 steps, -2347 at 8000,
   against -30.9 for true samples; its PF-ODE use is fine). Option ``scheme="milstein"``: Euler-Maruyama
-  with the pathwise Milstein term of docs/math.md 4(c). The midpoint-type evaluation of g s o dW captures the pathwise Ito term 1/2 g^2 dW^T H dW
-  that Euler-Maruyama replaces by its mean; the price is the Laplacian in the drift (the divergence
-  estimator's JVPs: one per Hutchinson probe). Measured in benchmarks/bench_sde.py.
+  with the pathwise Milstein term of docs/math.md 4(c). The midpoint-type evaluation of g s o dW captures the pathwise
+  Ito term 1/2 g^2 dW^T H dW that Euler-Maruyama replaces by its mean; the price is the Laplacian in the drift (the
+  divergence estimator's JVPs: one per Hutchinson probe). Measured in benchmarks/bench_sde.py.
 - ``SDE(drift, diffusion)``: user dynamics; tr(G G^T H) and div u by Hutchinson probes (2K JVPs).
 - ``StochasticDensityGuidance(q, noise, exact=False)``: G = phi P with P = I - s s^T/|s|^2 (noise
   orthogonal to the score, so log p has no noise term) and the drift of docs/math.md 5,
@@ -262,7 +262,8 @@ def _to_scheme(scheme) -> ReverseSDEScheme:
 
 
 class ReverseSDE(SDESampler):
-    """The reverse SDE dx = [f x - g^2 s] dt + g dW_bar (docs/math.md 3) with free log-density tracking (docs/math.md 4(c)).
+    """The reverse SDE dx = [f x - g^2 s] dt + g dW_bar (docs/math.md 3) with free log-density tracking
+    (docs/math.md 4(c)).
 
     Args:
       scheme: ``"ito"`` / ``ItoScheme()`` (default; Euler-Maruyama, 1 score evaluation per step, tracking free),
@@ -356,7 +357,8 @@ def _check_noise_fn(noise, process, dtype):
     """noise(t) must return a scalar; negative values raise (also under jit)."""
     out = jax.eval_shape(noise, jnp.asarray(process.t_max, dtype))
     if getattr(out, "shape", None) != ():
-        raise ValueError(f"noise: noise(t) must return a scalar phi_tilde(t) >= 0; got shape {getattr(out, 'shape', out)}")
+        raise ValueError(f"noise: noise(t) must return a scalar phi_tilde(t) >= 0; "
+                         f"got shape {getattr(out, 'shape', out)}")
 
 
 class StochasticDensityGuidance(SDESampler):

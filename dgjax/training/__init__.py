@@ -57,3 +57,10 @@ from .step import (
     make_optimizer,
     make_train_step,
 )
+
+__all__ = [
+    "Checkpoints", "load_run", "state_checksum", "IMPORTANCE", "OBJECTIVES", "WEIGHTINGS", "TrainConfig",
+    "model_config", "TrainingInterrupted", "TrainResult", "train", "flow_matching_loss_fn", "lambda_density",
+    "make_loss_fn", "sample_lambda", "update_histogram", "weight", "heldout_bits_per_dim", "init_state",
+    "learning_rate", "lr_schedule", "make_evaluator", "make_optimizer", "make_train_step",
+]

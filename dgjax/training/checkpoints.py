@@ -23,7 +23,7 @@ def _read_run_config(run_dir: str) -> TrainConfig:
 
 def _check_resume_config(old: TrainConfig, new: TrainConfig, run_dir: str) -> None:
     o, n = old.to_dict(), new.to_dict()
-    if (o["arch"], o["arch_kwargs"], o["data"], o["patch_size"]) != (n["arch"], n["arch_kwargs"], n["data"], n["patch_size"]):
+    if any(o[k] != n[k] for k in ("arch", "arch_kwargs", "data", "patch_size")):
         raise ArchitectureMismatch(
             f"cannot resume {run_dir!r}: its checkpoints were written by a different architecture or data set "
             f"(stored arch={o['arch']!r} {o['arch_kwargs']} on {o['data']!r}, requested arch={n['arch']!r} "

@@ -163,7 +163,8 @@ def train(cfg: TrainConfig, run_dir: str | None = None, *, resume: bool = False,
             if ckpts is not None:
                 ckpts.close()
         total_time = log.finish(int(state["step"]))
-        stop.step, stop.saved, stop.raise_at_once = int(state["step"]), ckpts is not None, True  # from here a signal interrupts the final evaluation (the last step is saved)
+        # from here a signal interrupts the final evaluation (the last step is saved)
+        stop.step, stop.saved, stop.raise_at_once = int(state["step"]), ckpts is not None, True
         bpd = bpd_se = None
         if final_eval:
             n_final = min(cfg.final_eval_num, len(ds.raw("test"))) if ds.finite else cfg.final_eval_num
