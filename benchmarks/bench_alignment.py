@@ -2,9 +2,9 @@
 
 On the Gaussian-mixture oracle: for each form, the wall time of one jitted call (best of --repeats,
 after a compiling warm-up; best-of because the machine may be shared) and the NFE per sample, each as
-a ratio to ``dg.sample`` with the PF-ODE over the same constant Tsit5 steps from t_max to t_end. The score-free rows also report how well they
-agree with the score form (Pearson correlation over the batch, fraction of equal signs, and the median
-absolute difference over the median |value|, robust to the heavy tails of the Hutchinson noise).
+a ratio to ``dg.sample`` with the PF-ODE over the same constant Tsit5 steps from t_max to t_end. The score-free rows
+also report how well they agree with the score form (Pearson correlation over the batch, fraction of equal signs, and
+the median absolute difference over the median |value|, robust to the heavy tails of the Hutchinson noise).
 
     python benchmarks/bench_alignment.py                       # D = 64, N = 256, 64 steps, t_end = 0.3
     python benchmarks/bench_alignment.py --dim 256 --n 128 --steps 32 --no-exact

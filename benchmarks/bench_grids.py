@@ -82,7 +82,8 @@ def galaxy_rows(steps_list, num_samples=4, seed=0):
 
 
 def print_table(rows):
-    print(f"{'model':<15} {'process':<16} {'grid':<8} {'solver':<10} {'steps':>5} {'NFE':>6} {'|err|/dim':>10} {'wall s':>7}")
+    print(f"{'model':<15} {'process':<16} {'grid':<8} {'solver':<10} {'steps':>5} {'NFE':>6} {'|err|/dim':>10} "
+          f"{'wall s':>7}")
     for r in rows:
         print(f"{r['model']:<15} {r['process']:<16} {r['grid']:<8} {r['solver']:<10} {r['steps']:>5d} {r['nfe']:>6d} "
               f"{r['err']:>10.2e} {r['wall']:>7.1f}")

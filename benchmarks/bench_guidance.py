@@ -63,15 +63,19 @@ def main(argv=None):
               f"{'DG-chk/PF t':>11s} {'trk/DG t':>8s} {'trk/DG nfe':>10s}")
     print(header)
     print("-" * len(header))
+    def make_run(score, solver, steps):
+        def run(sampler, track):
+            @jax.jit
+            def f(x):
+                out = dg.sample(score, process, x, sampler=sampler, solver=solver, steps=steps,
+                                track_logp=track, key=key if track else None)
+                return out.x, out.nfe, out.logp if track else out.x[:, 0]
+            return f
+        return run
+
     for sname, score in scores.items():
         for vname, (solver, steps) in solvers.items():
-            def run(sampler, track):
-                @jax.jit
-                def f(x):
-                    out = dg.sample(score, process, x, sampler=sampler, solver=solver, steps=steps,
-                                    track_logp=track, key=key if track else None)
-                    return out.x, out.nfe, out.logp if track else out.x[:, 0]
-                return f
+            run = make_run(score, solver, steps)
 
             # interleave the runs (PF, DG, PF, DG, ...) by taking best-of over rounds, so that load
             # changes on a shared machine affect both alike

@@ -104,13 +104,15 @@ def main(argv=None):
     fns = {"lax.scan": jax.jit(scan_em(score, steps)), "lax.scan split keys": jax.jit(scan_em(score, steps, True)),
            "diffrax": jax.jit(diffrax_em(score, steps)), "diffrax step path": jax.jit(diffrax_em(score, steps, True)),
            "published-style": jax.jit(lambda x, k: published_tracked_rsde(score, P, x, k, steps, lp_T, track=False)[0]),
-           "dgjax unsafe path": sample(False, "unsafe"), "dgjax untracked": sample(False), "dgjax tracked": sample(True),
+           "dgjax unsafe path": sample(False, "unsafe"), "dgjax untracked": sample(False),
+           "dgjax tracked": sample(True),
            "published tracked": jax.jit(lambda x, k: published_tracked_rsde(score, P, x, k, steps, lp_T)[0])}
     _, times = interleaved_rounds({k: (f, (x, key)) for k, f in fns.items()}, args.repeats)
     best = {k: min(v) for k, v in times.items()}
     for k, v in best.items():
         print(f"{k:<20} {v * 1e3:8.1f} ms  ({v / best['lax.scan']:.3f}x the scan; vs dgjax untracked: best "
-              f"{v / best['dgjax untracked']:.3f}, median of paired rounds {paired_ratio(times, 'dgjax untracked', k):.3f})")
+              f"{v / best['dgjax untracked']:.3f}, median of paired rounds "
+              f"{paired_ratio(times, 'dgjax untracked', k):.3f})")
     return best
 
 

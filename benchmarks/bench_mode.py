@@ -1,7 +1,7 @@
-"""Cost of the mode-tracking ODE (docs/math.md 9, ``dg.ModeTracking``) against the HD-ODE it refines (docs/math.md 5), per
-step, at the same solver and steps, from x_t at t = 0.5 down to t_end = 0.3 (the random-weight network's
-Jacobian is far from symmetric at lower noise, where I - cH becomes indefinite and mode tracking rightly
-stops: a random network is not the gradient of a density).
+"""Cost of the mode-tracking ODE (docs/math.md 9, ``dg.ModeTracking``) against the HD-ODE it refines (docs/math.md 5),
+per step, at the same solver and steps, from x_t at t = 0.5 down to t_end = 0.3 (the random-weight network's Jacobian is
+far from symmetric at lower noise, where I - cH becomes indefinite and mode tracking rightly stops: a random network is
+not the gradient of a density).
 
 Score: the Gaussian-mixture oracle (dg.random_mixture, 4 components; its HVPs are exact, so CG converges
 as it would on a smooth network) and a small Flax MLP eps-predictor with random weights (the cost of a

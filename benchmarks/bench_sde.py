@@ -69,7 +69,8 @@ def accuracy_table(step_counts=(250, 1000, 4000), strat_steps=(125, 250, 500), d
     score, lp = gm.score(P), gm.log_prob(P)
     x_T = gm.sample_t(jax.random.key(1), n, P, P.t_max)
     configs = [(f"Ito Euler-Maruyama, {s} steps", dg.ReverseSDE(), None, s) for s in step_counts]
-    configs += [(f"Stratonovich Heun, {s} steps", dg.ReverseSDE(scheme="stratonovich"), dfx.Heun(), s) for s in strat_steps]
+    configs += [(f"Stratonovich Heun, {s} steps", dg.ReverseSDE(scheme="stratonovich"), dfx.Heun(), s)
+                for s in strat_steps]
     configs += [(f"Stratonovich Midpoint, {s} steps", dg.ReverseSDE(scheme="stratonovich"), dfx.Midpoint(), s)
                 for s in strat_steps[1:2]]
     print(f"\n[reverse-SDE tracking accuracy] oracle, D = {dim}, batch {n}, exact score, 1 Rademacher probe")

@@ -88,7 +88,8 @@ def cost_rows(score, x_T, label, steps, repeats):
         return jax.jit(lambda x, k: dg.sample(score, P, x, sampler=sampler, key=k, track_logp=track, **kw))
 
     fns = {"rsde": run(dg.ReverseSDE(), steps=steps), "rsde_track": run(dg.ReverseSDE(), True, steps=steps),
-           "pf": run(solver=dfx.Tsit5(), steps=steps), "dg": run(dg.DensityGuidance(0.6), solver=dfx.Tsit5(), steps=steps)}
+           "pf": run(solver=dfx.Tsit5(), steps=steps),
+           "dg": run(dg.DensityGuidance(0.6), solver=dfx.Tsit5(), steps=steps)}
     lp_T = P.prior_log_prob(x_T)
     fns["published_rsde_track"] = jax.jit(lambda x, k: published_tracked_rsde(score, P, x, k, steps, lp_T))
     fns["published_rsde"] = jax.jit(lambda x, k: published_tracked_rsde(score, P, x, k, steps, lp_T, track=False))
@@ -123,7 +124,8 @@ def accuracy_rows(dim=256, n=64, nfe=1000):
     x_T = gm.sample_t(jax.random.key(1), n, P, P.t_max)
     configs = [("Euler-Maruyama (Ito)", dg.ReverseSDE(), nfe),
                ("Stratonovich Heun", dg.ReverseSDE(scheme="stratonovich"), nfe // 4),  # 2 evals x (1 + 1 JVP)
-               ("Milstein (docs/math.md 4(c))", dg.ReverseSDE(scheme="milstein"), nfe // 3)]  # 1 + 1 JVP (Lap) + 1 (H dW)
+               # 1 + 1 JVP (Lap) + 1 (H dW)
+               ("Milstein (docs/math.md 4(c))", dg.ReverseSDE(scheme="milstein"), nfe // 3)]
     print(f"\n[reverse-SDE tracking at ~{nfe} NFE] oracle D = {dim}, {n} samples, exact score, 1 Rademacher probe")
     rows = []
     for name, sampler, steps in configs:

@@ -166,7 +166,8 @@ def sampler_ratios(score, x_T, label, steps, repeats, include_sde=True, include_
     if include_sde:
         rows += [_row("reverse SDE untracked -> tracked", label, nfe["rsde"], nfe["rsde_track"], best["rsde"],
                       best["rsde_track"]),
-                 _row("DG-ODE (Euler) -> DG-SDE", label, nfe["dg_euler"], nfe["dgsde"], best["dg_euler"], best["dgsde"])]
+                 _row("DG-ODE (Euler) -> DG-SDE", label, nfe["dg_euler"], nfe["dgsde"], best["dg_euler"],
+                      best["dgsde"])]
     if include_alignment:
         n_pf = int(dg.sample(score, P, x_T, steps=steps, t_end=0.3).nfe)
         n_al = int(dg.score_alignment(score, P, x_T, 0.3, steps=steps, return_details=True).nfe)
@@ -179,8 +180,9 @@ def sampler_ratios(score, x_T, label, steps, repeats, include_sde=True, include_
 
 
 def alignment_corr(repeats, dim=64, n=256, steps=1000, t_end=0.3):
-    """Score-free alignment with its defaults at constant Tsit5 steps (probes redrawn per step, in a Hadamard
-    cycle) against the score form (bench_alignment.py's setting: oracle K = 8, D = 64): wall, NFE and the correlation over the batch."""
+    """Score-free alignment with its defaults at constant Tsit5 steps (probes redrawn per step, in a Hadamard cycle)
+    against the score form (bench_alignment.py's setting: oracle K = 8, D = 64): wall, NFE and the correlation over the
+    batch."""
     gm = dg.random_mixture(jax.random.key(0), 8, (dim,))
     score = gm.score(P)
     x_T = P.prior_sample(jax.random.key(1), (n, dim))
@@ -191,15 +193,16 @@ def alignment_corr(repeats, dim=64, n=256, steps=1000, t_end=0.3):
                                                             return_details=True)), (x_T, key))}
     outs, best = interleaved_best(fns, repeats)
     corr = float(jnp.corrcoef(outs["score"].value, outs["free"].value)[0, 1])
-    row = _row("score alignment -> score-free (defaults)", f"oracle D={dim}", int(outs["score"].nfe), int(outs["free"].nfe),
-               best["score"], best["free"])
+    row = _row("score alignment -> score-free (defaults)", f"oracle D={dim}", int(outs["score"].nfe),
+               int(outs["free"].nfe), best["score"], best["free"])
     row["corr_with_score_form"] = corr
     return [row]
 
 
 def print_table(rows):
     print(f"\n{'comparison (A -> B)':<44} {'setting':<22} {'NFE A':>6} {'NFE B':>6} {'NFE B/A':>8} "
-          f"{'wall A s':>9} {'wall B s':>9} {'wall B/A':>9} {'median B/A':>10} {'bytes B/A':>9} {'err/dim A':>10} {'err/dim B':>10}")
+          f"{'wall A s':>9} {'wall B s':>9} {'wall B/A':>9} {'median B/A':>10} {'bytes B/A':>9} {'err/dim A':>10} "
+          f"{'err/dim B':>10}")
     for r in rows:
         ea = "" if r["err_a"] is None else f"{r['err_a']:.2e}"
         eb = "" if r["err_b"] is None else f"{r['err_b']:.2e}"
@@ -248,8 +251,9 @@ def main(argv=None):
     o_score, o_lp = gm.score(P), gm.log_prob(P)
     x_T = P.prior_sample(jax.random.key(1), (n,) + shape)
     r, details["oracle"] = baseline_vs_dgjax(o_score, x_T, f"oracle D={gm.dim}", lambda x: o_lp(x, P.t_min),
-                                             128 if quick else 1024, {"Tsit5 rtol 1e-2": dict(rtol=1e-2, atol=1e-2)} if quick else TSIT5, repeats,
-                                             logp_T=o_lp(x_T, P.t_max))
+                                             128 if quick else 1024,
+                                             {"Tsit5 rtol 1e-2": dict(rtol=1e-2, atol=1e-2)} if quick else TSIT5,
+                                             repeats, logp_T=o_lp(x_T, P.t_max))
     rows += r
     done("oracle: baseline vs dgjax")
     rows += sampler_ratios(o_score, x_T, f"oracle D={gm.dim}", 8 if quick else 32, repeats,
@@ -257,8 +261,8 @@ def main(argv=None):
     done("oracle: sampler ratios")
     # issue 14: N = 64, 64 constant steps: tracking / guidance overhead, published-style tracked reverse SDE
     # the oracle's rows take 0.1-0.5 s a call and move by +-10% between rounds: more rounds for their minimum
-    rows += cost_rows(o_score, P.prior_sample(jax.random.key(5), (8 if quick else 64,) + shape), f"oracle D={gm.dim} N=64",
-                      8 if quick else 64, repeats if quick else max(repeats, 10))
+    rows += cost_rows(o_score, P.prior_sample(jax.random.key(5), (8 if quick else 64,) + shape),
+                      f"oracle D={gm.dim} N=64", 8 if quick else 64, repeats if quick else max(repeats, 10))
     rsde_accuracy = accuracy_rows(dim=32, n=16, nfe=120) if quick else accuracy_rows()
     rows += alignment_corr(repeats, dim=16, n=32, steps=8) if quick else alignment_corr(repeats)
     done("oracle: tracking cost (N = 64) and reverse-SDE schemes at 1000 NFE")

@@ -47,8 +47,9 @@ def make_parser(name: str, doc: str) -> argparse.ArgumentParser:
                    help="tiny batches and steps (for the tests): checks the plumbing, the numbers mean little")
     p.add_argument("--out", default=None,
                    help=f"results folder (default results/{name}, or results/{name}-quick with --quick)")
-    p.add_argument("--model", default="digits", help="a shipped model (digits, digits-flow, patches), a galaxy model (galaxies-hsc32, galaxies-hsc64, "
-                   "galaxies-ztf32, galaxies-ztf64; needs dgjax[galaxies]) or a model path")
+    p.add_argument("--model", default="digits",
+                   help="a shipped model (digits, digits-flow, patches), a galaxy model (galaxies-hsc32, "
+                   "galaxies-hsc64, galaxies-ztf32, galaxies-ztf64; needs dgjax[galaxies]) or a model path")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of latents, probes and Brownian paths")
     p.add_argument("--num", type=int, default=None, help="samples (latents) per configuration")
     p.add_argument("--steps", type=int, default=None, help="constant Tsit5 steps of each ODE sampling solve")

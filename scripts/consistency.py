@@ -128,8 +128,9 @@ def main(argv=None) -> dict:
     val_free = C.batched(_align_program(args.model, cfg["t_end"], cfg["align_steps"], True, cfg["align_probes"]),
                          x_A, C.rng_key(args.seed, 31), ab)
     agree = float(np.mean(np.sign(val) == np.sign(val_free)))
-    table.append(dict(pair="alignment_score_vs_score_free", sign_agreement=agree, aligned_fraction_score=np.mean(val > 0),
-                      aligned_fraction_score_free=np.mean(val_free > 0), **_pair(val, val_free)))
+    table.append(dict(pair="alignment_score_vs_score_free", sign_agreement=agree,
+                      aligned_fraction_score=np.mean(val > 0), aligned_fraction_score_free=np.mean(val_free > 0),
+                      **_pair(val, val_free)))
     samples += [dict(pair="alignment", i=i, a=val[i], b=val_free[i]) for i in range(na)]
     run.log(f"score alignment: r = {table[-1]['pearson']:.4f}, sign agreement {agree:.3f}")
 
@@ -157,7 +158,7 @@ def main(argv=None) -> dict:
     panels += [(f"reverse SDE ({s}) log p", *sde_pts[s], "tracked along the SDE", "PF-ODE re-encoded") for s in sde_pts]
     panels += [("score alignment", val, val_free, "score form", "score-free form")]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
-    for ax, (title, a, bb, xl, yl) in zip(axes, panels):
+    for ax, (title, a, bb, xl, yl) in zip(axes, panels, strict=True):
         ax.scatter(a, bb, s=10, alpha=0.7)
         lo, hi = float(min(np.min(a), np.min(bb))), float(max(np.max(a), np.max(bb)))
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)

@@ -51,8 +51,9 @@ def _program(model_name: str, method: str, t: float, steps: int, sde_steps: int,
             kw.update(steps=steps)  # one phase from t: no phase-split sliver (see C.fixed)
         if method == "mode":
             # Hutchinson grad Lap (1 probe) and the cheap curvature check (one probe HVP): the dense check's D
-            # extra HVPs per evaluation would dominate the cost on a network (the Lanczos check's 10 less so). The UNet's Jacobian J is not symmetric: GMRES
-            # solves with J itself (the mode equation's own linearisation), "cg-sym" with (J + J^T)/2 by CG
+            # extra HVPs per evaluation would dominate the cost on a network (the Lanczos check's 10 less so).
+            # The UNet's Jacobian J is not symmetric: GMRES solves with J itself (the mode equation's own
+            # linearisation), "cg-sym" with (J + J^T)/2 by CG
             solve = (dict(linear_solver="gmres") if mode_solver == "gmres"
                      else dict(linear_solver="cg", symmetrize=True))
             kw.update(sampler_kwargs=dict(cg_tol=1e-3, check="curvature", **solve))

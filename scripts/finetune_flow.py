@@ -68,7 +68,8 @@ def parse(argv):
 
 def main(argv=None) -> dict:
     args = parse(argv)
-    out_dir = Path(args.out) if args.out else REPO / "results" / ("finetune_flow-quick" if args.quick else "finetune_flow")
+    default_out = REPO / "results" / ("finetune_flow-quick" if args.quick else "finetune_flow")
+    out_dir = Path(args.out) if args.out else default_out
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     model = dg.load_model("digits-flow")

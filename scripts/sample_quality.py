@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
         cfg["q"] = sorted(args.q)
     cfg.update(rtol=args.rtol, threshold=args.threshold)
     run = C.Run(NAME, args, argv, cfg)
-    n, b, cols = cfg["num"], cfg["batch"], min(args.grid_cols, cfg["num"])
+    n, cols = cfg["num"], min(args.grid_cols, cfg["num"])
     solve = f"{cfg['steps']} Tsit5 steps" if cfg["steps"] else f"adaptive Tsit5, rtol = atol = {cfg['rtol']:g}"
 
     clf, x_te, y_te = classifier(0.5)

@@ -25,6 +25,7 @@ Default q: 0.1, 0.3, 0.5 (upward q >= 0.7 is infeasible on the digits model, see
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from functools import cache
@@ -91,7 +92,8 @@ def main(argv=None) -> dict:
 
     rows, per_sample, ode, sde = [], [], {}, {}
     run.log(f"model {model.name!r} (D={model.dim}); {L} latents x {R} draws, {cfg['sde_steps']} Euler-Maruyama steps")
-    for j, q in enumerate(cfg["q"]):  # DG-ODE reference: the published program with phi = 0 (level 0; bounds irrelevant)
+    # DG-ODE reference: the published program with phi = 0 (level 0; bounds irrelevant)
+    for j, q in enumerate(cfg["q"]):
         prog = _dgsde_program(args.model, cfg["sde_steps"], False, cfg["probes"])
         x, tr = C.batched(prog, x_med, C.rng_key(args.seed, j, 1), b, f32(q), f32(0.0), f32(-1.0), f32(1.0))
         enc = C.encode(args.model, x, C.rng_key(args.seed, j, 2), **ekw)
@@ -124,8 +126,9 @@ def main(argv=None) -> dict:
                 per_sample += [dict(config="dg_sde", window=w, form=form, q=q, latent=i // R, draw=1 + i % R,
                                     logp_tracked=tr[i], logp=enc[i]) for i in range(L * R)]
                 r = rows[-1]
-                run.log(f"DG-SDE {w:>5} {form:>9} q={q:g}: log p {r['mean_logp']:9.2f} (tracked {r['mean_logp_tracked']:9.2f}), "
-                        f"stray {r['stray_mean']:+7.2f} (rms {r['stray_rms']:6.2f}), pixel rms vs ODE {r['pixel_rms_vs_ode']:.3f}")
+                run.log(f"DG-SDE {w:>5} {form:>9} q={q:g}: log p {r['mean_logp']:9.2f} "
+                        f"(tracked {r['mean_logp_tracked']:9.2f}), stray {r['stray_mean']:+7.2f} "
+                        f"(rms {r['stray_rms']:6.2f}), pixel rms vs ODE {r['pixel_rms_vs_ode']:.3f}")
             grid = []
             for q in cfg["q"]:
                 xo, xs = ode[q][0], sde[(w, form, q)][0]
@@ -137,7 +140,7 @@ def main(argv=None) -> dict:
 
     # headline
     qs = cfg["q"]
-    gaps = [abs(ode[b_][2].mean() - ode[a_][2].mean()) for a_, b_ in zip(qs, qs[1:])]
+    gaps = [abs(ode[b_][2].mean() - ode[a_][2].mean()) for a_, b_ in itertools.pairwise(qs)]
     min_gap = min(gaps) if gaps else float("nan")
     head, parts = {"ode_mean_logp": [ode[q][2].mean() for q in qs], "min_q_gap": min_gap}, []
     for w in WINDOWS:
@@ -145,8 +148,8 @@ def main(argv=None) -> dict:
             rs = [r for r in rows if r["config"] == "dg_sde" and r["window"] == w and r["form"] == form]
             mean_abs = float(np.mean([abs(r["stray_mean"]) for r in rs]))
             rms = float(np.sqrt(np.mean([r["stray_rms"] ** 2 for r in rs])))
-            rho = C.spearman([x["q"] for x in per_sample if x["config"] == "dg_sde" and x["window"] == w and x["form"] == form],
-                             [x["logp"] for x in per_sample if x["config"] == "dg_sde" and x["window"] == w and x["form"] == form])
+            these = [x for x in per_sample if x["config"] == "dg_sde" and x["window"] == w and x["form"] == form]
+            rho = C.spearman([x["q"] for x in these], [x["logp"] for x in these])
             head[f"{w}_{form}_mean_abs_stray"] = mean_abs
             head[f"{w}_{form}_rms_stray"] = rms
             head[f"{w}_{form}_mean_logp"] = [r["mean_logp"] for r in rs]
@@ -176,7 +179,8 @@ def main(argv=None) -> dict:
     lo = min(float(np.min(ode[q][2])) for q in qs)
     hi = max(float(np.max(ode[q][2])) for q in qs)
     axes[1].plot([lo, hi], [lo, hi], "k--", lw=1)
-    axes[1].set(xlabel="DG-ODE log p (re-encoded)", ylabel="DG-SDE log p (re-encoded)", title="per sample (published form)")
+    axes[1].set(xlabel="DG-ODE log p (re-encoded)", ylabel="DG-SDE log p (re-encoded)",
+                title="per sample (published form)")
     axes[1].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     run.figure("stochastic_dg.png", fig)

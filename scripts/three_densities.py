@@ -88,7 +88,8 @@ def main(argv=None) -> dict:
                 se_bpd={k: float(v.std(ddof=1) / np.sqrt(n)) for k, v in bpd.items()},
                 frac_r0_above_ode=float(np.mean(r0 > ode)), frac_ode_above_elbo=float(np.mean(ode > elbo)),
                 frac_paper_order=float(np.mean((r0 > ode) & (ode > elbo))),
-                pearson={"r0_ode": C.pearson(r0, ode), "ode_elbo": C.pearson(ode, elbo), "r0_elbo": C.pearson(r0, elbo)},
+                pearson={"r0_ode": C.pearson(r0, ode), "ode_elbo": C.pearson(ode, elbo),
+                         "r0_elbo": C.pearson(r0, elbo)},
                 mean_elbo_se_nats=float(elbo_se.mean()))
     run.json("stats.json", summ)
     mb, pc = summ["mean_bpd"], summ["pearson"]

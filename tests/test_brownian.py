@@ -70,7 +70,8 @@ def test_step_path_increments_are_the_step_keys_normals(knots):
         w = ev(k32[i], k32[i + 1])
         z.append(w / np.sqrt(k32[i + 1] - k32[i]))
         # equal up to the rounding of * sqrt(dtau) / sqrt(dtau); another step's key differs by O(1)
-        np.testing.assert_allclose(z[-1], jax.random.normal(keys[i], (2048,)), rtol=1e-5, atol=1e-6, err_msg=f"step {i}")
+        np.testing.assert_allclose(z[-1], jax.random.normal(keys[i], (2048,)), rtol=1e-5, atol=1e-6,
+                                   err_msg=f"step {i}")
     z = np.stack(z)
     n = z.size
     assert abs(z.mean()) < 5 / np.sqrt(n)

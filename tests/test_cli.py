@@ -62,7 +62,8 @@ def test_bad_input_is_a_clear_error(argv, msg, capsys):
 def test_train_then_likelihood_and_align_on_a_toy_set(tmp_path, capsys):
     run = str(tmp_path / "run")
     assert main(["train", "--data", "moons", "--arch", "mlp", "--width", "32", "--depth", "2", "--steps", "20",
-                 "--batch-size", "32", "--final-eval-num", "8", "--ckpt-every", "10", "--out", run, "--no-progress"]) == 0
+                 "--batch-size", "32", "--final-eval-num", "8", "--ckpt-every", "10", "--out", run,
+                 "--no-progress"]) == 0
     assert "trained 20 steps" in capsys.readouterr().out
     assert os.path.exists(os.path.join(run, "model.msgpack"))
     assert main(["likelihood", "--model", run, "--num", "8", "--rtol", "1e-2", "--no-progress"]) == 0

@@ -1,6 +1,7 @@
 """Data-set likelihood (dg.evaluate_likelihood, docs/math.md 4): the dequantization protocols against the exact
 discrete probabilities of a quantized 2-D Gaussian mixture, the standard-error split, and resume."""
 
+import itertools
 import math
 
 import jax
@@ -119,13 +120,13 @@ def test_importance_bound_rises_toward_log_p(levels, proposal):
         means.append((r.nats, se))
         refs.append((ref.mean(), math.sqrt(np.sum(ref_se**2)) / len(ref)))
     # the expectations (independent Monte Carlo, small standard errors) rise with K toward log P
-    for (m0, s0), (m1, s1) in zip(refs, refs[1:]):
+    for (m0, s0), (m1, s1) in itertools.pairwise(refs):
         assert m1 - m0 > 3 * math.hypot(s0, s1)
     assert refs[-1][0] < exact.mean()
     assert exact.mean() - refs[-1][0] < 0.25 * (exact.mean() - refs[0][0])  # K = 64 closes most of the gap
     # and so do dgjax's estimates, within their noise
     assert all(exact.mean() - m > -3 * s for m, s in means)
-    for (m0, s0), (m1, s1) in zip(means, means[1:]):
+    for (m0, s0), (m1, s1) in itertools.pairwise(means):
         assert m1 - m0 > -3 * math.hypot(s0, s1)
     assert exact.mean() - means[-1][0] < 0.25 * (exact.mean() - means[0][0])
 
@@ -137,7 +138,8 @@ def test_ode_path_agrees_with_the_exact_density(levels, x64):
     lp = gm.log_prob(p)
     y = levels[:6]
     kw = dict(key=jax.random.key(3), quantization=Q, dequantization=dg.UniformDequantization(2), batch_size=4)
-    ode = dg.evaluate_likelihood(gm.score(p), p, y, divergence=dg.Exact(), options=dg.SolveOptions(rtol=1e-8, atol=1e-8),
+    ode = dg.evaluate_likelihood(gm.score(p), p, y, divergence=dg.Exact(),
+                                 options=dg.SolveOptions(rtol=1e-8, atol=1e-8),
                                  prior_log_prob=lambda x: lp(x, p.t_max), **kw)
     ref = dg.evaluate_log_density(lambda x: lp(x, p.t_min), y, **kw)
     np.testing.assert_allclose(ode.log_density, ref.log_density, atol=2e-4)

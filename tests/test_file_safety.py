@@ -130,7 +130,7 @@ def test_flipped_low_bits_in_a_model_file_are_caught_by_its_checksum(tmp_path):
     flat = np.concatenate([np.asarray(v, np.float32).ravel() for v in leaves]).view(np.uint32)
     flat[np.random.default_rng(0).choice(flat.size, 200, replace=False)] ^= 1  # 200 lowest-mantissa-bit flips
     sizes = np.cumsum([np.size(v) for v in leaves])[:-1]
-    flipped = [a.view(np.float32).reshape(np.shape(v)) for a, v in zip(np.split(flat, sizes), leaves)]
+    flipped = [a.view(np.float32).reshape(np.shape(v)) for a, v in zip(np.split(flat, sizes), leaves, strict=True)]
     msgpack.write_bytes(flax.serialization.msgpack_serialize(jax.tree_util.tree_unflatten(treedef, flipped)))
     with pytest.raises(ModelError, match="differ from the params_sha256"):
         load_model(str(msgpack))

@@ -82,7 +82,7 @@ def test_grids_in_sde_and_phases(x64):
 
 def test_vpsde_and_custom_process_match_closed_forms(x64):
     t = jnp.linspace(0.01, 1.0, 7)
-    for a, b in zip(dg.VPSDE(0.1, 20.0, 1.0).coefficients(t), dg.VPLinear().coefficients(t)):
+    for a, b in zip(dg.VPSDE(0.1, 20.0, 1.0).coefficients(t), dg.VPLinear().coefficients(t), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
     t = jnp.linspace(0.01, 10.0, 7)
     gal = dg.CustomProcess(lambda t: -0.5 * t, lambda t: 0.5 * jnp.log(-jnp.expm1(-t)), t_min=1e-3, t_max=10.0)

@@ -343,13 +343,16 @@ def test_grad_wrt_latents_and_mixture_means(x64):
     direction_x = jax.random.normal(jax.random.key(26), x_T.shape)
     direction_mu = jax.random.normal(jax.random.key(27), mix.means.shape)
 
-    for sampler in (dg.DensityGuidance(0.55), dg.PFODE()):
+    def make_objective(sampler):
         @jax.jit
         def objective(x, means):
             m = eqx.tree_at(lambda mm: mm.means, mix, means)
             out = dg.sample(m.score(VP), VP, x, sampler=sampler, steps=40)
             return jnp.mean(m.log_prob(VP)(out.x, VP.t_min))
+        return objective
 
+    for sampler in (dg.DensityGuidance(0.55), dg.PFODE()):
+        objective = make_objective(sampler)
         g_x, g_mu = jax.jit(jax.grad(objective, argnums=(0, 1)))(x_T, mix.means)
         assert bool(jnp.all(jnp.isfinite(g_x))) and bool(jnp.all(jnp.isfinite(g_mu)))
         h = 1e-5
@@ -509,8 +512,11 @@ def test_traced_chi_radius_matches_scipy_in_both_tails(x64):
     and high dimension, and its gradient in p is 1 / pdf (implicit function theorem)."""
     from dgjax.sampling.guidance import _chi_ppf_jax
 
+    def ppf_and_grad(dim):  # (the quantiles at p, the gradient at p[2])
+        return jax.jit(lambda q: (_chi_ppf_jax(q, dim), jax.grad(lambda q0: _chi_ppf_jax(q0, dim))(q[2])))
+
     p = np.array([1e-6, 1e-4, 0.1, 0.5, 0.9, 0.9999, 1 - 1e-7])
     for dim in (3, 3072):
-        r, g = jax.jit(lambda q: (_chi_ppf_jax(q, dim), jax.grad(lambda q0: _chi_ppf_jax(q0, dim))(q[2])))(p)
+        r, g = ppf_and_grad(dim)(p)
         np.testing.assert_allclose(np.asarray(r), stats.chi.ppf(p, dim), rtol=1e-10)
         np.testing.assert_allclose(float(g), 1.0 / stats.chi.pdf(stats.chi.ppf(p[2], dim), dim), rtol=1e-8)

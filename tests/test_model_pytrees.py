@@ -32,11 +32,11 @@ def _check_grad_along_random_direction(model, x, eps):
     g = jax.jit(jax.grad(f))(model)  # plain jax.grad: every leaf of a model is a parameter
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    v = [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)]
+    v = [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves, strict=True)]
     norm = jnp.sqrt(sum(jnp.sum(u * u) for u in v))
     v = jax.tree_util.tree_unflatten(treedef, [u / norm for u in v])
     directional = sum(jnp.sum(a * b) for a, b in zip(jax.tree_util.tree_leaves(eqx.filter(g, eqx.is_inexact_array)),
-                                                       jax.tree_util.tree_leaves(v)))
+                                                       jax.tree_util.tree_leaves(v), strict=True))
     f_at = eqx.filter_jit(lambda p: f(eqx.combine(p, static)))
     plus = f_at(jax.tree_util.tree_map(lambda p, u: p + eps * u, params, v))
     minus = f_at(jax.tree_util.tree_map(lambda p, u: p - eps * u, params, v))
@@ -54,7 +54,7 @@ def test_trained_model_is_a_pytree_of_its_parameters():
     assert all(isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in leaves)
     # the score is a pure function of the model: a pytree holding the very same parameter arrays
     score_leaves = jax.tree_util.tree_leaves(m.score)
-    assert len(score_leaves) == len(leaves) and all(a is b for a, b in zip(score_leaves, leaves))
+    assert len(score_leaves) == len(leaves) and all(a is b for a, b in zip(score_leaves, leaves, strict=True))
     # rebuilding from other leaves changes the score (nothing closed over)
     x = jnp.asarray(m.dataset.split("test", 2))
     zeroed = jax.tree_util.tree_map(jnp.zeros_like, m)

@@ -42,7 +42,8 @@ def random_params(cfg, seed=0):
     return jax.tree_util.tree_map(lambda v: jnp.asarray(0.1 * rng.standard_normal(v.shape), jnp.float32), shapes)
 
 
-@pytest.mark.parametrize("arch,shape,kwargs", [("unet", (8, 8, 1), TINY), ("unet", (16, 16, 3), dict(TINY, ch_mult=[1, 2, 2])),
+@pytest.mark.parametrize("arch,shape,kwargs", [("unet", (8, 8, 1), TINY),
+                                               ("unet", (16, 16, 3), dict(TINY, ch_mult=[1, 2, 2])),
                                                ("mlp", (2,), dict(width=32, depth=2))])
 def test_networks_map_x_and_logsnr_to_eps_shape(arch, shape, kwargs):
     net = make_network(arch, shape, kwargs)
@@ -77,7 +78,7 @@ def test_save_load_round_trips_exactly(tmp_path):
     params = random_params(cfg)
     save_model(str(tmp_path / "m"), params, cfg)
     model = load_model(str(tmp_path / "m.msgpack"))
-    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(model.params)):
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(model.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert model.shape == (8, 8, 1) and isinstance(model.process, dg.VP)
     x = jax.random.normal(jax.random.key(3), (2, 8, 8, 1))

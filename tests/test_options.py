@@ -21,7 +21,7 @@ def _oracle(d=2):
 
 
 def _same(a, b):
-    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 
 

@@ -26,7 +26,8 @@ def test_log_prob_matches_scipy(process, mixture64):
     var = np.asarray(gm.variances).reshape(3, -1)
     logw = np.asarray(gm.log_weights)
     xf = np.asarray(x).reshape(5, -1)
-    comp = np.stack([stats.multivariate_normal(a * mu[k], np.diag(a**2 * var[k] + s**2)).logpdf(xf) for k in range(3)], 1)
+    comp = np.stack([stats.multivariate_normal(a * mu[k], np.diag(a**2 * var[k] + s**2)).logpdf(xf)
+                     for k in range(3)], 1)
     ref = logsumexp(comp + logw, axis=1)
     np.testing.assert_allclose(gm.log_prob(process)(x, t), ref, rtol=1e-10)
 
@@ -63,7 +64,7 @@ def test_per_sample_times(mixture64):
     p = dg.VP()
     x = jax.random.normal(jax.random.key(0), (3, 2, 3), dtype=jnp.float64)
     ts = jnp.array([0.1, 0.5, 0.9])
-    batched = gm_lp = mixture64.log_prob(p)(x, ts)
+    batched = mixture64.log_prob(p)(x, ts)
     single = jnp.stack([gm_lp_i for gm_lp_i in [mixture64.log_prob(p)(x[i:i + 1], ts[i])[0] for i in range(3)]])
     np.testing.assert_allclose(batched, single, rtol=1e-12)
     s_b = mixture64.score(p)(x, ts)
@@ -88,9 +89,9 @@ def test_stable_in_high_dimension():
 
 
 def test_sample_moments():
-    gm = dg.GaussianMixture(jnp.array([0.25, 0.75]), jnp.array([[-2.0, 0.0], [1.0, 1.0]]), jnp.array([[0.5, 0.1], [0.2, 0.3]]))
+    w, mu, v = np.array([0.25, 0.75]), np.array([[-2.0, 0.0], [1.0, 1.0]]), np.array([[0.5, 0.1], [0.2, 0.3]])
+    gm = dg.GaussianMixture(jnp.asarray(w), jnp.asarray(mu), jnp.asarray(v))
     x = gm.sample(jax.random.key(0), 40000)
-    w = np.array([0.25, 0.75]); mu = np.array([[-2.0, 0.0], [1.0, 1.0]]); v = np.array([[0.5, 0.1], [0.2, 0.3]])
     mean = (w[:, None] * mu).sum(0)
     var = (w[:, None] * (v + mu**2)).sum(0) - mean**2
     np.testing.assert_allclose(jnp.mean(x, 0), mean, atol=4 * np.sqrt(var / 40000).max())

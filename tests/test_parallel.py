@@ -54,8 +54,10 @@ MULTIHOST = textwrap.dedent("""
     x_T = dg.host_local_batch(P.prior_sample(jax.random.key(1), (N, 8))[rows])   # global (N, 8) on 4 devices
     out = dg.sample_sharded(score, P, x_T, key=jax.random.key(2), track_logp=True, steps=32)
     logp = multihost_utils.process_allgather(out.logp, tiled=True)  # all N values on every process
-    assert jax.device_count() == 4 and jax.local_device_count() == 2 and rows == slice(4 * jax.process_index(), 4 * jax.process_index() + 4)
-    ref = dg.sample(score, P, P.prior_sample(jax.random.key(1), (N, 8)), key=jax.random.key(2), track_logp=True, steps=32)
+    assert jax.device_count() == 4 and jax.local_device_count() == 2
+    assert rows == slice(4 * jax.process_index(), 4 * jax.process_index() + 4)
+    ref = dg.sample(score, P, P.prior_sample(jax.random.key(1), (N, 8)), key=jax.random.key(2), track_logp=True,
+                    steps=32)
     np.testing.assert_allclose(logp, ref.logp, rtol=1e-5, atol=1e-4)
     print("OK", jax.process_index())
 """)
@@ -70,5 +72,5 @@ def test_two_processes_match_one_device():
     procs = [subprocess.Popen([sys.executable, "-c", MULTIHOST, f"localhost:{port}", str(i)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
-    for i, (p, (out, err)) in enumerate(zip(procs, outs)):
+    for i, (p, (out, err)) in enumerate(zip(procs, outs, strict=True)):
         assert p.returncode == 0 and f"OK {i}" in out, err[-3000:]

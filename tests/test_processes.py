@@ -35,8 +35,8 @@ def test_f_g2_match_finite_differences(process, x64):
     np.testing.assert_allclose(process.g2(t), -s2(t) * lam_fd, rtol=1e-6)
     assert jnp.all(process.g2(t) > 0)
     a, s, f, g2 = process.coefficients(t)
-    np.testing.assert_allclose(a, process.alpha(t)); np.testing.assert_allclose(s, process.sigma(t))
-    np.testing.assert_allclose(f, process.f(t)); np.testing.assert_allclose(g2, process.g2(t))
+    for value, expected in ((a, process.alpha(t)), (s, process.sigma(t)), (f, process.f(t)), (g2, process.g2(t))):
+        np.testing.assert_allclose(value, expected)
 
 
 def test_closed_forms(x64):
@@ -96,7 +96,8 @@ def test_forward_sde_monte_carlo_vp():
     key = jax.random.key(3)
     bm = dfx.VirtualBrownianTree(p.t_min, t1, tol=1e-3, shape=(n,), key=key)
     terms = dfx.MultiTerm(dfx.ODETerm(lambda t, y, _: p.f(t) * y),
-                          dfx.ControlTerm(lambda t, y, _: lx.DiagonalLinearOperator(jnp.sqrt(p.g2(t)) * jnp.ones_like(y)), bm))
+                          dfx.ControlTerm(
+                              lambda t, y, _: lx.DiagonalLinearOperator(jnp.sqrt(p.g2(t)) * jnp.ones_like(y)), bm))
     y0 = p.alpha(p.t_min) * x0 * jnp.ones(n)
     sol = dfx.diffeqsolve(terms, dfx.Heun(), p.t_min, t1, 1e-3, y0, saveat=dfx.SaveAt(t1=True))
     y = sol.ys[-1]

@@ -1,7 +1,7 @@
 """Reliability (issue 15): no silent wrong answers, no aborts on many devices, no lost training work.
 
-One test (or a few) per item of the issue, each named by the behaviour it checks. Each reproduces the reported behaviour; the
-sharded ones run in a subprocess with 2 virtual CPU devices and a timeout (a regression would hang and
+One test (or a few) per item of the issue, each named by the behaviour it checks. Each reproduces the reported
+behaviour; the sharded ones run in a subprocess with 2 virtual CPU devices and a timeout (a regression would hang and
 abort, not fail).
 """
 
@@ -49,7 +49,8 @@ SHARDED = """
 import time, jax, jax.numpy as jnp, numpy as np, dgjax as dg
 assert len(jax.devices()) == 2
 P = dg.VP()
-mix = dg.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[-1.0, 0.0], [1.0, 0.0]]), jnp.array([[0.1, 0.1], [0.1, 0.1]]))
+mix = dg.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[-1.0, 0.0], [1.0, 0.0]]),
+                         jnp.array([[0.1, 0.1], [0.1, 0.1]]))
 score = mix.score(P)
 x = P.prior_sample(jax.random.key(0), (4, 2))
 def raises(fn, exc, match):
@@ -67,7 +68,8 @@ raises(lambda: dg.sample_sharded(score, P, x, sampler=dg.DensityGuidance(0.99), 
 # max_steps reached (diffrax's own run-time check)
 raises(lambda: dg.sample_sharded(score, P, x, rtol=1e-9, atol=1e-9, max_steps=2), FloatingPointError, "max_steps")
 # a NaN score: the output check names the failure
-raises(lambda: dg.log_likelihood_sharded(lambda x, t: x * jnp.nan, P, x, steps=4, divergence=dg.Exact()), FloatingPointError, "NaN")
+raises(lambda: dg.log_likelihood_sharded(lambda x, t: x * jnp.nan, P, x, steps=4, divergence=dg.Exact()),
+       FloatingPointError, "NaN")
 # NaN in x_T: checked eagerly, before anything is compiled
 raises(lambda: dg.sample_sharded(score, P, x.at[1, 0].set(jnp.nan), steps=4), ValueError, "x_T contains non-finite")
 # and a good call still works, equal to one device
@@ -97,7 +99,8 @@ def test_load_model_of_a_run_without_export(tmp_path):
     result = train(small_config(), run, progress=False, final_eval=False, export=False)
     assert not os.path.exists(os.path.join(run, "model.msgpack"))
     model = load_model(run)
-    for a, b in zip(jax.tree_util.tree_leaves(model.params), jax.tree_util.tree_leaves(result.state["ema_params"])):
+    for a, b in zip(jax.tree_util.tree_leaves(model.params), jax.tree_util.tree_leaves(result.state["ema_params"]),
+                    strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -117,7 +120,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
     full = train(cfg, str(tmp_path / "full"), progress=False, final_eval=False, export=False)
     resumed = train(cfg, run, resume=True, progress=False, final_eval=False, export=False)
-    for a, b in zip(jax.tree_util.tree_leaves(resumed.state["params"]), jax.tree_util.tree_leaves(full.state["params"])):
+    for a, b in zip(jax.tree_util.tree_leaves(resumed.state["params"]), jax.tree_util.tree_leaves(full.state["params"]),
+                    strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -129,7 +133,8 @@ def test_run_directory_is_locked(tmp_path):
     with open(run / ".lock", "a") as fh:  # another process holding the run
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         code = ("from dgjax.training import TrainConfig, train\n"
-                f"train(TrainConfig(arch='mlp', data='moons', arch_kwargs=dict(width=8, depth=1), steps=2), {str(run)!r}, progress=False, final_eval=False)")
+                "train(TrainConfig(arch='mlp', data='moons', arch_kwargs=dict(width=8, depth=1), steps=2), "
+                f"{str(run)!r}, progress=False, final_eval=False)")
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
                              env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
     assert res.returncode != 0 and "is in use by another training process" in res.stderr

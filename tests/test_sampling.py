@@ -9,7 +9,8 @@ import dgjax as dg
 
 
 def _mixture_2d(dtype):
-    return dg.GaussianMixture(jnp.array([0.2, 0.3, 0.5], dtype), jnp.array([[-1.5, 1.0], [1.5, 1.0], [0.0, -1.2]], dtype),
+    return dg.GaussianMixture(jnp.array([0.2, 0.3, 0.5], dtype),
+                              jnp.array([[-1.5, 1.0], [1.5, 1.0], [0.0, -1.2]], dtype),
                               jnp.array([[0.05, 0.2], [0.2, 0.05], [0.1, 0.1]], dtype))
 
 

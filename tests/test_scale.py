@@ -7,6 +7,7 @@ likelihood is also checked against the oracle's exact log-density.
 """
 
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
@@ -37,12 +38,12 @@ PRELUDE = textwrap.dedent("""
 
     def agree(run, x, what, ndev=4, fine=None):
         # run(devices, x) -> dict of arrays, on ndev devices vs one device, for the same keys. Float tolerance,
-        # measured: the largest change that moving every entry of x by one ulp (up, and down) makes on one
-        # device (the float32 rounding sensitivity of the whole solve; one direction alone is a single draw of
-        # it, which a reassociated multi-device program exceeded by 1.2x), floored at 1e-5. Adaptive solves (fine= the same run at
-        # rtol = atol = 1e-7): the controller picks the steps from the whole batch, but a rounding-level
-        # difference in its error norm can flip one accept/reject decision, after which two runs agree within
-        # their solver error: the tolerance is then 2 x the one-device run's measured error against `fine`.
+        # measured: the largest change that moving every entry of x by one ulp (up, and down) makes on one device (the
+        # float32 rounding sensitivity of the whole solve; one direction alone is a single draw of it, which a
+        # reassociated multi-device program exceeded by 1.2x), floored at 1e-5. Adaptive solves (fine = the same run at
+        # rtol = atol = 1e-7): the controller picks the steps from the whole batch, but a rounding-level difference in
+        # its error norm can flip one accept/reject decision, after which two runs agree within their solver error: the
+        # tolerance is then 2 x the one-device run's measured error against `fine`.
         one, many = run(jax.devices()[:1], x), run(jax.devices()[:ndev], x)
         nudged = [run(jax.devices()[:1], jnp.nextafter(x, jnp.asarray(v, x.dtype))) for v in (jnp.inf, -jnp.inf)]
         ref = None if fine is None else fine(jax.devices()[:1], x)
@@ -100,7 +101,8 @@ def test_four_devices_match_one_reverse_sde_and_padding():
         try:
             dg.sample_sharded(score, P, x6, key=key, **kw)
         except ValueError as e:
-            assert "x_T: the batch size 6 is not a multiple of the number of devices (4)" in str(e) and "pad=True" in str(e)
+            assert "x_T: the batch size 6 is not a multiple of the number of devices (4)" in str(e)
+            assert "pad=True" in str(e)
         else:
             raise AssertionError("no error for a batch of 6 on 4 devices")
         ref = dg.sample(score, P, x6, key=key, **kw)
@@ -195,7 +197,7 @@ def test_q_sweep_of_seven_values_compiles_once():
     assert first.count("jit(_sample_program)") == 1, first
     assert rest == [], rest  # the other six values compile nothing at all
     logps = [float(jnp.mean(o.logp)) for o in outs]
-    assert all(b > a for a, b in zip(logps, logps[1:])), logps  # q took effect: log p rises with q
+    assert all(b > a for a, b in itertools.pairwise(logps)), logps  # q took effect: log p rises with q
     ref = dg.sample(score, VP, x_T, sampler=dg.DensityGuidance(qs[3]), key=jax.random.key(52), track_logp=True,
                     steps=12)
     np.testing.assert_allclose(outs[3].logp, ref.logp, rtol=1e-5, atol=1e-4)
@@ -205,7 +207,7 @@ def test_t_switch_sweep_compiles_once_and_matches_eager():
     ts = [0.1, 0.37, 0.6, 0.95]  # 0.95: phase one shorter than half a step -> rounded to 1 step, as eagerly
     (mix, score, x_T), outs, first, rest = _sweep(dg.HighDensity, ts, track_logp=True, steps=10)
     assert first.count("jit(_sample_program)") == 1 and rest == [], (first, rest)
-    for t_switch, out in list(zip(ts, outs))[1::2]:  # the traced switch gives the eager (concrete) result
+    for t_switch, out in list(zip(ts, outs, strict=True))[1::2]:  # the traced switch gives the eager (concrete) result
         ref = dg.sample(score, VP, x_T, sampler=dg.HighDensity(t_switch), key=jax.random.key(52), track_logp=True,
                         steps=10)
         np.testing.assert_allclose(out.x, ref.x, rtol=1e-5, atol=1e-5)

@@ -60,7 +60,8 @@ def check_files(summary, out: Path):
     assert on_disk["command"].startswith("python scripts/")
 
 
-@pytest.mark.slow  # 35-46 s; fast tests: DG monotone in q (test_digits_flow, test_galaxies), its exact rate (test_guidance)
+# 35-46 s; fast tests: DG monotone in q (test_digits_flow, test_galaxies), its exact rate (test_guidance)
+@pytest.mark.slow
 def test_logp_vs_q(run_script):
     summary, out = run_script("logp_vs_q")
     check_files(summary, out)

@@ -67,8 +67,8 @@ def test_likelihood_stops_at_a_nan_prior(encoder):
 
 
 @pytest.mark.parametrize("encoder", ["ode", "sde"])
-@pytest.mark.parametrize("prior", [lambda z: PROC.prior_log_prob(z)[:, None], lambda z: jnp.sum(PROC.prior_log_prob(z))],
-                         ids=["N1", "scalar"])
+@pytest.mark.parametrize("prior", [lambda z: PROC.prior_log_prob(z)[:, None],
+                                   lambda z: jnp.sum(PROC.prior_log_prob(z))], ids=["N1", "scalar"])
 def test_likelihood_refuses_a_prior_of_another_shape(encoder, prior):
     """(N, 1) used to give log p of shape (N, N); a scalar was broadcast to every sample (encoder="sde")."""
     with pytest.raises(dg.InvalidArgument, match=rf"prior_log_prob.*\({N},\)"):

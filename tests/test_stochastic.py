@@ -32,7 +32,7 @@ def test_reverse_sde_ito_error_shrinks_with_steps(mix256):
     (published: 0.91 / 0.037 at 1000 steps, 0.96 / 0.011 at 4000)."""
     gm, x_T = mix256
     res = [_track_error(gm, x_T, dg.ReverseSDE(), n)[1:] for n in (250, 1000, 4000)]
-    corrs, errs = zip(*res)
+    corrs, errs = zip(*res, strict=True)
     assert errs[0] > errs[1] > errs[2], errs
     assert corrs[0] < corrs[1] < corrs[2], corrs
     assert errs[2] < 0.02 and corrs[2] > 0.95
@@ -152,9 +152,9 @@ def _dg_setup():
 
 @pytest.mark.parametrize("exact", [True, False])
 def test_dg_sde_tracked_matches_exact(exact):
-    """DG-SDE, late window 0.3 on lambda in (-3, 9), q = 0.6 (feasible in D = 64): tracked log p (docs/math.md 4(d) rate,
-    which for the published form includes its deviation) matches the exact log p_{t_min}; measured about 2e-3
-    per dimension at 1000 steps."""
+    """DG-SDE, late window 0.3 on lambda in (-3, 9), q = 0.6 (feasible in D = 64): tracked log p (docs/math.md 4(d)
+    rate, which for the published form includes its deviation) matches the exact log p_{t_min}; measured about 2e-3 per
+    dimension at 1000 steps."""
     gm, x_T = _dg_setup()
     lp = gm.log_prob(P)
     noise = dg.noise_window_log_snr(P, 0.3, -3.0, 9.0)
@@ -210,7 +210,8 @@ def test_early_noise_changes_samples_more_than_late():
 def test_dg_sde_nfe():
     gm, x_T = _dg_setup()
     noise = dg.noise_window(0.2, 0.5, 1.0)
-    pub = dg.sample(gm.score(P), P, x_T, sampler=dg.StochasticDensityGuidance(0.5, noise), key=jax.random.key(0), steps=20)
+    pub = dg.sample(gm.score(P), P, x_T, sampler=dg.StochasticDensityGuidance(0.5, noise), key=jax.random.key(0),
+                    steps=20)
     ex = dg.sample(gm.score(P), P, x_T, sampler=dg.StochasticDensityGuidance(0.5, noise, exact=True),
                    key=jax.random.key(0), steps=20, divergence=dg.Hutchinson(2))
     assert int(pub.nfe) == 20 * 2  # score + one Hutchinson JVP (the Laplacian of the drift)
@@ -228,7 +229,8 @@ def test_bad_input():
     gm, x_T = _dg_setup()
     sc = gm.score(P)
     with pytest.raises(ValueError, match="noise"):
-        dg.sample(sc, P, x_T, sampler=dg.StochasticDensityGuidance(0.5, lambda t: jnp.ones(3)), key=jax.random.key(0), steps=5)
+        dg.sample(sc, P, x_T, sampler=dg.StochasticDensityGuidance(0.5, lambda t: jnp.ones(3)), key=jax.random.key(0),
+                  steps=5)
     with pytest.raises(Exception, match="noise.*negative"):
         out = dg.sample(sc, P, x_T, sampler=dg.StochasticDensityGuidance(0.5, lambda t: -0.1 + 0 * t),
                         key=jax.random.key(0), steps=5)

@@ -93,7 +93,8 @@ def test_checkpoint_round_trips_exactly_and_exports_a_model(tmp_path):
     assert_trees_equal(restored, result.state)
     assert int(restored["step"]) == 4
     # the run directory loads as a model (latest checkpoint, EMA parameters), as does its export
-    for model in (load_model(str(tmp_path / "run" / "checkpoints" / "..")), load_model(str(tmp_path / "run" / "model.msgpack"))):
+    for path in (tmp_path / "run" / "checkpoints" / "..", tmp_path / "run" / "model.msgpack"):
+        model = load_model(str(path))
         assert_trees_equal(model.params, result.state["ema_params"])
 
 
@@ -134,7 +135,8 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     net = make_network("unet", ds.shape, other.arch_kwargs)
     template = jax.eval_shape(lambda: init_state(other, net, ds.shape, make_optimizer(other)))
     ckpts = Checkpoints(str(tmp_path / "run"), read_only=True)
-    with pytest.raises(ArchitectureMismatch, match=r"checkpoint .* different architecture.*expects \(32,\), stored \(16,\)"):
+    with pytest.raises(ArchitectureMismatch,
+                       match=r"checkpoint .* different architecture.*expects \(32,\), stored \(16,\)"):
         ckpts.restore(template)
     ckpts.close()
     # changed optimisation settings are refused on resume (the continuation would not be exact)
