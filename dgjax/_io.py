@@ -34,7 +34,7 @@ def _create_exclusive(directory: str, prefix: str) -> tuple[int, str]:
     raise FileExistsError(f"could not create a temporary file in {directory!r} (100 names taken)")
 
 
-def atomic_write(path: str, write: Callable[[IO[bytes]], None], error: type[Exception] = OSError) -> None:
+def atomic_write(path: str, write: Callable[[IO[bytes]], object], error: type[Exception] = OSError) -> None:
     """Write ``path`` atomically: ``write(fh)`` fills a temporary file beside it (``fh`` a binary file
     object, flushed and fsync-ed afterwards), which then replaces ``path`` by a rename (a reader never
     sees a half-written file; a link at ``path`` is replaced, not followed). A missing directory or a
@@ -57,12 +57,12 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None], error: type[Exce
         raise error(f"output path {path!r}: could not write ({e})") from e
 
 
-def write_bytes(data: bytes) -> Callable[[IO[bytes]], None]:
+def write_bytes(data: bytes) -> Callable[[IO[bytes]], object]:
     """A ``write`` for ``atomic_write`` that writes ``data``."""
     return lambda fh: fh.write(data)
 
 
-def write_text(text: str) -> Callable[[IO[bytes]], None]:
+def write_text(text: str) -> Callable[[IO[bytes]], object]:
     """A ``write`` for ``atomic_write`` that writes ``text`` as UTF-8."""
     return write_bytes(text.encode())
 

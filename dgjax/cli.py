@@ -43,6 +43,7 @@ def _demo(args) -> int:
                     logp_T=log_prob(x_T, process.t_max))
     exact = log_prob(out.x, process.t_min)
     jax.block_until_ready(exact)
+    assert out.logp is not None  # track_logp=True
     elapsed = time.perf_counter() - start
     print(f"PF-ODE on a 3-component 2-D mixture, {type(process).__name__} process, Tsit5 rtol=atol={args.rtol:g}")
     print(f"{'sample':>6} {'x':>22} {'tracked log p':>14} {'exact log p':>12} {'|error|':>10}")
@@ -429,6 +430,7 @@ def _likelihood_galaxy(args, model) -> int:
                                     checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
                                     to_data_space=model.data_log_prob)
     flux = result.data_space
+    assert flux is not None  # to_data_space was given
     print(f"model {model.name!r}: no data set ships with it; log p of {n} of its own PF-ODE samples, re-encoded "
           f"({args.probes} Hutchinson probe(s), adaptive Tsit5 rtol=atol={args.rtol:g}): network space "
           f"y = log(x+1)/0.1 {result.nats:.1f} +- {result.stderr.total:.1f} nats ({result.bits_per_dim:.4f} bits/dim); "

@@ -153,7 +153,7 @@ class Dataset:
 
     name: str
     shape: tuple
-    transform: object
+    transform: Dequantize | Identity
     _raw: Callable | None = field(default=None, repr=False)      # split -> integer array (N, *shape)
     _draw: Callable | None = field(default=None, repr=False)     # (rng, n, split) -> data-space array (n, *shape)
 
@@ -184,6 +184,11 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.raw("train")) if self.finite else 0
 
+    def _fresh(self, rng: np.random.Generator, n: int, split: str) -> np.ndarray:
+        """n fresh data-space examples of a set sampled afresh (one without ``_raw``)."""
+        assert self._draw is not None, f"data set {self.name!r} has neither _raw nor _draw"
+        return self._draw(rng, n, split)
+
     def data_batch(self, seed: int, step: int, n: int) -> np.ndarray:
         """The data-space (integer, for images) training batch at ``step``."""
         if self._raw is not None:
@@ -198,7 +203,7 @@ class Dataset:
                 idx[filled:filled + take] = _rng(seed, 1, epoch).permutation(total)[pos:pos + take]
                 filled += take
             return data[idx]
-        return self._draw(_rng(seed, 2, step), n, "train")
+        return self._fresh(_rng(seed, 2, step), n, "train")
 
     def train_batch(self, seed: int, step: int, n: int) -> np.ndarray:
         """Model-space training batch (N, *shape) float32 at ``step``: a pure function of (seed, step, n)."""
@@ -214,7 +219,7 @@ class Dataset:
             if n is not None and n > len(data):
                 raise ValueError(f"n: the {split!r} split of {self.name!r} has {len(data)} examples; got n={n}")
             return data if n is None else data[:n]
-        return self._draw(_rng(seed, 4, SPLITS.index(split)), 512 if n is None else n, split)
+        return self._fresh(_rng(seed, 4, SPLITS.index(split)), 512 if n is None else n, split)
 
     def split(self, split: str = "test", n: int | None = None, seed: int = 0) -> np.ndarray:
         """n model-space examples (default: all of a finite split, else 512) of ``split``."""
@@ -227,7 +232,7 @@ class Dataset:
                     raise ValueError(f"n: the {split!r} split of {self.name!r} has {len(data)} examples; got n={n}")
                 data = data[:n]
         else:
-            data = self._draw(rng, 512 if n is None else n, split)
+            data = self._fresh(rng, 512 if n is None else n, split)
         return self.transform.to_model(data, rng)
 
 
@@ -240,7 +245,8 @@ def _check_split(split):
 def _digits_raw(split):
     from sklearn.datasets import load_digits
 
-    y = load_digits().images.astype(np.uint8)[..., None]  # (1797, 8, 8, 1), levels 0..16
+    # (1797, 8, 8, 1), levels 0..16 (sklearn types the Bunch return as a union with the return_X_y tuple)
+    y = load_digits().images.astype(np.uint8)[..., None]  # pyright: ignore[reportAttributeAccessIssue]
     perm = np.random.default_rng(0).permutation(len(y))
     return y[perm[:1500]] if split == "train" else y[perm[1500:]]
 
@@ -354,7 +360,7 @@ def _image_grid_pixels(x, transform, nrow: int | None, scale: int, pad: int) -> 
         x = x.reshape((-1,) + x.shape[2:])
     if x.ndim != 4:
         raise ValueError(f"images must have shape (N, H, W, C) or (rows, cols, H, W, C); got {x.shape}")
-    n, h, w, c = x.shape
+    n, h, w, c = map(int, x.shape)
     nrow = nrow or int(math.ceil(math.sqrt(n)))
     ncol = int(math.ceil(n / nrow))
     img = transform.to_uint8(x) if hasattr(transform, "to_uint8") else np.clip((x + 1) * 127.5, 0, 255).astype(np.uint8)
@@ -417,8 +423,8 @@ def save_labelled_grid(path, rows, transform, labels, *, scale: int | None = Non
     grid = Image.fromarray(_image_grid_pixels(rows, transform, None, scale, pad))
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    width = lambda s: probe.textbbox((0, 0), s, font=font)[2]  # noqa: E731
-    text_h = probe.textbbox((0, 0), "Ag", font=font)[3]
+    width = lambda s: int(probe.textbbox((0, 0), s, font=font)[2])  # noqa: E731
+    text_h = int(probe.textbbox((0, 0), "Ag", font=font)[3])
     left = max(width(s) for s in labels) + 12
     top = text_h + 10 if title else 0
     out = Image.new("RGB", (left + max(grid.width, width(title) + 8 if title else 0), top + grid.height), "white")

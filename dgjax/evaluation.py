@@ -319,13 +319,14 @@ class _Checkpoint:
             text = json.dumps(settings, indent=1, sort_keys=True).encode()
             atomic_write(path, lambda fh: fh.write(text), InvalidArgument)
 
-    def _path(self, index: int) -> str:
-        return os.path.join(self.directory, f"batch_{index:06d}.npz")
+    def _path(self, index: int) -> str | None:
+        return None if self.directory is None else os.path.join(self.directory, f"batch_{index:06d}.npz")
 
     def load(self, index: int, digest: str) -> dict | None:
-        if self.directory is None or not os.path.exists(self._path(index)):
+        path = self._path(index)
+        if path is None or not os.path.exists(path):
             return None
-        with np.load(self._path(index)) as f:
+        with np.load(path) as f:
             out = {k: f[k] for k in f.files}
         if str(out.pop("digest")) != digest:
             raise InvalidArgument(f"checkpoint_dir: batch {index} of {self.directory!r} was computed on other data "
@@ -333,11 +334,12 @@ class _Checkpoint:
         return out
 
     def save(self, index: int, digest: str, arrays: dict) -> None:
-        if self.directory is None:
+        path = self._path(index)
+        if path is None:
             return
         buf = io.BytesIO()
         np.savez(buf, digest=np.asarray(digest), **arrays)
-        atomic_write(self._path(index), lambda fh: fh.write(buf.getvalue()))
+        atomic_write(path, lambda fh: fh.write(buf.getvalue()))
 
 
 def _key_data(key) -> list:
@@ -393,26 +395,27 @@ def _run(batch_fn: Callable, data, *, quantization: Quantization | None, dequant
             on_batch(index, done)
     if bar is not None:
         bar.close()
-    if not results:
+    if shape is None:  # no batch at all
         raise InvalidArgument("data: no examples")
     cat = {k: np.concatenate([r[k] for r in results]) for k in ("logp", "probe_var", "log_q")}
     dim = math.prod(shape)
     nfe = float(np.sum([r["nfe"] * r["logp"].shape[0] for r in results]) / cat["logp"].shape[0]) * draws
     seconds = float(np.sum([r["seconds"] for r in results]))
     protocol = "none" if dequantization is None else dequantization.name
-    log_volume = 0.0 if dequantization is None else quantization.log_bin_volume(dim)
+    log_volume = 0.0 if quantization is None else quantization.log_bin_volume(dim)  # None iff dequantization is
     probe_var = cat["probe_var"] if probe_rows != 1 else None
     if not np.all(np.isfinite(cat["logp"])):
         raise InvalidArgument(f"score: {int((~np.isfinite(cat['logp'])).sum())} log-densities are not finite; the "
                               f"model's score is not finite on this data")
-    common = dict(dim=dim, num_examples=cat["logp"].shape[0], draws=draws, nfe_per_example=nfe, wall_time=seconds)
+    common: dict[str, Any] = dict(dim=dim, num_examples=cat["logp"].shape[0], draws=draws, nfe_per_example=nfe,
+                                  wall_time=seconds)
     space = None
     if to_data_space is not None:
         logp_data = np.concatenate([r["logp_data"] for r in results])
         L, mean, se = summarize("none", logp_data, probe_var, cat["log_q"], 0.0)
         space = DatasetLikelihood("none", mean, se, L, logp_data, offset_bits=0.0, **common)
     L, mean, se = summarize(protocol, cat["logp"], probe_var, cat["log_q"], log_volume)
-    offset = 0.0 if dequantization is None else quantization.offset_bits
+    offset = 0.0 if quantization is None else quantization.offset_bits
     return DatasetLikelihood(protocol, mean, se, L, cat["logp"], offset_bits=offset, data_space=space, **common)
 
 

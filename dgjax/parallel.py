@@ -51,9 +51,11 @@ sampler): without gradients every solve is a while loop over its state.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -99,7 +101,7 @@ def pad_batch(x, n_to: int):
 
 
 def map_chunks(fn: Callable, x, batch: int, key, *extra, pad: bool = False, fold: str = "offset",
-               on_chunk: Callable | None = None):
+               on_chunk: Callable | None = None) -> Any:
     """Apply ``fn(x_chunk, *extra, key_chunk) -> array or tuple of (n, ...) arrays`` over chunks of ``batch``
     rows of ``x`` and concatenate the results as numpy arrays (a tuple when ``fn`` returns one).
 
@@ -107,7 +109,7 @@ def map_chunks(fn: Callable, x, batch: int, key, *extra, pad: bool = False, fold
     (``fold="index"``: its index). ``pad=True`` pads the last chunk to ``batch`` rows (``pad_batch``), so
     every call has one shape and one compiled program; padded rows are dropped. ``on_chunk()`` runs after
     each chunk (e.g. a progress bar)."""
-    outs = []
+    outs: list[tuple[np.ndarray, ...]] = []
     for i, lo in enumerate(range(0, len(x), batch)):
         chunk = jnp.asarray(x[lo:lo + batch])
         m = chunk.shape[0]
@@ -118,7 +120,7 @@ def map_chunks(fn: Callable, x, batch: int, key, *extra, pad: bool = False, fold
         if on_chunk is not None:
             on_chunk()
     cat = tuple(np.concatenate([o[j] for o in outs]) for j in range(len(outs[0])))
-    return cat if len(cat) > 1 else cat[0]
+    return cat[0] if len(cat) == 1 else cat
 
 
 def shard_batch(x, devices: Sequence | None = None, *, pad: bool = False, name: str = "x"):

@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -132,7 +134,7 @@ class Checkpoints:
             raise ModelError(f"{where} is corrupt or not a dgjax training checkpoint (no 'params' entry)")
         return leaf_shapes(tree.get(entry, {}))
 
-    def _restore_saved(self, step: int | None, expected_params: dict, target) -> tuple:
+    def _restore_saved(self, step: int | None, expected_params: dict, target) -> Mapping[str, Any]:
         """The saved tree of checkpoint ``step`` (latest if None), checked: parameter shapes against
         ``expected_params`` ({path: shape}), every parameter finite, contents against the stored checksum.
         ``target``: a tree of ShapeDtypeStructs, or None to restore by the checkpoint's own metadata."""

@@ -33,7 +33,7 @@ from .._io import atomic_write, leaf_shapes, read_regular_file, write_bytes
 from ..errors import ArchitectureMismatch, ModelError
 from .checkpoints import load_run
 from .configs import CHECKSUM_KEY, validate_config
-from .galaxies import GALAXY_MODELS, load_galaxy_model
+from .galaxies import GALAXY_MODELS, GalaxyModel, load_galaxy_model
 from .networks import check_same_architecture, init_params
 from .trained import FORMAT, TrainedModel, network_from_config
 
@@ -160,7 +160,7 @@ def load_model_files(prefix: str) -> TrainedModel:
     return TrainedModel(network_from_config(config), params, config)
 
 
-def load_model(name_or_path: str, *, compute_dtype=None) -> TrainedModel:
+def load_model(name_or_path: str, *, compute_dtype=None) -> TrainedModel | GalaxyModel:
     """Load a trained model: a shipped name (``SHIPPED_MODELS``), a galaxy model name (``GALAXY_MODELS``), a
     ``.msgpack`` file, a directory with ``model.msgpack``/``model.json``, or a ``dgjax train`` run directory
     (latest checkpoint, EMA params). A bare shipped or galaxy name always means that model; a folder of
@@ -169,12 +169,14 @@ def load_model(name_or_path: str, *, compute_dtype=None) -> TrainedModel:
     ``compute_dtype`` (e.g. ``jnp.bfloat16``): run the network in that dtype while the solver state and the
     log-density stay in the caller's precision (``TrainedModel.with_compute_dtype``); default float32."""
     model = _load_model(name_or_path)
-    if compute_dtype is not None and not isinstance(model, TrainedModel):
+    if compute_dtype is None:
+        return model
+    if not isinstance(model, TrainedModel):
         raise ModelError(f"compute_dtype: only dgjax-trained models support it; {name_or_path!r} does not")
-    return model if compute_dtype is None else model.with_compute_dtype(compute_dtype)
+    return model.with_compute_dtype(compute_dtype)
 
 
-def _load_model(name_or_path: str) -> TrainedModel:
+def _load_model(name_or_path: str) -> TrainedModel | GalaxyModel:
     if isinstance(name_or_path, TrainedModel):
         return name_or_path
     if not isinstance(name_or_path, (str, os.PathLike)):

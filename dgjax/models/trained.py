@@ -9,10 +9,11 @@ pure ``score(x, t)`` of the model, ``dg.score_from(..., parametrization)`` with 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from .. import processes
@@ -32,7 +33,7 @@ FORMAT = "dgjax-model-1"
 MODEL_PROCESSES = ("VP", "LinearFlow")  # LinearFlow: flow-matching models (dgjax train --objective flow)
 
 
-def process_from_config(cfg: dict):
+def process_from_config(cfg: dict | None):
     """A model config's process through the registry (``dgjax.processes.process_from_config``), limited to the
     processes dgjax trains and loads models on; errors are ``ModelError``."""
     cfg = dict(cfg or {"name": "VP"})
@@ -105,7 +106,9 @@ class TrainedModel(Model):
         """The network's prediction (``.parametrization``: eps, or the velocity v for flow models) at
         (x (N, *shape), t scalar or (N,)), in x's dtype; dropout off."""
         lam = self.process.log_snr(jnp.asarray(t, jnp.float32))
+        # flax types apply() as an output or (output, state) (with mutable=...): here it is the output
         out = self.network.apply({"params": self.params}, x.astype(jnp.float32), lam, train=False)
+        out = cast(jax.Array, out)
         return out.astype(x.dtype)
 
     def score(self, x, t):

@@ -29,7 +29,7 @@ def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """The learning rate at ``step`` (0-based): ``lr_schedule(cfg)(step)``."""
-    return float(lr_schedule(cfg)(step))
+    return float(np.asarray(lr_schedule(cfg)(step)))
 
 
 def _clipped_adam(learning_rate, grad_clip):
