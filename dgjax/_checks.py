@@ -12,13 +12,18 @@ from __future__ import annotations
 import contextvars
 import functools
 import math
+from typing import TypeVar
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import DgjaxError, InvalidArgument, NonFiniteError, tagged, typed_errors
+from .errors import CheckError, InvalidArgument, NonFiniteError, tagged, typed_errors
+
+T = TypeVar("T")
+S = TypeVar("S")
 
 
 def check_param(ok: bool, name: str, msg: str) -> None:
@@ -32,14 +37,14 @@ def is_concrete(x) -> bool:
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
 
 
-def check_finite(x, name: str, cls: type[DgjaxError] = NonFiniteError):
+def check_finite(x, name: str, cls: type[CheckError] = NonFiniteError) -> jax.Array:
     """Return ``x``; raise ``cls`` (eagerly, or at run time under jit) if it has NaN or inf entries."""
     x = jnp.asarray(x)
     msg = f"{name} contains non-finite values (NaN or inf); pass finite arrays (check the upstream computation)"
     return check_value(x, ~jnp.all(jnp.isfinite(x)), msg, cls=cls)
 
 
-def check_time(process, t, name: str = "t", *, closed: bool = True):
+def check_time(process, t, name: str = "t", *, closed: bool = True) -> jax.Array:
     """Return ``t`` as an array; raise if any entry lies outside [t_min, t_max] of ``process``
     (or outside the open interval when ``closed=False``)."""
     lo, hi = process.t_min, process.t_max
@@ -53,22 +58,23 @@ def check_time(process, t, name: str = "t", *, closed: bool = True):
     return check_value(t, xp.any(bad), msg, lambda: tv, cls=InvalidArgument)
 
 
-def check_span(process, t_from, t_to, x, *, names: tuple[str, str], why: str, decreasing: bool = True):
+def check_span(process, t_from: S, t_to: S, x: T, *, names: tuple[str, str], why: str,
+               decreasing: bool = True) -> tuple[T, S | jax.Array, S | jax.Array]:
     """Both ends of a solve in [t_min, t_max] and in the solve's direction: ``t_to`` below ``t_from`` (toward the
     data: sampling, denoising) or above it (``decreasing=False``: toward the noise, the forward SDE). Raises
     ``InvalidArgument`` now for concrete times, at run time under jit. Returns (x, t_from, t_to): traced times
     come back carrying their range checks and x the order check (jit drops checks whose output is unused)."""
     a, b = names
     checked = (check_time(process, t_from, a), check_time(process, t_to, b))
-    if not is_concrete((t_from, t_to)):  # traced times: keep their checks (concrete ones stay Python numbers)
-        t_from, t_to = checked
-    tf, tt = jnp.asarray(t_from), jnp.asarray(t_to)
+    # traced times: keep their checks (concrete ones stay Python numbers)
+    t0, t1 = (t_from, t_to) if is_concrete((t_from, t_to)) else checked
+    tf, tt = jnp.asarray(t0), jnp.asarray(t1)
     bad = ~(tt < tf) if decreasing else ~(tt > tf)
     msg = f"{b}: {why}, so {b} must be {'below' if decreasing else 'above'} {a}"
-    return check_value(x, bad, msg, lambda: f"{b} = {float(tt)}, {a} = {float(tf)}"), t_from, t_to
+    return check_value(x, bad, msg, lambda: f"{b} = {float(tt)}, {a} = {float(tf)}"), t0, t1
 
 
-def check_batch(x, name: str = "x"):
+def check_batch(x, name: str = "x") -> jax.Array:
     """``x`` must be an array with a leading batch axis: shape (N, *shape)."""
     x = jnp.asarray(x)
     if x.ndim < 1:
@@ -144,7 +150,7 @@ def checked_shape(v, x, name: str, fix: str, expected=None):
     return v
 
 
-def check_value(x, bad, msg: str, detail=None, *, cls: type[DgjaxError] = InvalidArgument):
+def check_value(x: T, bad, msg: str, detail=None, *, cls: type[CheckError] = InvalidArgument) -> T:
     """Return ``x``; raise ``cls(msg)`` now when ``bad`` is concrete and true, else attach
     ``equinox.error_if`` with ``errors.tagged(cls, msg)`` so the check fires at run time under jit and
     ``errors.classify`` gives ``cls`` back. ``detail()`` (optional) is appended to the eager message (e.g.
@@ -248,14 +254,15 @@ class deferred_errors:
     def __enter__(self):
         import equinox._errors as _eqx_errors
 
+        # equinox reads this module setting when error_if is traced and has no public switch for it
         self._mod = _eqx_errors
-        self._old = _eqx_errors.EQX_ON_ERROR
+        self._old = _eqx_errors.EQX_ON_ERROR  # pyright: ignore[reportPrivateImportUsage]
         if self.active:
-            _eqx_errors.EQX_ON_ERROR = "nan"
+            _eqx_errors.EQX_ON_ERROR = "nan"  # pyright: ignore[reportPrivateImportUsage]
         return self
 
     def __exit__(self, *exc):
-        self._mod.EQX_ON_ERROR = self._old
+        self._mod.EQX_ON_ERROR = self._old  # pyright: ignore[reportPrivateImportUsage]
         return False
 
 
@@ -279,7 +286,7 @@ def raise_if_not_finite(ok, where: str, n_devices: int) -> None:
             f"dg.score_alignment on one device, or devices=jax.devices()[:1]) to see which check failed and why.")
 
 
-def check_output(y, stage: str, cls: type[DgjaxError] = NonFiniteError):
+def check_output(y, stage: str, cls: type[CheckError] = NonFiniteError):
     """Check the output of a solve (any pytree) for NaN/inf, naming the ``stage`` that produced it
     (raises ``cls``, by default ``NonFiniteError``)."""
     msg = (f"{stage} produced non-finite values (NaN or inf). Possible causes: a score that returns NaN/inf "

@@ -270,9 +270,9 @@ def score_alignment(score: Callable, process, x_T: Float[Array, " N *shape"], t_
     steps, ts = grids.plan(process, process.t_max, t_end, options.steps, options.grid)
     options = options.replace(steps=steps, grid=ts)  # what solve steps to: a count (uniform in t) or the times
 
-    s_T = score(x_T, t_T) if (w_T is None or score_free) else None
+    w0 = score(x_T, t_T) if w_T is None else _prepare_w_T(w_T, x_T, process)
+    s_T = w0 if w_T is None else (score(x_T, t_T) if score_free else None)
     nfe_init = 0 if s_T is None else 1
-    w0 = s_T if w_T is None else _prepare_w_T(w_T, x_T, process)
     if score_free:
         redraw = _redraw_plan(redraw_probes, constant, divergence, options)
         (x_end, w_end, value, stderr), evals, stats = _score_free_solve(score, process, x_T, t_end, w0, s_T, key,

@@ -78,7 +78,7 @@ def posterior_mean(score: Callable, process, x_t: Float[Array, " N *shape"],
 # dg.denoise
 # ------------------------------------------------------------------------------------------------------
 @entry_point
-def denoise(score: Callable, process, x_t: Float[Array, " N *shape"], t: ArrayLike | Float[Array, " N"], *,
+def denoise(score: Callable, process, x_t: Float[Array, " N *shape"], t: float | Array, *,
             method: str = "mean", t_end=None, key=None,
             track_logp: bool = False, divergence=None, solver=None, steps: int | None = None, grid=None,
             rtol: float | None = None, atol: float | None = None, logp_t=None,

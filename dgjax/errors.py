@@ -94,6 +94,10 @@ class NonFiniteError(RuntimeCheckError, FloatingPointError):
     code = "dgjax.NonFiniteError"
 
 
+CheckError = InvalidArgument | RuntimeCheckError
+"""The errors a check on (possibly traced) values raises: each class has the tag ``code`` that ``classify`` reads."""
+
+
 _TAGGED = {cls.code: cls for cls in (InvalidArgument, RuntimeCheckError, InfeasibleGuidance, LeftDataRange,
                                      ModeBifurcation, LinearSolveFailed, MaxStepsReached, NonFiniteError)}
 _TAG = re.compile(r"\[(dgjax\.[A-Za-z]+)\]")
@@ -102,7 +106,7 @@ _DIFFRAX = (("maximum number of solver steps", MaxStepsReached),
             ("non-finite values", NonFiniteError))
 
 
-def tagged(cls: type[DgjaxError], msg: str) -> str:
+def tagged(cls: type[CheckError], msg: str) -> str:
     """The message a run-time check of class ``cls`` carries: ``[tag] msg``."""
     return f"[{cls.code}] {msg}"
 

@@ -68,7 +68,7 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
                    divergence: DivergenceEstimator | None = None,
                    solver=None, steps: int | None = None, rtol: float | None = None, atol: float | None = None,
                    prior_log_prob: Callable | None = None, adjoint=None, max_steps: int | None = None,
-                   grid=None, encoder: str = "ode", t_start: float | None = None,
+                   grid=None, encoder: str = "ode", t_start: float | Array | None = None,
                    options: SolveOptions | None = None) -> Likelihood:
     """Model log-density of data ``x0`` (N, *shape), taken at t_start (default t_min), by PF-ODE encoding to t_max.
 
@@ -91,7 +91,7 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
         constant = encoder == "ode" and (options.steps is not None or options.grid is not None)
         divergence = StepwiseHutchinson() if constant else Hutchinson()
     per_step = isinstance(divergence, StepwiseHutchinson)
-    check_common(process, divergence, key, options)
+    check_common(divergence, key, options)
     t0, t1 = (process.t_min if t_start is None else t_start), process.t_max
     if encoder == "sde":
         from .forward import sde_log_likelihood

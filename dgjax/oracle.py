@@ -23,6 +23,7 @@ import math
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 from jaxtyping import Array

@@ -21,8 +21,10 @@ from typing import Any
 import diffrax as dfx
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 
 from ._checks import all_finite, check_int, check_param, check_value, is_concrete
 from .errors import InvalidArgument, MaxStepsReached, NonFiniteError, RuntimeCheckError
@@ -120,7 +122,7 @@ NONFINITE_VECTOR_FIELD = dfx.RESULTS.dt_min_reached
 NONFINITE_STEP_SIZE = dfx.RESULTS.max_steps_rejected
 
 
-def controller(steps: int | None, rtol: float | None, atol: float | None, t0: float, t1: float):
+def controller(steps: int | None, rtol: float | None, atol: float | None, t0: float | Array, t1: float | Array):
     """(stepsize_controller, dt0, max_steps) from the user's steps / rtol / atol choice.
 
     ``steps`` gives ``steps`` constant steps; ``rtol``/``atol`` (either) an adaptive PID controller;
@@ -160,8 +162,8 @@ def vf_evals_per_solve(solver, num_steps) -> jax.Array:
     return jnp.asarray(-1)
 
 
-def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, options: SolveOptions | None = None,
-               **kwargs):
+def solve_term(term, y0: Any, t0: float | Array, t1: float | Array, *, args: Any = None,
+               options: SolveOptions | None = None, **kwargs):
     """One ``diffrax.diffeqsolve`` of ``term`` from t0 to t1 with dgjax's controller choice.
 
     ``options`` (a ``SolveOptions``) or its fields as keyword arguments (solver, steps, rtol, atol, adjoint,
@@ -219,7 +221,7 @@ def solve_term(term, y0: Any, t0: float, t1: float, *, args: Any = None, options
     return y1, vf_evals_per_solve(solver, sol.stats["num_steps"]), sol.stats
 
 
-def check_solve(y1, sol, t0, t1, max_steps: int):
+def check_solve(y1, sol, t0, t1, max_steps: int | None):
     """Return ``y1``; raise the typed error for a diffrax solve that did not succeed (``throw=False``):
     ``NonFiniteError`` where ``StopAtNonFinite`` ended it, ``MaxStepsReached``, else ``RuntimeCheckError``.
     Eagerly the message gives the time the solve reached."""
@@ -265,7 +267,7 @@ def retrace_token(static: Any) -> object | None:
     return None
 
 
-def solve(vector_field: Callable, y0: Any, t0: float, t1: float, **kwargs):
+def solve(vector_field: Callable, y0: Any, t0: float | Array, t1: float | Array, **kwargs):
     """Integrate the ODE dy/dt = vector_field(t, y, args) from t0 to t1 (t1 < t0 integrates backward in t).
 
     Keyword arguments as ``solve_term``; returns (y1, num_vf_evals, stats).

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 from jaxtyping import Array
@@ -72,7 +72,7 @@ class AbstractSampler(eqx.Module):
 
     @abc.abstractmethod
     def integrate(self, score, process, x, *, key, track_logp: bool, divergence: DivergenceEstimator, options,
-                  logp_T, t_start, t_end):
+                  logp_T, t_start, t_end) -> tuple[Any, Array, Array]:
         """Solve from ``x`` (already ``prepare``d) at t_start to t_end with the given ``SolveOptions``.
 
         ``logp_T`` is the (N,) starting log-density when tracking (else None). Returns (y, nfe, num_steps),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import diffrax as dfx
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -81,8 +82,9 @@ def step_path(key, shape, dtype, knots) -> StepBrownianPath:
     diffs = np.diff(knots)
     uniform = bool(np.allclose(diffs, diffs[0], rtol=1e-6, atol=0.0))
     mids = None if uniform else jnp.asarray(0.5 * (knots[:-1] + knots[1:]), dtype)  # step i: m_{i-1} < tau_i < m_i
-    return StepBrownianPath(jax.ShapeDtypeStruct(shape, dtype), jax.random.split(key, steps), mids, float(diffs[0]),
-                            float(knots[0]))
+    # keywords: type checkers put the base class's abstract levy_area first in the generated __init__
+    return StepBrownianPath(shape=jax.ShapeDtypeStruct(shape, dtype), keys=jax.random.split(key, steps), mids=mids,
+                            dt=float(diffs[0]), tau0=float(knots[0]))
 
 
 def brownian_path(kind: str, key, shape, dtype, span: float, steps: int | None, knots=None, t0: float = 0.0):
@@ -94,17 +96,16 @@ def brownian_path(kind: str, key, shape, dtype, span: float, steps: int | None, 
     if kind == "auto":
         kind = "steps" if steps is not None else "virtual"
     struct = jax.ShapeDtypeStruct(shape, dtype)
-    if kind in ("steps", "unsafe") and steps is None:
-        raise ValueError(f"brownian: {kind!r} Brownian paths need fixed steps (steps=...); use 'virtual' with "
-                         "rtol/atol")
-    if kind == "steps":
+    if kind in ("steps", "unsafe"):
+        if steps is None:
+            raise ValueError(f"brownian: {kind!r} Brownian paths need fixed steps (steps=...); use 'virtual' with "
+                             "rtol/atol")
+        # a traced step count: keys cannot be split ahead
+        if kind == "unsafe" or (knots is None and isinstance(steps, jax.core.Tracer)):
+            return dfx.UnsafeBrownianPath(shape=struct, key=key)
         if knots is None:
-            if isinstance(steps, jax.core.Tracer):  # a traced step count: keys cannot be split ahead
-                return dfx.UnsafeBrownianPath(shape=struct, key=key)
             knots = np.linspace(t0, t0 + span, int(steps) + 1)
         return step_path(key, shape, dtype, knots)
-    if kind == "unsafe":
-        return dfx.UnsafeBrownianPath(shape=struct, key=key)
     tol = span / (8 * steps) if steps is not None else span * 1e-6
     return dfx.VirtualBrownianTree(t0, t0 + span, tol=tol, shape=struct, key=key)
 

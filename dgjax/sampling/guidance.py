@@ -269,7 +269,7 @@ class DensityGuidance(ODESampler):
     feasibility_tol: float = eqx.field(static=True)
     data_range: float | None = eqx.field(static=True)
 
-    def __init__(self, q=0.5, rate: Callable | None = None, start_at_median: bool = True, *,
+    def __init__(self, q: float | Array = 0.5, rate: Callable | None = None, start_at_median: bool = True, *,
                  data_scale: float = 1.0, feasibility_tol: float = 1.0, data_range: float | None = None):
         if rate is not None and not callable(rate):
             raise ValueError(f"rate: must be a callable rate(x, t) -> (N,) or None; got {rate!r}")
@@ -314,11 +314,12 @@ class DensityGuidance(ODESampler):
         """``log_density_shift(process, self.q, dim, t_start, t_end)`` (docs/math.md 5, feasibility)."""
         return log_density_shift(process, self.q, dim, t_start, t_end)
 
-    def velocity(self, coeffs, x, s, *, t, div_u=None, **_):
+    def velocity(self, coeffs, x, s, *, t, div_u: Array | None = None, **_):
         """dx/dt of this guidance at (x, t) given the score s there (and div u for a custom rate)."""
         opts = dict(data_scale=self.data_scale, feasibility_tol=self.feasibility_tol)
         if self.rate is None:
             return quantile_velocity(coeffs, x, s, self.q, **opts)
+        assert div_u is not None, "a custom rate needs div u (needs_divergence)"
         b = checked_shape(self.rate(x, t), x, "rate",
                           f"rate(x, t) must return one value per sample, shape ({x.shape[0]},)", (x.shape[0],))
         return rate_velocity(coeffs, x, s, div_u, b, **opts)
@@ -343,7 +344,7 @@ class HighDensity(ODESampler):
         split between the phases as for a concrete one (``round(steps * phase length / span)``, at least 1).
     """
 
-    t_switch: Array
+    t_switch: Array | np.ndarray  # a float64 0-d numpy array when concrete
     needs_divergence: ClassVar[bool] = False
 
     def __init__(self, t_switch):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -39,7 +39,7 @@ from jax.scipy.sparse.linalg import bicgstab as jsp_bicgstab
 
 from .. import dynamics as dyn
 from .._checks import bcast, check_param, check_value, event_dim
-from ..errors import LinearSolveFailed, ModeBifurcation, NonFiniteError
+from ..errors import InvalidArgument, LinearSolveFailed, ModeBifurcation, NonFiniteError
 from .base import Cost
 from .ode import ODESampler
 
@@ -63,6 +63,7 @@ _NONFINITE_MSG = (
     "solve) is NaN or inf: the score returned non-finite values or is not differentiable here (check the model's "
     "parameters and inputs)")
 LANCZOS_STEPS = 10  # default Lanczos iterations (HVPs) per evaluation for check="lanczos"
+KrylovSolver = lx.CG | lx.GMRES | lx.BiCGStab  # the lineax solvers ModeTracking accepts (each with max_steps)
 
 
 def lanczos_top_eigenvalue(matvec: Callable, v0, steps: int):
@@ -105,7 +106,7 @@ def check_probe(shape, dtype):
     return jax.random.normal(jax.random.key(0), shape, dtype)
 
 
-def krylov_solver(linear_solver: str, steps: int, cg_tol: float, dim: int) -> lx.AbstractLinearSolver:
+def krylov_solver(linear_solver: str, steps: int, cg_tol: float, dim: int) -> KrylovSolver:
     """The lineax solver a ``ModeTracking`` shorthand names, for the system scaled to |b| = 1: it stops once every
     entry of the residual is below 0.1 cg_tol / sqrt(D) (so |r| <= 0.1 cg_tol |b|), after at most ``steps``
     iterations (iterating past convergence would break CG down, 0/0). GMRES: one Krylov cycle of ``steps``
@@ -214,15 +215,18 @@ def check_hvps(check: str, dim: int, symmetrize: bool, cg: bool, lanczos_steps: 
     return ks * (min(lanczos_steps, dim) if check == "lanczos" else 1)
 
 
-def solver_hvps(solver: lx.AbstractLinearSolver) -> int:
+def solver_hvps(solver: KrylovSolver) -> int:
     """HVPs of one solve at its bound (counted with lineax 0.0.x, no early stop): CG ``max_steps`` (the project's
     long-standing count; lineax also forms one initial residual), GMRES ``(max_steps - 1) restart + 2`` (the
     residual pass and the cycles'), BiCGStab ``2 max_steps + 1``."""
+    steps = solver.max_steps
+    if steps is None:
+        raise InvalidArgument("linear_solver: give the lineax solver a max_steps (it bounds the work per evaluation)")
     if isinstance(solver, lx.CG):
-        return solver.max_steps
+        return steps
     if isinstance(solver, lx.GMRES):
-        return (solver.max_steps - 1) * solver.restart + 2
-    return 2 * solver.max_steps + 1
+        return (steps - 1) * solver.restart + 2
+    return 2 * steps + 1
 
 
 def mode_drift(coeffs, x, s, z, c):
@@ -234,7 +238,7 @@ def mode_drift(coeffs, x, s, z, c):
 # ------------------------------------------------------------------------------------------------------
 # the sampler
 # ------------------------------------------------------------------------------------------------------
-def _py_scalar(v):
+def _py_scalar(v: Any) -> Any:
     """A NumPy integer or float option as the Python number (static fields must be hashable Python values)."""
     return v.item() if isinstance(v, (np.integer, np.floating)) else v
 
@@ -289,7 +293,7 @@ class ModeTracking(ODESampler):
     symmetrize: bool = eqx.field(static=True, default=False)
     cg_tol: float | None = eqx.field(static=True, default=None, converter=_py_scalar)
     check: str = eqx.field(static=True, default="auto")
-    linear_solver: str | lx.AbstractLinearSolver = eqx.field(static=True, default="cg")
+    linear_solver: str | KrylovSolver = eqx.field(static=True, default="cg")
     lanczos_steps: int = eqx.field(static=True, default=LANCZOS_STEPS, converter=_py_scalar)
     needs_divergence: ClassVar[bool] = False  # its velocity estimates its own Laplacian
 
@@ -322,7 +326,7 @@ class ModeTracking(ODESampler):
     def _tol(self, dtype):
         return self.cg_tol if self.cg_tol is not None else (1e-8 if dtype == jnp.float64 else 1e-4)
 
-    def _solver(self, dim, tol) -> lx.AbstractLinearSolver:
+    def _solver(self, dim, tol) -> KrylovSolver:
         if isinstance(self.linear_solver, str):
             return krylov_solver(self.linear_solver, self._steps(dim), tol, dim)
         return self.linear_solver

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -37,7 +39,7 @@ def sample(score: Callable | AbstractModel, process=None, x_T: Float[Array, " N 
            sampler: AbstractSampler | None = None,
            key=None, track_logp: bool = False, divergence: DivergenceEstimator | None = None, solver=None,
            steps: int | None = None, rtol: float | None = None, atol: float | None = None, logp_T=None,
-           t_start: float | None = None, t_end: float | None = None, adjoint=None,
+           t_start: float | Array | None = None, t_end: float | Array | None = None, adjoint=None,
            max_steps: int | None = None, grid=None, options: SolveOptions | None = None) -> Sample:
     """Integrate a sampler from ``x_T`` at t_start (default t_max) down to t_end (default t_min).
 
@@ -85,7 +87,7 @@ def sample(score: Callable | AbstractModel, process=None, x_T: Float[Array, " N 
     divergence = Hutchinson() if divergence is None else divergence
     options = merge_options(options, solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint,
                             max_steps=max_steps, grid=grid)
-    check_common(process, divergence, key, options)
+    check_common(divergence, key, options)
     x_T = check_finite(check_batch(x_T, "x_T"), "x_T")
     start_given = t_start is not None
     t_start = process.t_max if t_start is None else t_start
@@ -109,7 +111,7 @@ def sample(score: Callable | AbstractModel, process=None, x_T: Float[Array, " N 
     return _check_range(sampler, make_sample(y, logp0, nfe, num_steps, track_logp))
 
 
-def from_model(score, process, x, name: str):
+def from_model(score, process, x, name: str) -> tuple[Callable, Process, Any, float | None]:
     """(score, process, x, data_range) from ``f(model, x, ...)`` or ``f(score, process, x, ...)``.
 
     A model (``AbstractModel``) stands for its score and process; its data range (None when unbounded) goes to
@@ -120,16 +122,18 @@ def from_model(score, process, x, name: str):
         check_param(process is None or process == score.process, "process",
                     f"a model brings its own process ({score.process!r}); omit process or pass that one; got "
                     f"{process!r}")
-        check_param(x is not None, name, "missing: pass the batch after the model")
+        if x is None:
+            raise InvalidArgument(f"{name}: missing: pass the batch after the model")
         return score.score, score.process, x, score.data_range
-    check_param(x is not None, name, "missing: pass score, process and the batch (or a model and the batch)")
+    if x is None:
+        raise InvalidArgument(f"{name}: missing: pass score, process and the batch (or a model and the batch)")
+    if not isinstance(process, Process):
+        raise InvalidArgument(f"process: expected a dgjax process such as dg.VP(); got {process!r}")
     return score, process, x, None
 
 
-def check_common(process, divergence, key, options: SolveOptions) -> None:
+def check_common(divergence, key, options: SolveOptions) -> None:
     """Eager checks of the arguments shared by dg.sample and dg.log_likelihood (issue 15)."""
-    if not isinstance(process, Process):
-        raise InvalidArgument(f"process: expected a dgjax process such as dg.VP(); got {process!r}")
     if not isinstance(divergence, DivergenceEstimator):
         raise InvalidArgument(f"divergence: expected dg.Hutchinson(num_probes) or dg.Exact(); got {divergence!r}")
     check_key(key)

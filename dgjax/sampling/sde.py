@@ -51,6 +51,7 @@ from jaxtyping import Array
 from .. import dynamics as dyn, grids
 from .._checks import batch_dot, bcast, check_output, check_param, check_value, checked_shape, event_dim, is_concrete
 from ..divergence import tracking_start
+from ..processes import Process
 from ..solve import add_nfe, retrace_token, solve_term
 from .base import AbstractSampler, Cost
 from .brownian import BROWNIAN, brownian_path, default_adjoint  # noqa: F401 (BROWNIAN re-exported)
@@ -70,13 +71,13 @@ class SDESampler(AbstractSampler):
         check_param(self.brownian in BROWNIAN, "brownian", f"must be one of {BROWNIAN}; got {self.brownian!r}")
 
     @abc.abstractmethod
-    def coefficients(self, score, process, x, t, divergence, probes, track: bool):
+    def coefficients(self, score, process, x, t, divergence, probes, track: bool) -> tuple[Array, Array | None, Any]:
         """Returns (a_x, a_L, noise): the tau-drift of x, of log p per probe ((P, N) or None), and a pytree
         ``noise`` that ``apply_noise`` turns into (G dW, s.G dW)."""
 
     @staticmethod
     @abc.abstractmethod
-    def apply_noise(noise, dw):
+    def apply_noise(noise, dw) -> tuple[Array, Array]:
         """(G dW like x, s.G dW (N,)) from the ``noise`` of ``coefficients`` and the Brownian increment dW."""
 
     def integrate(self, score, process, x, *, key, track_logp, divergence, options, logp_T, t_start, t_end):
@@ -131,11 +132,11 @@ class ReverseSDEScheme(eqx.Module):
         """``Cost`` per evaluation (``AbstractSampler.cost``)."""
 
     @abc.abstractmethod
-    def coefficients(self, score, process, x, t, divergence, probes, track: bool):
+    def coefficients(self, score, process, x, t, divergence, probes, track: bool) -> tuple[Array, Array | None, Any]:
         """(a_x, a_L, noise) at (x, t) (``SDESampler.coefficients``)."""
 
     @abc.abstractmethod
-    def increment(self, vf, dt, dw, track: bool):
+    def increment(self, vf, dt, dw, track: bool) -> Any:
         """(dx, dlogp) of one step (``SDESampler.increment``)."""
 
 
@@ -247,7 +248,7 @@ class MilsteinScheme(ReverseSDEScheme):
         return dx, a_l * dt + batch_dot(gdw, s + 0.5 * jvp(gdw))[None, :]
 
 
-REVERSE_SDE_SCHEMES: dict[str, type[ReverseSDEScheme]] = {
+REVERSE_SDE_SCHEMES: dict[str, Callable[[], ReverseSDEScheme]] = {
     c.name: c for c in (ItoScheme, StratonovichScheme, MilsteinScheme)}
 
 
@@ -448,7 +449,7 @@ class StochasticDensityGuidance(SDESampler):
         return phi * pdw, jnp.zeros(dw.shape[0], dw.dtype)
 
 
-def _window_param(v, name: str):
+def _window_param(v, name: str) -> Array | np.ndarray:
     """A window parameter as a leaf: a float64 0-d numpy array when concrete (exact, and traced by
     ``equinox.filter_jit`` so that a sweep over it compiles once), or the tracer itself under jit."""
     if is_concrete(v):
@@ -461,9 +462,9 @@ class NoiseWindow(eqx.Module):
     """phi_tilde(t) = level on t_from <= t <= t_to, 0 elsewhere (``dg.noise_window``). Its parameters are
     pytree leaves: a sweep over them through one jit-compiled sampler (``dg.sample_sharded``) compiles once."""
 
-    level: Array
-    t_from: Array
-    t_to: Array
+    level: Array | np.ndarray  # float64 0-d numpy arrays when concrete (``_window_param``)
+    t_from: Array | np.ndarray
+    t_to: Array | np.ndarray
 
     def __call__(self, t):
         return jnp.where((t >= self.t_from) & (t <= self.t_to), self.level, 0.0)
@@ -473,17 +474,17 @@ class NoiseWindowLogSNR(eqx.Module):
     """phi_tilde(t) = level where lambda_from <= lambda_t <= lambda_to (``dg.noise_window_log_snr``); leaves
     as ``NoiseWindow``."""
 
-    process: eqx.Module
-    level: Array
-    lambda_from: Array
-    lambda_to: Array
+    process: Process
+    level: Array | np.ndarray  # as NoiseWindow's
+    lambda_from: Array | np.ndarray
+    lambda_to: Array | np.ndarray
 
     def __call__(self, t):
         lam = self.process.log_snr(t)
         return jnp.where((lam >= self.lambda_from) & (lam <= self.lambda_to), self.level, 0.0)
 
 
-def _check_window(level, lo, hi, names):
+def _check_window(level: Array | np.ndarray, lo, hi, names) -> Array | np.ndarray:
     if is_concrete((level, lo, hi)):
         check_param(float(level) >= 0, "level", f"must be >= 0; got {level}")
         check_param(float(lo) < float(hi), names[0], f"must be below {names[1]}; got {lo} >= {hi}")
@@ -492,22 +493,21 @@ def _check_window(level, lo, hi, names):
                         f"noise window: level must be >= 0 and {names[0]} below {names[1]}")
 
 
-def noise_window(level: float, t_from: float, t_to: float) -> NoiseWindow:
+def noise_window(level: float | Array, t_from: float | Array, t_to: float | Array) -> NoiseWindow:
     """phi_tilde(t) = level on t_from <= t <= t_to, 0 elsewhere (a window in process time). Arguments may
     be traced (under jit)."""
-    level, t_from, t_to = (_window_param(v, n) for v, n in ((level, "level"), (t_from, "t_from"), (t_to, "t_to")))
-    level = _check_window(level, t_from, t_to, ("t_from", "t_to"))
-    return NoiseWindow(level, t_from, t_to)
+    lv, lo, hi = (_window_param(v, n) for v, n in ((level, "level"), (t_from, "t_from"), (t_to, "t_to")))
+    return NoiseWindow(_check_window(lv, lo, hi, ("t_from", "t_to")), lo, hi)
 
 
-def noise_window_log_snr(process, level: float, lambda_from: float, lambda_to: float) -> NoiseWindowLogSNR:
+def noise_window_log_snr(process: Process, level: float | Array, lambda_from: float | Array,
+                         lambda_to: float | Array) -> NoiseWindowLogSNR:
     """phi_tilde(t) = level where lambda_from <= lambda_t <= lambda_to (a window in log-SNR, as in the
     published experiments: early 0.2 on (-10, -4), late 0.3 on (-3, 9) for VP in [-10, 10]). Arguments
     other than ``process`` may be traced."""
-    level, lo, hi = (_window_param(v, n) for v, n in
-                     ((level, "level"), (lambda_from, "lambda_from"), (lambda_to, "lambda_to")))
-    level = _check_window(level, lo, hi, ("lambda_from", "lambda_to"))
-    return NoiseWindowLogSNR(process, level, lo, hi)
+    lv, lo, hi = (_window_param(v, n) for v, n in
+                  ((level, "level"), (lambda_from, "lambda_from"), (lambda_to, "lambda_to")))
+    return NoiseWindowLogSNR(process, _check_window(lv, lo, hi, ("lambda_from", "lambda_to")), lo, hi)
 
 
 # ------------------------------------------------------------------------------------------------------
