@@ -16,6 +16,8 @@ from typing import IO
 import jax
 import numpy as np
 
+from .errors import InvalidArgument
+
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -71,7 +73,7 @@ def open_no_follow(path: str, mode: str = "a"):
     """``open(path, mode)`` for "a" (append, created if missing) that refuses a symbolic link or anything
     but a regular file at ``path`` (a planted link must not redirect the write)."""
     if mode != "a":
-        raise ValueError(f"open_no_follow: only mode 'a' is supported; got {mode!r}")
+        raise InvalidArgument(f"open_no_follow: only mode 'a' is supported; got {mode!r}")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o666)
     except OSError as e:

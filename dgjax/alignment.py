@@ -59,6 +59,7 @@ from jaxtyping import Array, Float
 from . import dynamics as dyn, grids
 from ._checks import batch_dot, check_batch, check_finite, check_output, check_score_fn, entry_point, is_concrete
 from .divergence import DivergenceEstimator, Exact, Hutchinson, tracking_start
+from .errors import InvalidArgument
 from .solve import SolveOptions, add_nfe, merge_options, retrace_token, solve
 
 
@@ -176,30 +177,30 @@ class _ScoreFreeField(eqx.Module):
 def _check_t_end(process, t_end) -> float:
     """t_end must be a concrete scalar strictly inside (t_min, t_max): the solve's span is static."""
     if not is_concrete(t_end):
-        raise ValueError("t_end must be a concrete number (a Python float), not a traced value: the solve's "
-                         "time span is static; close over it instead of passing it through jit")
+        raise InvalidArgument("t_end must be a concrete number (a Python float), not a traced value: the solve's "
+                              "time span is static; close over it instead of passing it through jit")
     if np.ndim(t_end) != 0:
-        raise ValueError(f"t_end must be a scalar time in ({process.t_min}, {process.t_max}); "
-                         f"got shape {np.shape(t_end)}")
+        raise InvalidArgument(f"t_end must be a scalar time in ({process.t_min}, {process.t_max}); "
+                              f"got shape {np.shape(t_end)}")
     t = float(t_end)
     if not process.t_min < t < process.t_max:  # also rejects NaN
-        raise ValueError(f"t_end must lie in ({process.t_min}, {process.t_max}), the time range of "
-                         f"{type(process).__name__} without its ends (t_max: nothing to push forward); got {t}")
+        raise InvalidArgument(f"t_end must lie in ({process.t_min}, {process.t_max}), the time range of "
+                              f"{type(process).__name__} without its ends (t_max: nothing to push forward); got {t}")
     return t
 
 
 def _prepare_w_T(w_T, x_T, process):
     if isinstance(w_T, str):
         if w_T != "prior":
-            raise ValueError(f"w_T: expected None (the score s_T(x_T)), 'prior' (-x_T / sigma_T^2) or an array "
-                             f"like x_T; got {w_T!r}")
+            raise InvalidArgument(f"w_T: expected None (the score s_T(x_T)), 'prior' (-x_T / sigma_T^2) or an array "
+                                  f"like x_T; got {w_T!r}")
         sigma_T = process.sigma(jnp.asarray(process.t_max, dtype=x_T.dtype))
         return -x_T / sigma_T**2
     w_T = jnp.asarray(w_T)
     if w_T.shape != x_T.shape:
-        raise ValueError(f"w_T must have the shape of x_T, {tuple(x_T.shape)}; got {tuple(w_T.shape)}")
+        raise InvalidArgument(f"w_T must have the shape of x_T, {tuple(x_T.shape)}; got {tuple(w_T.shape)}")
     if not jnp.issubdtype(w_T.dtype, jnp.floating):
-        raise ValueError(f"w_T must be a floating-point array; got dtype {w_T.dtype}")
+        raise InvalidArgument(f"w_T must be a floating-point array; got dtype {w_T.dtype}")
     return check_finite(w_T.astype(x_T.dtype), "w_T")
 
 
@@ -263,7 +264,7 @@ def score_alignment(score: Callable, process, x_T: Float[Array, " N *shape"], t_
     if divergence is None:
         divergence = Hutchinson()
     elif not isinstance(divergence, (Exact, Hutchinson)):  # the second-order traces are computed here
-        raise ValueError(f"divergence: expected dg.Hutchinson(...) or dg.Exact(); got {divergence!r}")
+        raise InvalidArgument(f"divergence: expected dg.Hutchinson(...) or dg.Exact(); got {divergence!r}")
     t_T = jnp.asarray(process.t_max, dtype=x_T.dtype)
     check_score_fn(score, x_T, t_T)
     constant = options.steps is not None or options.grid is not None  # constant steps (a count or a grid)
@@ -295,8 +296,8 @@ def _redraw_plan(redraw_probes: bool | None, constant: bool, divergence, options
     if redraw_probes is None:  # default: the measured rule (score_alignment's docstring)
         redraw_probes = constant
     if redraw_probes and not constant:
-        raise ValueError("redraw_probes: fresh probes per evaluation need constant steps (pass steps=...); "
-                         "an adaptive controller cannot step a vector field that changes at random")
+        raise InvalidArgument("redraw_probes: fresh probes per evaluation need constant steps (pass steps=...); "
+                              "an adaptive controller cannot step a vector field that changes at random")
     if not redraw_probes or isinstance(divergence, Exact):  # Exact has no probes to redraw
         return None
     return np.asarray(options.grid) if options.grid is not None else options.steps

@@ -348,14 +348,16 @@ def _dequantization(args, quantization):
     """The protocol object of --dequantization (None for continuous data)."""
     import dgjax as dg
 
+    from .errors import InvalidArgument
+
     if quantization is None:
         if args.dequantization not in (None, "none"):
-            raise ValueError(f"--dequantization {args.dequantization}: the data are continuous (no quantization); "
-                             f"use none")
+            raise InvalidArgument(f"--dequantization {args.dequantization}: the data are continuous (no quantization); "
+                                  f"use none")
         return None
     choice = args.dequantization or "uniform"
     if choice == "none":
-        raise ValueError("--dequantization none: the data are quantized; use uniform or importance")
+        raise InvalidArgument("--dequantization none: the data are quantized; use uniform or importance")
     if choice == "uniform":
         return dg.UniformDequantization(repeats=args.repeats)
     return dg.ImportanceDequantization(draws=args.draws, proposal=args.proposal)

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._io import atomic_write
+from .errors import InvalidArgument
 from .quantization import Quantization
 
 DELTA = 1e-4
@@ -177,8 +178,8 @@ class Dataset:
     def raw(self, split: str = "train") -> np.ndarray:
         _check_split(split)
         if self._raw is None:
-            raise ValueError(f"data set {self.name!r} is sampled afresh and has no fixed {split!r} array; "
-                             f"use .split({split!r}, n) to draw n examples")
+            raise InvalidArgument(f"data set {self.name!r} is sampled afresh and has no fixed {split!r} array; "
+                                  f"use .split({split!r}, n) to draw n examples")
         return self._raw(split)
 
     def __len__(self) -> int:
@@ -217,7 +218,7 @@ class Dataset:
         if self._raw is not None:
             data = self.raw(split)
             if n is not None and n > len(data):
-                raise ValueError(f"n: the {split!r} split of {self.name!r} has {len(data)} examples; got n={n}")
+                raise InvalidArgument(f"n: the {split!r} split of {self.name!r} has {len(data)} examples; got n={n}")
             return data if n is None else data[:n]
         return self._fresh(_rng(seed, 4, SPLITS.index(split)), 512 if n is None else n, split)
 
@@ -229,7 +230,8 @@ class Dataset:
             data = self.raw(split)
             if n is not None:
                 if n > len(data):
-                    raise ValueError(f"n: the {split!r} split of {self.name!r} has {len(data)} examples; got n={n}")
+                    raise InvalidArgument(f"n: the {split!r} split of {self.name!r} has {len(data)} examples; "
+                                          f"got n={n}")
                 data = data[:n]
         else:
             data = self._fresh(rng, 512 if n is None else n, split)
@@ -238,7 +240,7 @@ class Dataset:
 
 def _check_split(split):
     if split not in SPLITS:
-        raise ValueError(f"split: unknown {split!r}; choose one of {SPLITS}")
+        raise InvalidArgument(f"split: unknown {split!r}; choose one of {SPLITS}")
 
 
 @functools.cache
@@ -343,12 +345,12 @@ def load_dataset(name: str, *, patch_size: int = 16) -> Dataset:
         return Dataset("lfw", (24, 24, 1), Dequantize(256), _raw=_lfw_raw)
     if name == "patches":
         if not (isinstance(patch_size, int) and 4 <= patch_size <= 128):
-            raise ValueError(f"patch_size: must be an int in [4, 128]; got {patch_size!r}")
+            raise InvalidArgument(f"patch_size: must be an int in [4, 128]; got {patch_size!r}")
         return Dataset("patches", (patch_size, patch_size, 3), Dequantize(256), _draw=_draw_patches(patch_size))
     if name in TOY_SETS:
         return Dataset(name, (2,), Identity(), _draw=_draw_toy(name))
-    raise ValueError(f"data set: unknown name {name!r}; choose one of {DATASETS} (all ship inside installed "
-                     f"packages; nothing is downloaded)")
+    raise InvalidArgument(f"data set: unknown name {name!r}; choose one of {DATASETS} (all ship inside installed "
+                          f"packages; nothing is downloaded)")
 
 
 def _image_grid_pixels(x, transform, nrow: int | None, scale: int, pad: int) -> np.ndarray:
@@ -359,7 +361,7 @@ def _image_grid_pixels(x, transform, nrow: int | None, scale: int, pad: int) -> 
         nrow = x.shape[0]
         x = x.reshape((-1,) + x.shape[2:])
     if x.ndim != 4:
-        raise ValueError(f"images must have shape (N, H, W, C) or (rows, cols, H, W, C); got {x.shape}")
+        raise InvalidArgument(f"images must have shape (N, H, W, C) or (rows, cols, H, W, C); got {x.shape}")
     n, h, w, c = map(int, x.shape)
     nrow = nrow or int(math.ceil(math.sqrt(n)))
     ncol = int(math.ceil(n / nrow))
@@ -376,9 +378,9 @@ def _image_grid_pixels(x, transform, nrow: int | None, scale: int, pad: int) -> 
 def _check_output_dir(path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise ValueError(f"output path {path!r}: directory {directory!r} does not exist")
+        raise InvalidArgument(f"output path {path!r}: directory {directory!r} does not exist")
     if not os.access(directory, os.W_OK):
-        raise ValueError(f"output path {path!r}: directory {directory!r} is not writable")
+        raise InvalidArgument(f"output path {path!r}: directory {directory!r} is not writable")
 
 
 def save_image_grid(path, x, transform, nrow: int | None = None, *, scale: int = 4, pad: int = 1) -> None:
@@ -413,13 +415,13 @@ def save_labelled_grid(path, rows, transform, labels, *, scale: int | None = Non
 
     rows = np.asarray(rows)
     if rows.ndim != 5:
-        raise ValueError(f"rows: expected shape (rows, cols, H, W, C); got {rows.shape}")
+        raise InvalidArgument(f"rows: expected shape (rows, cols, H, W, C); got {rows.shape}")
     labels = [str(s) for s in labels]
     if len(labels) != rows.shape[0]:
-        raise ValueError(f"labels: expected one per row ({rows.shape[0]}); got {len(labels)}")
+        raise InvalidArgument(f"labels: expected one per row ({rows.shape[0]}); got {len(labels)}")
     scale = auto_scale(rows.shape[2]) if scale is None else int(scale)
     if scale < 1:
-        raise ValueError(f"scale: must be >= 1; got {scale}")
+        raise InvalidArgument(f"scale: must be >= 1; got {scale}")
     grid = Image.fromarray(_image_grid_pixels(rows, transform, None, scale, pad))
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))

@@ -52,11 +52,11 @@ def add_noise(process, x_0: Float[Array, " N *shape"], t: ArrayLike | Float[Arra
     """
     x_0 = check_finite(check_batch(x_0, "x_0"), "x_0")
     if key is None:
-        raise ValueError("key: add_noise needs a PRNG key (key=jax.random.key(...))")
+        raise InvalidArgument("key: add_noise needs a PRNG key (key=jax.random.key(...))")
     check_key(key)
     t = check_time(process, jnp.asarray(t, x_0.dtype), "t")
     if t.ndim > 1 or (t.ndim == 1 and t.shape != (x_0.shape[0],)):
-        raise ValueError(f"t: must be a scalar or shape ({x_0.shape[0]},); got {t.shape}")
+        raise InvalidArgument(f"t: must be a scalar or shape ({x_0.shape[0]},); got {t.shape}")
     eps = jax.random.normal(key, x_0.shape, x_0.dtype)
     return bcast(process.alpha(t), x_0) * x_0 + bcast(process.sigma(t), x_0) * eps
 
@@ -111,7 +111,7 @@ def denoise(score: Callable, process, x_t: Float[Array, " N *shape"], t: float |
     Returns: ``dg.Sample`` (for ``"mean"``: nfe 1, num_steps 0, logp None).
     """
     if method not in METHODS:
-        raise ValueError(f"method: must be one of {METHODS}; got {method!r}")
+        raise InvalidArgument(f"method: must be one of {METHODS}; got {method!r}")
     options = merge_options(options, solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint,
                             max_steps=max_steps, grid=grid)
     check_key(key)
@@ -125,8 +125,8 @@ def denoise(score: Callable, process, x_t: Float[Array, " N *shape"], t: float |
                                why="denoising runs from t toward the data")
     if method == "mean":
         if track_logp:
-            raise ValueError("track_logp: the posterior mean is not reached along a path; measure its log-density "
-                             "with dg.log_likelihood(score, process, x) instead")
+            raise InvalidArgument("track_logp: the posterior mean is not reached along a path; measure its log-density "
+                                  "with dg.log_likelihood(score, process, x) instead")
         x = bcast(process.alpha(jnp.asarray(t_end, x_t.dtype)), x_t) * posterior_mean(score, process, x_t, t)
         return Sample(x, None, None, None, jnp.asarray(1), jnp.asarray(0))
     divergence = Hutchinson() if divergence is None else divergence
@@ -141,8 +141,9 @@ def denoise(score: Callable, process, x_t: Float[Array, " N *shape"], t: float |
         sampler = ReverseSDE()
     if track_logp and logp_t is None:
         if isinstance(grids.as_grid(options.grid), grids.TimesGrid):
-            raise ValueError("grid: with track_logp, log p_t(x_t) is measured by encoding from t to t_max, which an "
-                             "explicit grid of times (t to t_end) does not cover: pass logp_t=... or a named grid")
+            raise InvalidArgument("grid: with track_logp, log p_t(x_t) is measured by encoding from t to t_max, which "
+                                  "an explicit grid of times (t to t_end) does not cover: pass logp_t=... or a named "
+                                  "grid")
         # the SDE's Euler-Maruyama default is no ODE solver: the encoding then uses the ODE default (Tsit5)
         enc = options.replace(solver=None) if (method == "sample" and key is not None) else options
         logp_t = log_likelihood(score, process, x_t, key=k_logp, divergence=divergence, t_start=t, options=enc).logp

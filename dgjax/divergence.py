@@ -30,6 +30,7 @@ import numpy as np
 from jaxtyping import Array
 
 from ._checks import batch_dot, check_param
+from .errors import InvalidArgument
 
 
 class DivergenceEstimator(eqx.Module):
@@ -107,8 +108,8 @@ class Hutchinson(DivergenceEstimator):
     def draw(self, key, x):
         """Probes of shape (K, N, *shape): one key per sample, fixed for the whole solve."""
         if key is None:
-            raise ValueError("key: Hutchinson divergence estimation needs a PRNG key (pass key=jax.random.key(...)), "
-                             "or use divergence=dg.Exact() for small dimensions")
+            raise InvalidArgument("key: Hutchinson divergence estimation needs a PRNG key (pass "
+                                  "key=jax.random.key(...)), or use divergence=dg.Exact() for small dimensions")
         keys = jax.random.split(key, x.shape[0])
         shape = (self.num_probes,) + x.shape[1:]
         if self.distribution == "rademacher":
@@ -144,7 +145,7 @@ class Hutchinson(DivergenceEstimator):
 
     def quadratic_traces(self, quad, x, probes):
         if probes is None:
-            raise ValueError("probes: Hutchinson needs probes drawn with .draw(key, x)")
+            raise InvalidArgument("probes: Hutchinson needs probes drawn with .draw(key, x)")
         # the solver may promote the state (float32 x with float64 time under x64): follow x's dtype
         one = lambda z: quad(z.astype(x.dtype))  # noqa: E731
         if probes.shape[0] <= _UNROLL:  # a vmap over a linearized function batches its residuals: slower here

@@ -42,6 +42,7 @@ from ._checks import (
     check_score_fn,
     entry_point,
 )
+from .errors import InvalidArgument
 from .processes import gaussian_log_prob
 
 
@@ -120,7 +121,7 @@ def elbo(score: Callable, process, x: Float[Array, " N *shape"], *, key, num_sam
     """
     m = check_int(num_samples, "num_samples")
     if key is None:
-        raise ValueError("key: dg.elbo needs a PRNG key (key=jax.random.key(...)) for its Monte-Carlo draws")
+        raise InvalidArgument("key: dg.elbo needs a PRNG key (key=jax.random.key(...)) for its Monte-Carlo draws")
     check_key(key)
     x = check_finite(check_batch(x, "x"), "x")
     n, dtype, d = x.shape[0], x.dtype, math.prod(x.shape[1:])

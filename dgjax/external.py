@@ -27,6 +27,7 @@ from equinox import AbstractVar
 from jaxtyping import Array
 
 from ._checks import check_param
+from .errors import InvalidArgument
 from .parametrizations import PARAMETRIZATIONS, score_from
 from .processes import Process
 
@@ -79,7 +80,7 @@ def batched(net: Callable) -> Callable:
         if t.ndim == 0:
             return jax.vmap(lambda y: net(y, t))(x)
         if t.shape != (x.shape[0],):
-            raise ValueError(f"t: expected a scalar or shape ({x.shape[0]},) (one time per sample); got {t.shape}")
+            raise InvalidArgument(f"t: expected a scalar or shape ({x.shape[0]},) (one time per sample); got {t.shape}")
         return jax.vmap(net)(x, t)
 
     return fn
@@ -148,5 +149,5 @@ def log_transform(scale: float = 0.1, offset: float = 1.0) -> ElementwiseTransfo
     """y = log(x + offset) / scale (galaxygrad's network space: scale 0.1, offset 1); x > -offset."""
     scale, offset = float(scale), float(offset)
     if not (scale > 0 and math.isfinite(offset)):
-        raise ValueError(f"scale: need scale > 0 and a finite offset; got {scale}, {offset}")
+        raise InvalidArgument(f"scale: need scale > 0 and a finite offset; got {scale}, {offset}")
     return ElementwiseTransform(lambda x: jnp.log(x + offset) / scale, lambda y: jnp.exp(scale * y) - offset)

@@ -40,6 +40,7 @@ from ._checks import (
     event_dim,
 )
 from .divergence import DivergenceEstimator, Hutchinson, tracking_start
+from .errors import InvalidArgument
 from .sampling.brownian import brownian_path, default_adjoint
 from .sampling.sde import _AugmentedSDETerm
 from .solve import SolveOptions, add_nfe, merge_options, retrace_token, solve_term
@@ -103,12 +104,12 @@ def forward_sde_logp(score: Callable, process, x: Float[Array, " N *shape"], *, 
     """
     options = merge_options(options, steps=steps, grid=grid, adjoint=adjoint, max_steps=max_steps)
     if options.rtol is not None or options.atol is not None:
-        raise ValueError("rtol: the forward SDE takes constant Euler-Maruyama steps (steps=...); drop rtol/atol")
+        raise InvalidArgument("rtol: the forward SDE takes constant Euler-Maruyama steps (steps=...); drop rtol/atol")
     if options.solver is not None and not isinstance(options.solver, dfx.Euler):
-        raise ValueError(f"solver: the forward SDE is integrated with Euler-Maruyama (diffrax.Euler()); got "
-                         f"{options.solver!r}")
+        raise InvalidArgument(f"solver: the forward SDE is integrated with Euler-Maruyama (diffrax.Euler()); got "
+                              f"{options.solver!r}")
     if key is None:
-        raise ValueError("key: the forward SDE needs a PRNG key (key=jax.random.key(...)) for its Brownian path")
+        raise InvalidArgument("key: the forward SDE needs a PRNG key (key=jax.random.key(...)) for its Brownian path")
     check_key(key)
     divergence = Hutchinson() if divergence is None else divergence
     x = check_finite(check_batch(x, "x"), "x")
@@ -118,7 +119,7 @@ def forward_sde_logp(score: Callable, process, x: Float[Array, " N *shape"], *, 
                                    why="the forward SDE runs from data to noise", decreasing=False)
     # constant steps, uniform in t unless a grid is given (the Brownian path is keyed on the steps)
     if options.steps is None and not isinstance(grids.as_grid(options.grid), grids.TimesGrid):
-        raise ValueError("steps: the forward SDE takes constant Euler-Maruyama steps: pass steps=... (e.g. 1000)")
+        raise InvalidArgument("steps: the forward SDE takes constant Euler-Maruyama steps: pass steps=... (e.g. 1000)")
     steps, ts = grids.plan(process, t_start, t_end, options.steps, "t" if options.grid is None else options.grid)
     if ts is not None:
         steps = len(ts) - 1

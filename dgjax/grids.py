@@ -62,8 +62,9 @@ def _by_log_snr(process, lo: float, hi: float, u: np.ndarray, name: str, lam_of)
     """Times on [lo, hi] with lambda_t = ``lam_of(lam_lo, lam_hi, u)`` for the fractions u (0 and 1 map to lo, hi)."""
     lam_lo, lam_hi = _log_snr64(process, np.array([lo, hi]))
     if not lam_lo > lam_hi:
-        raise ValueError(f"grid: {name} needs a log-SNR strictly decreasing in t, but {type(process).__name__} "
-                         f"has lambda({lo}) = {lam_lo} <= lambda({hi}) = {lam_hi}; use dg.UniformGrid() or an array")
+        raise InvalidArgument(f"grid: {name} needs a log-SNR strictly decreasing in t, but {type(process).__name__} "
+                              f"has lambda({lo}) = {lam_lo} <= lambda({hi}) = {lam_hi}; use dg.UniformGrid() or an "
+                              "array")
     ts = _time_of_log_snr64(process, lam_of(lam_lo, lam_hi, u[1:-1]))
     return np.concatenate([[lo], ts, [hi]])
 
@@ -125,13 +126,14 @@ class TimesGrid(AbstractGrid):
     def __post_init__(self):
         arr = np.asarray(self.times, dtype=np.float64)
         if arr.ndim != 1 or arr.shape[0] < 2:
-            raise ValueError(f"grid: an explicit grid must be a 1-D array of at least 2 times; got shape {arr.shape}")
+            raise InvalidArgument(f"grid: an explicit grid must be a 1-D array of at least 2 times; "
+                                  f"got shape {arr.shape}")
         if not np.all(np.isfinite(arr)):
-            raise ValueError("grid: the explicit grid contains NaN or inf")
+            raise InvalidArgument("grid: the explicit grid contains NaN or inf")
         d = np.diff(arr)
         if not (np.all(d > 0) or np.all(d < 0)):
-            raise ValueError("grid: an explicit grid must be strictly monotone (all times increasing or all "
-                             "decreasing, no repeats)")
+            raise InvalidArgument("grid: an explicit grid must be strictly monotone (all times increasing or all "
+                                  "decreasing, no repeats)")
         object.__setattr__(self, "times", arr)
 
     @property
@@ -142,11 +144,11 @@ class TimesGrid(AbstractGrid):
         ts = np.sort(self.times)
         out = (ts < process.t_min) | (ts > process.t_max)
         if np.any(out):
-            raise ValueError(f"grid: times {ts[out][:3]} leave [{process.t_min}, {process.t_max}], the time range "
-                             f"of {type(process).__name__}")
+            raise InvalidArgument(f"grid: times {ts[out][:3]} leave [{process.t_min}, {process.t_max}], the time range "
+                                  f"of {type(process).__name__}")
         if not (np.isclose(ts[0], lo, rtol=1e-9, atol=1e-12) and np.isclose(ts[-1], hi, rtol=1e-9, atol=1e-12)):
-            raise ValueError(f"grid: an explicit grid must run from one end of the solve to the other ({lo} and "
-                             f"{hi}, in either direction); it spans [{ts[0]}, {ts[-1]}]")
+            raise InvalidArgument(f"grid: an explicit grid must run from one end of the solve to the other ({lo} and "
+                                  f"{hi}, in either direction); it spans [{ts[0]}, {ts[-1]}]")
         return ts
 
 
@@ -161,8 +163,8 @@ def as_grid(grid) -> AbstractGrid | None:
         return grid
     if isinstance(grid, str):
         if grid not in _SHORTHANDS:
-            raise ValueError(f"grid: unknown grid {grid!r}; choose one of {GRIDS}, a dg.UniformGrid(), "
-                             f"dg.LogSNRGrid(), dg.EDMGrid(rho), or an array of times (dg.TimesGrid)")
+            raise InvalidArgument(f"grid: unknown grid {grid!r}; choose one of {GRIDS}, a dg.UniformGrid(), "
+                                  f"dg.LogSNRGrid(), dg.EDMGrid(rho), or an array of times (dg.TimesGrid)")
         return _SHORTHANDS[grid]()
     if isinstance(grid, jax.core.Tracer):
         raise InvalidArgument("grid: the times of an explicit grid must be concrete (not traced under jit): they fix "
@@ -181,11 +183,11 @@ def resolve_grid(process, grid, steps) -> AbstractGrid | None:
     g = as_grid(grid)
     if isinstance(g, TimesGrid):
         if steps is not None and steps != g.steps:
-            raise ValueError(f"steps: an explicit grid of {g.steps + 1} times makes {g.steps} steps; "
-                             f"got steps={steps} (drop steps= or make them agree)")
+            raise InvalidArgument(f"steps: an explicit grid of {g.steps + 1} times makes {g.steps} steps; "
+                                  f"got steps={steps} (drop steps= or make them agree)")
     elif steps is None:
-        raise ValueError(f"grid: {g!r} places constant steps, so it needs steps=... (the number of steps); for "
-                         f"adaptive steps drop grid=")
+        raise InvalidArgument(f"grid: {g!r} places constant steps, so it needs steps=... (the number of steps); for "
+                              f"adaptive steps drop grid=")
     return g
 
 
@@ -208,13 +210,13 @@ def step_times(process, t0: float, t1: float, steps: int | None = None, grid: An
         return None
     t0, t1 = float(t0), float(t1)
     if t0 == t1:
-        raise ValueError(f"grid: the solve has zero length (t0 = t1 = {t0})")
+        raise InvalidArgument(f"grid: the solve has zero length (t0 = t1 = {t0})")
     lo, hi = min(t0, t1), max(t0, t1)
     ts = np.array(g.ascending(process, lo, hi, steps), dtype=np.float64)
     ts[0], ts[-1] = lo, hi
     if not np.all(np.diff(ts) > 0):
-        raise ValueError(f"grid: the {g!r} grid with steps={steps} on [{lo}, {hi}] has repeated times "
-                         f"(too many steps for float64 resolution there); use fewer steps or another grid")
+        raise InvalidArgument(f"grid: the {g!r} grid with steps={steps} on [{lo}, {hi}] has repeated times "
+                              f"(too many steps for float64 resolution there); use fewer steps or another grid")
     return ts if t0 < t1 else ts[::-1].copy()
 
 
@@ -236,8 +238,8 @@ def plan(process, t0, t1, steps, grid):
     if g is None or isinstance(g, UniformGrid):
         return steps, None
     if isinstance(steps, jax.core.Tracer) or isinstance(t0, jax.core.Tracer) or isinstance(t1, jax.core.Tracer):
-        raise ValueError(f"grid: {g!r} needs a concrete number of steps and concrete solve ends (not traced under "
-                         f"jit); pass dg.UniformGrid() (grid='t') for traced ones")
+        raise InvalidArgument(f"grid: {g!r} needs a concrete number of steps and concrete solve ends (not traced under "
+                              f"jit); pass dg.UniformGrid() (grid='t') for traced ones")
     return None, step_times(process, t0, t1, steps, g)
 
 

@@ -84,7 +84,7 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
     """
     score, process, x0, _ = from_model(score, process, x0, "x0")
     if encoder not in ("ode", "sde"):
-        raise ValueError(f"encoder: must be 'ode' (PF-ODE) or 'sde' (forward SDE); got {encoder!r}")
+        raise InvalidArgument(f"encoder: must be 'ode' (PF-ODE) or 'sde' (forward SDE); got {encoder!r}")
     options = merge_options(options, solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint,
                             max_steps=max_steps, grid=grid)
     if divergence is None:  # the measured default (docs/likelihood.md): per-step probes under constant steps
@@ -96,7 +96,7 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
     if encoder == "sde":
         from .forward import sde_log_likelihood
         if options.solver is not None or options.rtol is not None or options.atol is not None:
-            raise ValueError("encoder: 'sde' uses Euler-Maruyama with constant steps; drop solver/rtol/atol")
+            raise InvalidArgument("encoder: 'sde' uses Euler-Maruyama with constant steps; drop solver/rtol/atol")
         return Likelihood(*sde_log_likelihood(score, process, x0, key=key, divergence=divergence,
                                               prior_log_prob=prior_log_prob, t_start=t0, options=options))
     x0 = check_finite(check_batch(x0, "x0"), "x0")

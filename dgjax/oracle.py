@@ -29,6 +29,7 @@ from jax.scipy.special import logsumexp
 from jaxtyping import Array
 
 from ._checks import check_finite, check_param
+from .errors import InvalidArgument
 
 
 class GaussianMixture(eqx.Module):
@@ -83,8 +84,8 @@ class GaussianMixture(eqx.Module):
         """Flattened per-component terms: g (N, K, D), inv_c (N?, K, D), log-joint (N, K)."""
         n = x.shape[0]
         if x.shape[1:] != self.shape:
-            raise ValueError(f"x has event shape {x.shape[1:]}, but the mixture's is {self.shape}; "
-                             f"pass x of shape (N, *{self.shape})")
+            raise InvalidArgument(f"x has event shape {x.shape[1:]}, but the mixture's is {self.shape}; "
+                                  f"pass x of shape (N, *{self.shape})")
         xf = jnp.reshape(x, (n, 1, -1))
         t = jnp.asarray(t, dtype=x.dtype)
         a, s = process.alpha(t), process.sigma(t)

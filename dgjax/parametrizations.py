@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import bcast
+from .errors import InvalidArgument
 
 PARAMETRIZATIONS = ("eps", "x0", "v", "score")
 
@@ -56,7 +57,7 @@ _FROM_SCORE = {
 def _convert(fn: Callable, process, parametrization: str, rules: dict) -> Callable:
     """``fn(x, t)`` followed by ``rules[parametrization](coefficients at t, x, fn(x, t))`` (identity for "score")."""
     if parametrization not in PARAMETRIZATIONS:
-        raise ValueError(f"parametrization: unknown {parametrization!r}; choose one of {PARAMETRIZATIONS}")
+        raise InvalidArgument(f"parametrization: unknown {parametrization!r}; choose one of {PARAMETRIZATIONS}")
 
     def converted(x, t):
         t = jnp.asarray(t, dtype=x.dtype)

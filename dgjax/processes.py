@@ -29,6 +29,7 @@ from jaxtyping import Array
 
 from ._checks import check_param
 from ._memory import check_fits_in_memory
+from .errors import InvalidArgument
 
 
 class Coefficients(NamedTuple):
@@ -159,7 +160,7 @@ class Process(eqx.Module):
         try:
             shape = tuple(int(v) for v in shape)
         except (TypeError, ValueError):
-            raise ValueError(f"shape: must be a tuple of integers (N, *event_shape); got {shape!r}") from None
+            raise InvalidArgument(f"shape: must be a tuple of integers (N, *event_shape); got {shape!r}") from None
         check_param(len(shape) >= 1 and all(v >= 0 for v in shape), "shape",
                     f"must be (N, *event_shape) with non-negative sizes; got {shape}")
         check_fits_in_memory(4 * math.prod(shape), f"prior_sample of shape {shape}",
@@ -432,7 +433,7 @@ def process_constructor(name: str) -> Callable[..., Process]:
     by_lower = {k.lower(): k for k in PROCESSES} | _ALIASES
     key = by_lower.get(str(name).lower())
     if key is None:
-        raise ValueError(f"process: unknown process {name!r}; choose one of {sorted(PROCESSES)}")
+        raise InvalidArgument(f"process: unknown process {name!r}; choose one of {sorted(PROCESSES)}")
     return PROCESSES[key]
 
 
@@ -443,15 +444,15 @@ def process_fields(name: str) -> tuple[str, ...]:
 
 def process_from_config(cfg: Mapping) -> Process:
     """``{"name": NAME, **fields}`` -> the process (``process_to_config``'s inverse). Unknown names or fields
-    raise ValueError naming the accepted ones."""
+    raise InvalidArgument naming the accepted ones."""
     cfg = dict(cfg)
     name = cfg.pop("name", None)
     if name is None:
-        raise ValueError(f"process: a process config needs a 'name' (one of {sorted(PROCESSES)}); got {cfg}")
+        raise InvalidArgument(f"process: a process config needs a 'name' (one of {sorted(PROCESSES)}); got {cfg}")
     fields = process_fields(name)
     unknown = sorted(set(cfg) - set(fields))
     if unknown:
-        raise ValueError(f"process: unknown process field(s) {unknown} for {name}; it takes {', '.join(fields)}")
+        raise InvalidArgument(f"process: unknown process field(s) {unknown} for {name}; it takes {', '.join(fields)}")
     return process_constructor(name)(**cfg)
 
 
@@ -459,5 +460,5 @@ def process_to_config(process: Process) -> dict:
     """``{"name": class name, **the constructor's arguments}`` for a registered process class."""
     name = type(process).__name__
     if PROCESSES.get(name) is not type(process):
-        raise ValueError(f"process: {name} is not a registered process ({sorted(PROCESSES)}); it has no config")
+        raise InvalidArgument(f"process: {name} is not a registered process ({sorted(PROCESSES)}); it has no config")
     return {"name": name, **{k: getattr(process, k) for k in process_fields(name)}}

@@ -25,6 +25,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import ModelError
 from ..external import ElementwiseTransform, Opaque, external_score, log_transform
 from ..processes import VPSDE
 from .trained import Model
@@ -148,7 +149,7 @@ class _PerSample(eqx.Module):
 
 def load_galaxy_model(name: str) -> GalaxyModel:
     if name not in _NETS:
-        raise ValueError(f"unknown galaxy model {name!r}; choose one of {GALAXY_MODELS}")
+        raise ModelError(f"unknown galaxy model {name!r}; choose one of {GALAXY_MODELS}")
     scorenet = _galaxygrad_scorenet()
     attr, res = _NETS[name]
     return GalaxyModel(name, getattr(scorenet, attr), galaxy_process(), (res, res, 1), log_transform(0.1, 1.0))

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_param
+from ..errors import InvalidArgument
 
 BROWNIAN = ("auto", "steps", "unsafe", "virtual")
 
@@ -65,10 +66,10 @@ class StepBrownianPath(dfx.AbstractBrownianPath):
     def evaluate(self, t0, t1=None, left: bool = True, use_levy: bool = False):
         del left
         if use_levy:
-            raise ValueError("brownian: 'steps' paths give Brownian increments only (no Levy area); use "
-                             "brownian='virtual' for solvers that need it")
+            raise InvalidArgument("brownian: 'steps' paths give Brownian increments only (no Levy area); use "
+                                  "brownian='virtual' for solvers that need it")
         if t1 is None:
-            raise ValueError("StepBrownianPath gives increments over a step: evaluate(t0, t1)")
+            raise InvalidArgument("StepBrownianPath gives increments over a step: evaluate(t0, t1)")
         t0 = jax.lax.stop_gradient(t0)
         t1 = jax.lax.stop_gradient(t1)
         w = jax.random.normal(self.keys[self.step_index(t0)], self.shape.shape, self.shape.dtype)
@@ -98,8 +99,8 @@ def brownian_path(kind: str, key, shape, dtype, span: float, steps: int | None, 
     struct = jax.ShapeDtypeStruct(shape, dtype)
     if kind in ("steps", "unsafe"):
         if steps is None:
-            raise ValueError(f"brownian: {kind!r} Brownian paths need fixed steps (steps=...); use 'virtual' with "
-                             "rtol/atol")
+            raise InvalidArgument(f"brownian: {kind!r} Brownian paths need fixed steps (steps=...); use 'virtual' with "
+                                  "rtol/atol")
         # a traced step count: keys cannot be split ahead
         if kind == "unsafe" or (knots is None and isinstance(steps, jax.core.Tracer)):
             return dfx.UnsafeBrownianPath(shape=struct, key=key)

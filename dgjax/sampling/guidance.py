@@ -67,7 +67,7 @@ from .._checks import (
     is_concrete,
 )
 from ..divergence import DivergenceEstimator, Hutchinson
-from ..errors import INFEASIBLE_MSG as _INFEASIBLE_MSG, InfeasibleGuidance
+from ..errors import INFEASIBLE_MSG as _INFEASIBLE_MSG, InfeasibleGuidance, InvalidArgument
 from .ode import ODESampler
 
 COEF_CAP = 1e12
@@ -80,14 +80,14 @@ COEF_CAP = 1e12
 def _check_q(q, name: str = "q"):
     """q as a float array in (0, 1): eagerly when concrete, with ``equinox.error_if`` when traced."""
     if q is None or isinstance(q, (str, bytes, bool)):
-        raise ValueError(f"{name}: must be a number (or (N,) array) in (0, 1); got {q!r}")
+        raise InvalidArgument(f"{name}: must be a number (or (N,) array) in (0, 1); got {q!r}")
     q = jnp.asarray(q)
     if not (jnp.issubdtype(q.dtype, jnp.floating) or jnp.issubdtype(q.dtype, jnp.integer)):
-        raise ValueError(f"{name}: must be a number (or (N,) array) in (0, 1); got dtype {q.dtype}")
+        raise InvalidArgument(f"{name}: must be a number (or (N,) array) in (0, 1); got dtype {q.dtype}")
     if not jnp.issubdtype(q.dtype, jnp.floating):
         q = q.astype(float)
     if q.ndim > 1:
-        raise ValueError(f"{name}: must be a scalar or a per-sample (N,) array; got shape {q.shape}")
+        raise InvalidArgument(f"{name}: must be a scalar or a per-sample (N,) array; got shape {q.shape}")
     bad = jnp.any(~((q > 0) & (q < 1)))  # also catches NaN
     msg = f"{name} must lie strictly inside (0, 1) (a quantile of log-density; 0.5 is the median)"
     return check_value(q, bad, msg, lambda: np.asarray(q))
@@ -96,7 +96,7 @@ def _check_q(q, name: str = "q"):
 def _q_for_batch(q, x):
     """Broadcast a scalar or (N,) q against the batch of x; checks the (N,) length."""
     if q.ndim == 1 and q.shape[0] != x.shape[0]:
-        raise ValueError(f"q: a per-sample q must have shape ({x.shape[0]},) like the batch; got {q.shape}")
+        raise InvalidArgument(f"q: a per-sample q must have shape ({x.shape[0]},) like the batch; got {q.shape}")
     return q.astype(x.dtype)
 
 
@@ -272,7 +272,7 @@ class DensityGuidance(ODESampler):
     def __init__(self, q: float | Array = 0.5, rate: Callable | None = None, start_at_median: bool = True, *,
                  data_scale: float = 1.0, feasibility_tol: float = 1.0, data_range: float | None = None):
         if rate is not None and not callable(rate):
-            raise ValueError(f"rate: must be a callable rate(x, t) -> (N,) or None; got {rate!r}")
+            raise InvalidArgument(f"rate: must be a callable rate(x, t) -> (N,) or None; got {rate!r}")
         check_param(isinstance(data_scale, (int, float)) and data_scale > 0, "data_scale",
                     f"must be a positive number; got {data_scale!r}")
         check_param(isinstance(feasibility_tol, (int, float)) and feasibility_tol >= 0, "feasibility_tol",
@@ -370,7 +370,7 @@ class HighDensity(ODESampler):
             return [(t_start, ts, dyn.pf_velocity), (ts, t_end, hd)]
         ts = float(self.t_switch)
         if not lo <= ts <= hi:
-            raise ValueError(f"{msg}; got {ts}")
+            raise InvalidArgument(f"{msg}; got {ts}")
         # the same two phases as when traced (the vector field looks its phase up by index in a sampler
         # rebuilt from traced leaves); run_ode skips a phase of zero length
         ts = min(max(ts, float(t_end)), float(t_start))
@@ -403,7 +403,7 @@ def typicality(score: Callable, process, x: Float[Array, " N *shape"], t, *, key
     x = check_finite(check_batch(x, "x"), "x")
     t = check_time(process, jnp.asarray(t, dtype=x.dtype), "t")
     if t.ndim > 1 or (t.ndim == 1 and t.shape != (x.shape[0],)):
-        raise ValueError(f"t: must be a scalar or shape ({x.shape[0]},); got {t.shape}")
+        raise InvalidArgument(f"t: must be a scalar or shape ({x.shape[0]},); got {t.shape}")
     probes = divergence.draw(key, x)
     s, lap = dyn.score_and_laplacian(score, x, t, divergence, probes)
     lap = jnp.mean(lap, axis=0)

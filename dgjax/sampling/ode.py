@@ -26,6 +26,7 @@ from equinox import AbstractVar
 from .. import dynamics as dyn, grids
 from .._checks import check_output, check_param, checked_shape, is_concrete
 from ..divergence import tracking_start
+from ..errors import InvalidArgument
 from ..solve import add_nfe, retrace_token, solve
 from .base import AbstractSampler, Cost
 
@@ -142,8 +143,9 @@ def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence,
         phase_max_steps, ts = max_steps, None
         if full_grid is not None:  # the phases share one grid, each phase's boundary added (grids.restrict)
             if not (is_concrete(t0) and is_concrete(t1)):
-                raise ValueError("grid: a phase boundary is traced (e.g. HighDensity's t_switch under jit); only "
-                                 "grid='t' splits steps at a traced boundary; pass grid='t' or a concrete t_switch")
+                raise InvalidArgument("grid: a phase boundary is traced (e.g. HighDensity's t_switch under jit); "
+                                      "only grid='t' splits steps at a traced boundary; pass grid='t' or a concrete "
+                                      "t_switch")
             phase_steps, ts = None, grids.restrict(full_grid, t0, t1)
         elif steps is None:
             phase_steps = None

@@ -51,6 +51,7 @@ from jaxtyping import Array
 from .. import dynamics as dyn, grids
 from .._checks import batch_dot, bcast, check_output, check_param, check_value, checked_shape, event_dim, is_concrete
 from ..divergence import tracking_start
+from ..errors import InvalidArgument
 from ..processes import Process
 from ..solve import add_nfe, retrace_token, solve_term
 from .base import AbstractSampler, Cost
@@ -290,8 +291,8 @@ class ReverseSDE(SDESampler):
 
     def check_solver(self, solver):
         if isinstance(solver, dfx.ReversibleHeun) and self.scheme.solver_kind is dfx.AbstractStratonovichSolver:
-            raise ValueError("solver: diffrax.ReversibleHeun makes the reverse SDE diverge (its samples' exact "
-                             "log p -3.3e6 at 124 steps); use diffrax.Heun() (the default) or diffrax.Midpoint()")
+            raise InvalidArgument("solver: diffrax.ReversibleHeun makes the reverse SDE diverge (its samples' exact "
+                                  "log p -3.3e6 at 124 steps); use diffrax.Heun() (the default) or diffrax.Midpoint()")
         _check_solver(solver, self.scheme.solver_kind, self.scheme.solvers, f"ReverseSDE(scheme={self.scheme.name!r})")
 
     def coefficients(self, score, process, x, t, divergence, probes, track):
@@ -358,8 +359,8 @@ def _check_noise_fn(noise, process, dtype):
     """noise(t) must return a scalar; negative values raise (also under jit)."""
     out = jax.eval_shape(noise, jnp.asarray(process.t_max, dtype))
     if getattr(out, "shape", None) != ():
-        raise ValueError(f"noise: noise(t) must return a scalar phi_tilde(t) >= 0; "
-                         f"got shape {getattr(out, 'shape', out)}")
+        raise InvalidArgument(f"noise: noise(t) must return a scalar phi_tilde(t) >= 0; "
+                              f"got shape {getattr(out, 'shape', out)}")
 
 
 class StochasticDensityGuidance(SDESampler):
@@ -390,7 +391,8 @@ class StochasticDensityGuidance(SDESampler):
     def __init__(self, q=0.5, noise: Callable | None = None, exact: bool = False, *, rate=None,
                  start_at_median: bool = True, brownian: str = "auto", **guidance_kwargs):
         if noise is None or not callable(noise):
-            raise ValueError("noise: pass a callable phi_tilde(t) -> scalar >= 0, e.g. dg.noise_window(0.2, 0.6, 1.0)")
+            raise InvalidArgument("noise: pass a callable phi_tilde(t) -> scalar >= 0, e.g. "
+                                  "dg.noise_window(0.2, 0.6, 1.0)")
         self.guidance = DensityGuidance(q, rate=rate, start_at_median=start_at_median, **guidance_kwargs)
         self.noise = noise
         self.exact = bool(exact)
@@ -560,13 +562,14 @@ def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence,
     y = x or (x, log p per probe (P, N))."""
     solver, steps, rtol, atol, adjoint = options.solver, options.steps, options.rtol, options.atol, options.adjoint
     if key is None:
-        raise ValueError("key: stochastic sampling needs a PRNG key (key=jax.random.key(...)) for the Brownian path")
+        raise InvalidArgument("key: stochastic sampling needs a PRNG key (key=jax.random.key(...)) for the Brownian "
+                              "path")
     steps, ts = grids.plan(process, t_start, t_end, steps, options.grid)
     if ts is not None:  # the SDE is integrated in tau = t_start - t; the Brownian path gets the step count
         steps, ts = len(ts) - 1, float(t_start) - ts
     if steps is None and rtol is None and atol is None:
-        raise ValueError("steps: give steps=... (constant steps) for SDE sampling, or rtol/atol with an adaptive "
-                         "Stratonovich solver")
+        raise InvalidArgument("steps: give steps=... (constant steps) for SDE sampling, or rtol/atol with an adaptive "
+                              "Stratonovich solver")
     solver = sampler.default_solver() if solver is None else solver
     sampler.check_solver(solver)
     k_bm, k_probe = jax.random.split(key)

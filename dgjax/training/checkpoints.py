@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from .._io import atomic_write, write_text
+from ..errors import InvalidArgument
 from ..models import ArchitectureMismatch
 from ..models.checkpoints import Checkpoints, load_run, read_run_config, state_checksum  # noqa: F401 (re-exported)
 from .config import _RESUME_FREE, TrainConfig
@@ -30,6 +31,6 @@ def _check_resume_config(old: TrainConfig, new: TrainConfig, run_dir: str) -> No
             f"{n['arch_kwargs']} on {n['data']!r}). Use another --out directory for a new run.")
     diff = {k: (o[k], n[k]) for k in o if k not in _RESUME_FREE and o[k] != n[k]}
     if diff:
-        raise ValueError(f"cannot resume {run_dir!r} with different settings (stored vs requested): {diff}; "
-                         f"a resumed run must repeat the original settings to continue it exactly")
+        raise InvalidArgument(f"cannot resume {run_dir!r} with different settings (stored vs requested): {diff}; "
+                              f"a resumed run must repeat the original settings to continue it exactly")
 

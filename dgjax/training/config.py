@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..errors import InvalidArgument
 from ..models import process_to_config
 from ..processes import VP, LinearFlow
 
@@ -51,7 +52,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         def need(ok, name, msg):
             if not ok:
-                raise ValueError(f"{name}: {msg}; got {getattr(self, name)!r}")
+                raise InvalidArgument(f"{name}: {msg}; got {getattr(self, name)!r}")
 
         need(self.weighting in WEIGHTINGS, "weighting", f"choose one of {WEIGHTINGS}")
         need(self.importance in IMPORTANCE, "importance", f"choose one of {IMPORTANCE}")
@@ -85,7 +86,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"training config: unknown settings {sorted(unknown)}")
+            raise InvalidArgument(f"training config: unknown settings {sorted(unknown)}")
         return cls(**d)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from .._io import open_no_follow
 from ..data import load_dataset
+from ..errors import InvalidArgument
 from ..models import TrainedModel, make_network, num_params, save_model
 from .checkpoints import (
     Checkpoints,
@@ -105,7 +106,7 @@ class _RunLock:
             os.makedirs(self.run_dir, exist_ok=True)
             self.fh = open_no_follow(os.path.join(self.run_dir, ".lock"))
         except OSError as e:
-            raise ValueError(f"output directory {self.run_dir!r} is not writable: {e}") from e
+            raise InvalidArgument(f"output directory {self.run_dir!r} is not writable: {e}") from e
         try:
             fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -145,8 +146,8 @@ def train(cfg: TrainConfig, run_dir: str | None = None, *, resume: bool = False,
         net = make_network(cfg.arch, ds.shape, cfg.arch_kwargs)
         jax.eval_shape(lambda: init_state(cfg, net, ds.shape, make_optimizer(cfg)))
     except Exception as e:
-        raise ValueError(f"the network settings {cfg.arch}: {cfg.arch_kwargs} do not build a network for data of "
-                         f"shape {ds.shape} ({type(e).__name__}: {e}); fix them (e.g. --channels >= 1)") from e
+        raise InvalidArgument(f"the network settings {cfg.arch}: {cfg.arch_kwargs} do not build a network for data of "
+                              f"shape {ds.shape} ({type(e).__name__}: {e}); fix them (e.g. --channels >= 1)") from e
     run_dir = None if run_dir is None else os.path.abspath(run_dir)
     mcfg = model_config(cfg, ds.shape, name)
     with _RunLock(run_dir), _StopOnSignal() as stop:
@@ -200,18 +201,18 @@ def _open_run_dir(cfg: TrainConfig, run_dir: str | None, mcfg: dict, resume: boo
     cfg_path = os.path.join(run_dir, "config.json")
     has_ckpt = _has_checkpoint(run_dir)
     if resume and not os.path.exists(cfg_path):
-        raise ValueError(f"--resume: {run_dir!r} holds no training run to resume (no config.json)")
+        raise InvalidArgument(f"--resume: {run_dir!r} holds no training run to resume (no config.json)")
     if resume and has_ckpt:
         _check_resume_config(_read_run_config(run_dir), cfg, run_dir)
     elif has_ckpt:
-        raise ValueError(f"{run_dir!r} already holds a training run; pass --resume to continue it, or choose "
-                         f"another output directory")
+        raise InvalidArgument(f"{run_dir!r} already holds a training run; pass --resume to continue it, or choose "
+                              f"another output directory")
     try:
         os.makedirs(run_dir, exist_ok=True)
         with tempfile.TemporaryFile(dir=run_dir):  # exclusive, unpredictable name, never a planted link
             pass
     except OSError as e:
-        raise ValueError(f"output directory {run_dir!r} is not writable: {e}") from e
+        raise InvalidArgument(f"output directory {run_dir!r} is not writable: {e}") from e
     _write_json(cfg_path, {"train": cfg.to_dict(), "model": mcfg})
     return Checkpoints(run_dir, keep=cfg.keep)
 
