@@ -141,20 +141,22 @@ def bits_per_dim(logp: Float[ArrayLike, " *N"], shape, offset_bits: float | Quan
     elif isinstance(offset_bits, Quantization):
         offset_bits = offset_bits.offset_bits
     logp = jnp.asarray(logp)
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+    not_a_shape = f"shape: must be the per-sample event shape, a tuple of ints (or D, an int); got {shape!r}"
+    if isinstance(shape, bool):
+        raise InvalidArgument(not_a_shape)
+    if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)  # D itself: never mistaken for a shape with the batch axis
     else:
         try:
             shape = tuple(int(s) for s in shape)
         except TypeError:
-            raise InvalidArgument(f"shape: must be the per-sample event shape, a tuple of ints (or D, an int); got "
-                                  f"{shape!r}") from None
+            raise InvalidArgument(not_a_shape) from None
         # x.shape instead of x.shape[1:]: the most common slip; an event shape that really starts with the
         # batch size can be given as D
         if logp.ndim >= 1 and logp.shape[0] > 1 and len(shape) > logp.ndim and shape[:logp.ndim] == logp.shape:
             raise InvalidArgument(f"shape: {shape} starts with logp's batch shape {logp.shape}; pass the per-sample "
-                                  f"event shape (x.shape[1:] = {shape[logp.ndim:]}), or D = {math.prod(shape)} as an int if the "
-                                  f"event shape really is {shape}")
+                                  f"event shape (x.shape[1:] = {shape[logp.ndim:]}), or D = {math.prod(shape)} as an "
+                                  f"int if the event shape really is {shape}")
     if len(shape) == 0 or any(s < 1 for s in shape):
         raise InvalidArgument(f"shape: must be the per-sample event shape (D = prod(shape) >= 1, without the batch "
                               f"axis); got {shape}")

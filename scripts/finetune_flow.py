@@ -142,8 +142,8 @@ def main(argv=None) -> dict:
         wall_s=round(time.perf_counter() - t_start, 1), backend=jax.default_backend(),
     )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"held-out bits/dim {before:.4f} -> {after:.4f} ({change:+.4f} +- {change_se:.4f}) in {summary['wall_s']:.0f} s; "
-          f"{out_dir / 'summary.json'}")
+    print(f"held-out bits/dim {before:.4f} -> {after:.4f} ({change:+.4f} +- {change_se:.4f}) in "
+          f"{summary['wall_s']:.0f} s; {out_dir / 'summary.json'}")
     return summary
 
 
