@@ -136,8 +136,8 @@ def forward_sde_logp(score: Callable, process, x: Float[Array, " N *shape"], *, 
     coeff_fn = _ForwardCoefficients(static, retrace_token(static), process, divergence, dim)
     term = _AugmentedSDETerm(coeff_fn, _forward_increment, path, True)
     y0 = (x, change0)
-    (x_T, change), evals, _ = solve_term(term, y0, t_start, t_end, args=(probes, params), options=options, solver=dfx.Euler(),
-                                         steps=None if ts is not None else steps, grid=ts,
+    (x_T, change), evals, _ = solve_term(term, y0, t_start, t_end, args=(probes, params), options=options,
+                                         solver=dfx.Euler(), steps=None if ts is not None else steps, grid=ts,
                                          adjoint=default_adjoint(path, options.adjoint))
     x_T, change = check_output((x_T, change), "dg.forward_sde_logp: the forward-SDE solve")
     mean, se = dyn.mean_and_stderr(change)

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 import diffrax as dfx
-import equinox as eqx
 import jax
 import jax.core
 import jax.numpy as jnp

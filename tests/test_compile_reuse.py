@@ -3,7 +3,6 @@ module), and never reuse one that could have frozen a caller's changing arrays (
 anew at every call, as ``jax.jit`` of a new function would be)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import monitoring

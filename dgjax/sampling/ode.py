@@ -90,8 +90,9 @@ class _ODEField(eqx.Module):
     args = (probes, params): the score and the sampler are rebuilt from ``params`` (their inexact arrays) and
     ``static`` (the rest, ``equinox.partition``) and the phase's velocity taken from the rebuilt sampler, so
     nothing differentiable is closed over: diffrax's adjoints differentiate with respect to ``args``, and
-    ``diffrax.BacksolveAdjoint`` rejects closed-over tracers. A module, not a closure: equal fields give an equal field, so diffrax's compiled solve is
-    reused by the next call with the same score, sampler and options (a closure is new at every call)."""
+    ``diffrax.BacksolveAdjoint`` rejects closed-over tracers. A module, not a closure: equal fields give an equal field,
+    so diffrax's compiled solve is reused by the next call with the same score, sampler and options (a closure is new at
+    every call)."""
 
     static: Any
     retrace: object | None  # solve.retrace_token(static)
