@@ -190,6 +190,13 @@ def _check_finite_params(**values) -> None:
         check_param(isinstance(v, (int, float)) and math.isfinite(v), name, f"must be a finite number; got {v!r}")
 
 
+def _sigma_range(sigma_min, sigma_max) -> tuple[float, float]:
+    """(sigma_min, sigma_max) as floats, checked finite with 0 < sigma_min < sigma_max (VE's and EDM's range)."""
+    _check_finite_params(sigma_min=sigma_min, sigma_max=sigma_max)
+    check_param(0 < sigma_min < sigma_max, "sigma_min", f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    return float(sigma_min), float(sigma_max)
+
+
 def _log_sigmoid(z):
     return -jax.nn.softplus(-z)
 
@@ -267,10 +274,7 @@ class VE(Process):
     sigma_max: float = eqx.field(static=True)
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
-        _check_finite_params(sigma_min=sigma_min, sigma_max=sigma_max)
-        check_param(0 < sigma_min < sigma_max, "sigma_min",
-                    f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.sigma_min, self.sigma_max = _sigma_range(sigma_min, sigma_max)
         self.t_min, self.t_max = 0.0, 1.0
 
     def log_alpha(self, t):
@@ -289,10 +293,7 @@ class EDM(Process):
     t_min: float = eqx.field(static=True)
     t_max: float = eqx.field(static=True)
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
-        _check_finite_params(sigma_min=sigma_min, sigma_max=sigma_max)
-        check_param(0 < sigma_min < sigma_max, "sigma_min",
-                    f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        self.t_min, self.t_max = float(sigma_min), float(sigma_max)
+        self.t_min, self.t_max = _sigma_range(sigma_min, sigma_max)
 
     @property
     def sigma_min(self) -> float:
