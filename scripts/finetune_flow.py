@@ -8,10 +8,9 @@ gives the gradient with respect to every weight, through diffrax's adjoint (``--
 flat in the number of steps). optax's Adam takes ``--steps`` steps of it. Held-out bits/dim are measured before
 and after on the same fixed test examples (one fixed dequantisation draw), with the same fixed probes and a finer
 solve (``--eval-ode-steps`` Tsit5 steps, more than training's) so that the gain is not an artefact of the
-training discretisation: 16 Tsit5 steps give the adaptive rtol = 1e-5 value to 2e-4 bits/dim on this model,
-while 4 Heun steps are 0.2 bits/dim off and 8 Heun steps 0.004. Trained on 4 Heun steps (300 steps, batch 16),
-the model learns that solve's error: its training bits/dim fell to -1.1 while the held-out value rose from 1.84
-to 2.38, so the default is 8 steps, and the held-out value under the training solve is reported beside it.
+training discretisation; the held-out value under the training solve is reported beside it, so that a model
+that learns the coarse solve's error instead of the data shows as a gap between the two (docs/likelihood.md,
+"Training on the log-likelihood").
 
     python scripts/finetune_flow.py                # 80 Adam steps, batch 8, 8 Heun steps: about 20 minutes on 2 cores
     python scripts/finetune_flow.py --quick        # 3 steps, tiny sizes: the plumbing only
