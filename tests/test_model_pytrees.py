@@ -7,6 +7,8 @@ The gradient is checked against a central difference of the same function along 
 parameter space (float32: the step is large enough that rounding of log p, about |log p| 1e-7, is small against
 the difference, and small enough that the cubic term is negligible; the function is smooth in the parameters)."""
 
+import importlib.util
+
 import diffrax as dfx
 import equinox as eqx
 import jax
@@ -27,6 +29,11 @@ def _mean_logp(x):
 
 
 def _check_grad_along_random_direction(model, x, eps):
+    """In float64 (the ``x64`` fixture): in float32 the solve's rounding, amplified by 1 / (2 eps), is of the
+    order of the difference itself (23% and 48% off on digits-flow and the galaxy model, with a correct
+    gradient)."""
+    model = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), model)
+    x = jnp.asarray(x, jnp.float64)
     f = _mean_logp(x)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     g = jax.jit(jax.grad(f))(model)  # plain jax.grad: every leaf of a model is a parameter
@@ -61,7 +68,7 @@ def test_trained_model_is_a_pytree_of_its_parameters():
     assert not np.allclose(m.score(x, 0.5), zeroed.score(x, 0.5))
 
 
-def test_grad_wrt_a_small_trained_model_matches_central_difference(tmp_path):
+def test_grad_wrt_a_small_trained_model_matches_central_difference(tmp_path, x64):
     """The same path as a shipped model (a model file loaded as a TrainedModel), with a small UNet so that the
     gradient through the PF-ODE solve compiles in seconds; the shipped models are checked by the slow tests."""
     from dgjax.models import load_model, save_model
@@ -81,26 +88,28 @@ def test_grad_wrt_a_small_trained_model_matches_central_difference(tmp_path):
 
 
 @pytest.mark.slow
-def test_grad_wrt_digits_model_matches_central_difference():
+def test_grad_wrt_digits_model_matches_central_difference(x64):
     m = dg.load_model("digits")
     g = _check_grad_along_random_direction(m, jnp.asarray(m.dataset.split("test", 2)), eps=1e-2)
     assert isinstance(g, dg.TrainedModel)  # jax.grad's result has the model's structure
 
 
 @pytest.mark.slow
-def test_grad_wrt_digits_flow_model_matches_central_difference():
+def test_grad_wrt_digits_flow_model_matches_central_difference(x64):
     m = dg.load_model("digits-flow")
     _check_grad_along_random_direction(m, jnp.asarray(m.dataset.split("test", 2)), eps=1e-2)
 
 
 @pytest.mark.slow
-def test_grad_wrt_galaxy_model_matches_central_difference():
-    pytest.importorskip("galaxygrad")
-    m = dg.load_model("galaxies-hsc32")
+def test_grad_wrt_galaxy_model_matches_central_difference(x64):
+    if importlib.util.find_spec("galaxygrad") is None:  # not importorskip: importing it is load_model's job
+        pytest.skip("galaxygrad is not installed")
+    m = dg.load_model("galaxies-hsc32")  # loads under x64 too (galaxygrad's float32 weights)
     assert isinstance(m, dg.AbstractModel)
     assert all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in jax.tree_util.tree_leaves(m))
     y = m.prior_sample(jax.random.key(2), 2) * 0.1 + 0.5  # a smooth point in the network's y-space
-    _check_grad_along_random_direction(m, y, eps=1e-2)
+    # strongly curved along a random direction: central differences reach the derivative only below eps = 1e-4
+    _check_grad_along_random_direction(m, y, eps=1e-5)
 
 
 def test_density_guidance_through_the_model_reports_leaving_the_data_range():

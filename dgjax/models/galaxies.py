@@ -85,7 +85,12 @@ def _galaxygrad_scorenet():
     if v != GALAXYGRAD_VERSION:
         raise ImportError(f"the galaxy models need galaxygrad=={GALAXYGRAD_VERSION} (it ships the weights); "
                          f"galaxygrad {v} is installed; {_INSTALL}")
-    from galaxygrad import scorenet
+    import jax
+
+    # galaxygrad deserialises its float32 weights at import, against templates built in the default dtype:
+    # under jax_enable_x64 they would be float64 and the import fails; the weights are float32 either way
+    with jax.enable_x64(False):
+        from galaxygrad import scorenet
 
     return scorenet
 
