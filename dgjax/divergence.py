@@ -75,6 +75,16 @@ class Exact(DivergenceEstimator):
         return jnp.sum(diag, axis=0)[None, :]
 
 
+def _invertible_gf2(key, n: int, bits: int) -> Array:
+    """(n, bits, bits) int32 invertible matrices over GF(2): L U with L unit lower and U unit upper triangular,
+    their off-diagonal bits uniform."""
+    kl, ku = jax.random.split(key)
+    eye = jnp.eye(bits, dtype=jnp.int32)
+    lower = jnp.tril(jax.random.bernoulli(kl, 0.5, (n, bits, bits)).astype(jnp.int32), -1) + eye
+    upper = jnp.triu(jax.random.bernoulli(ku, 0.5, (n, bits, bits)).astype(jnp.int32), 1) + eye
+    return (lower @ upper) & 1
+
+
 # One probe is applied directly, more are vmapped. Tracked / untracked PF-ODE, Tsit5 x 32, N = 16, D = 3072:
 # one probe vmapped 4.28x (oracle) / 2.59x (Flax MLP), applied directly 1.58x / 1.91x (a vmap over a linearized
 # function batches its residuals); four probes vmapped 5.04x / 2.81x, unrolled 3.58x / 3.96x (a network's
@@ -118,29 +128,41 @@ class Hutchinson(DivergenceEstimator):
             draw = lambda k: jax.random.normal(k, shape, dtype=x.dtype)  # noqa: E731
         return jnp.moveaxis(jax.vmap(draw)(keys), 1, 0)
 
-    def draw_step(self, key, x, step):
-        """Probes (K, N, *shape) for constant step ``step`` (int32 scalar) of a solve that redraws them per step.
+    def draw_step(self, key, x, step, scrambled: bool = False):
+        """Probes (K, N, *shape) for draw ``step`` (int32 scalar) of a solve that redraws them per step.
 
-        Rademacher: the rows of a randomly signed Sylvester-Hadamard matrix, taken in turn, so that the
-        probes of consecutive steps are orthogonal: probe j of step k for sample n is
-        ``s_n * h[(o_n + K k + j) mod D']`` restricted to the first D coordinates, with ``h[r, c] =
-        (-1)^popcount(r & c)`` (D' the power of two >= D), a Rademacher sign vector ``s_n`` and an offset
-        ``o_n`` drawn once per solve from ``key``. Each probe is Rademacher-distributed (so each step's
-        estimate is unbiased), and since ``sum_r h_r h_r^T = D' I`` on the first D coordinates, every D'
-        consecutive probes sum to the exact trace of a fixed matrix: along a path the probe noise cancels
-        instead of averaging as 1/sqrt(steps). Gaussian: independent draws per step (``fold_in(key, step)``).
+        Rademacher: rows of a randomly signed Sylvester-Hadamard matrix ``h[r, c] = (-1)^popcount(r & c)``
+        (D' = 2^b the power of two >= D, restricted to the first D coordinates): probe j of draw k for sample
+        n is ``s_n * h[r]``, with a Rademacher sign vector ``s_n`` and an offset ``o_n`` drawn once per solve
+        from ``key``, and ``r = (o_n + K k + j) mod D'`` (the rows in turn) or, ``scrambled``,
+        ``r = o_n XOR G_n((K k + j) mod D')`` with an invertible b x b matrix ``G_n`` over GF(2) also drawn
+        once per solve. Each probe is Rademacher-distributed (each draw's estimate is unbiased); any D'
+        consecutive probes are distinct rows, and since ``sum_r h_r h_r^T = D' I`` they sum to the exact trace
+        of a fixed matrix. The orders differ over fewer than D' draws: ``h_r[i] h_r[j] = h_r[i XOR j]``, so
+        with the rows in turn a coordinate pair whose index difference i XOR j has no low bits (vertically
+        adjacent pixels) gets nearly the same sign at consecutive draws and its errors add up; scrambled,
+        every pair's signs along the draws follow a random Walsh function, so no pair is positively
+        correlated on average (``StepwiseHutchinson``'s order: a few draws out of D' cancel as if drawn
+        without replacement). Score-free alignment keeps the rows in turn (its 1000 steps cover many
+        cycles, where that order measured better). Gaussian: independent draws (``fold_in(key, step)``).
         """
         if self.distribution != "rademacher":
             return self.draw(jax.random.fold_in(key, step), x)
         n, d = x.shape[0], x[0].size
-        d_pad = 1 << max(d - 1, 0).bit_length()
+        bits = max(d - 1, 0).bit_length()
         signs = self.draw(key, x)[:1]  # (1, N, *shape), fixed per solve
-        offset = jax.random.randint(jax.random.fold_in(key, 1), (n,), 0, d_pad, dtype=jnp.int32)
-        k = self.num_probes
-        rows = (offset[None, :] + step * k + jnp.arange(k, dtype=jnp.int32)[:, None]) % d_pad
+        offset = jax.random.randint(jax.random.fold_in(key, 1), (n,), 0, 1 << bits, dtype=jnp.int32)
+        j = step * self.num_probes + jnp.arange(self.num_probes, dtype=jnp.int32)  # (K,)
+        if scrambled:
+            g = _invertible_gf2(jax.random.fold_in(key, 2), n, bits)  # (N, b, b)
+            powers = jnp.arange(bits, dtype=jnp.int32)
+            gj = jnp.einsum("nab,kb->kna", g, (j[:, None] >> powers) & 1) & 1  # (K, N, b): G_n j, bitwise
+            rows = offset[None, :] ^ jnp.sum(gj << powers, axis=-1, dtype=jnp.int32)  # (K, N)
+        else:
+            rows = (offset[None, :] + j[:, None]) % (1 << bits)
         cols = jnp.arange(d, dtype=jnp.int32)
         parity = jax.lax.population_count(rows[:, :, None] & cols[None, None, :]) & 1  # (K, N, D)
-        h = (1 - 2 * parity).astype(x.dtype).reshape((k,) + x.shape)
+        h = (1 - 2 * parity).astype(x.dtype).reshape((self.num_probes,) + x.shape)
         return signs * h
 
     def quadratic_traces(self, quad, x, probes):
@@ -170,14 +192,25 @@ def _hutchinson_checks(num_probes, distribution) -> None:
 
 
 class StepwiseHutchinson(DivergenceEstimator):
-    """Hutchinson's estimator with the probes redrawn at every constant step of the solve (``steps=`` or ``grid=``).
+    """Hutchinson's estimator with the probes redrawn along a constant-step solve (``steps=`` or ``grid=``).
 
-    Step k's probes are ``Hutchinson.draw_step(key, x, k)``: for Rademacher probes (default) the rows of a
-    randomly signed Sylvester-Hadamard matrix taken in turn, so the probes of consecutive steps are orthogonal
-    and the probe noise cancels along the path instead of staying the same at every step (a fixed probe's error
-    in tr J is correlated over the whole path). All stages of one step share its probes (the step index comes
-    from the stage time, ``grids.step_index``), so a Runge-Kutta step integrates one smooth field. Each step's
-    estimate is unbiased and the log-density state does not feed back into x, so the integral stays unbiased.
+    Args:
+      num_probes: K >= 1 probes per evaluation (each costs one JVP).
+      distribution: "rademacher" (default) or "gaussian".
+      draws_per_step: m >= 1 draws per step: the stages of step k at c in ((j - 1) / m, j / m] share draw
+        m k + j and the stage at c = 0 has draw m k (``grids.draw_index``; a time point keeps one draw, so
+        Heun's two evaluations at t_k share it: the trapezoid rule with a probe per node). Default 2: Tsit5's
+        stages split into two groups of positive weight (0.49 and 0.41, plus 0.10 for the first stage), so at
+        no cost the probe variance per step about halves (m = 1: one draw for the step's stages after the first).
+        More does not help Tsit5 (no stage lies in (1/3, 2/3], and its stages at c = 0.9, 0.98, 1 carry
+        weights 1.38, -3.29, 2.32: split, their independent noise would add up instead of cancelling).
+
+    Draw i's probes are ``Hutchinson.draw_step(key, x, i)``: for Rademacher probes rows of a randomly signed
+    Sylvester-Hadamard matrix in a per-sample scrambled order, so the probes of different draws are
+    orthogonal and the probe noise averages out along the path instead of staying the same at every step (a
+    fixed probe's error in tr J is correlated over the whole path): for an error that changes little from
+    draw to draw, the variance of log p falls about as 1 / draws. Each estimate is unbiased and the
+    log-density state does not feed back into x, so the integral stays unbiased.
     Same cost per evaluation as ``Hutchinson(num_probes)``. Needs constant steps: an adaptive controller cannot
     step a field that changes at random (``dg.log_likelihood`` raises). Measured spread of log p across probe
     keys at equal NFE: ``benchmarks/bench_probe_variance.py``, docs/likelihood.md.
@@ -186,9 +219,14 @@ class StepwiseHutchinson(DivergenceEstimator):
     num_probes: int = eqx.field(static=True, default=1,
                                 converter=lambda v: int(v) if isinstance(v, np.integer) else v)
     distribution: str = eqx.field(static=True, default="rademacher")
+    draws_per_step: int = eqx.field(static=True, default=2,
+                                    converter=lambda v: int(v) if isinstance(v, np.integer) else v)
 
     def __check_init__(self):
         _hutchinson_checks(self.num_probes, self.distribution)
+        m = self.draws_per_step
+        check_param(isinstance(m, int) and not isinstance(m, bool) and m >= 1, "draws_per_step",
+                    f"must be an integer >= 1; got {m!r}")
 
     def _fixed(self) -> Hutchinson:
         return Hutchinson(self.num_probes, self.distribution)
@@ -201,10 +239,10 @@ class StepwiseHutchinson(DivergenceEstimator):
         return self.draw_step(key, x, jnp.zeros((), jnp.int32))
 
     def draw_step(self, key, x, step):
-        """Probes (K, N, *shape) of constant step ``step`` (``Hutchinson.draw_step``)."""
+        """Probes (K, N, *shape) of draw ``step`` (``Hutchinson.draw_step``, scrambled order)."""
         if key is None:
             self._fixed().draw(None, x)  # raises the key error naming the fix
-        return self._fixed().draw_step(key, x, step)
+        return self._fixed().draw_step(key, x, step, scrambled=True)
 
     def quadratic_traces(self, quad, x, probes):
         return self._fixed().quadratic_traces(quad, x, probes)

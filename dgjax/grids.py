@@ -243,19 +243,41 @@ def plan(process, t0, t1, steps, grid):
     return None, step_times(process, t0, t1, steps, g)
 
 
-def step_index(t, t_start, t_end, plan):
-    """The index k of the constant step whose stages time ``t`` belongs to, for per-step random draws.
-
-    ``plan``: the number of uniform steps from ``t_start`` to ``t_end`` (either direction), or the step times
-    of a grid (``plan``'s ``ts``, numpy, monotone). Stages at c in [0, 1) of step k map to k (1e-3 absorbs
-    rounding); a stage at a step's end (c = 1) takes the next step's index.
-    """
+def _fractional_step(t, t_start, t_end, plan):
+    """(t - t_k) / h_k + k for the step k holding ``t``: uniform steps (``plan`` an int) or a grid's times."""
     t = jnp.asarray(t)
     if isinstance(plan, np.ndarray):
         ts = plan if plan[0] < plan[-1] else plan[::-1]
         idx = np.arange(len(plan), dtype=np.float64)
         idx = idx if plan[0] < plan[-1] else idx[::-1]
-        k = jnp.interp(t, jnp.asarray(ts, t.dtype), jnp.asarray(idx, t.dtype))
-    else:
-        k = (t - t_start) / (t_end - t_start) * plan
-    return jnp.floor(k + 1e-3).astype(jnp.int32)
+        return jnp.interp(t, jnp.asarray(ts, t.dtype), jnp.asarray(idx, t.dtype))
+    return (t - t_start) / (t_end - t_start) * plan
+
+
+def step_index(t, t_start, t_end, plan):
+    """The index k of the constant step whose stages time ``t`` belongs to, for per-step random draws.
+
+    ``plan``: the number of uniform steps from ``t_start`` to ``t_end`` (either direction), or the step times
+    of a grid (``plan``'s ``ts``, numpy, monotone). Stages at c in [0, 1) of step k map to k (1e-3 absorbs
+    rounding); a stage at a step's end (c = 1) takes the next step's index. (Score-free alignment's draws;
+    ``draw_index`` is the log-likelihood's.)
+    """
+    return jnp.floor(_fractional_step(t, t_start, t_end, plan) + 1e-3).astype(jnp.int32)
+
+
+def draw_index(t, t_start, t_end, plan, per_step: int = 1):
+    """The index of the random draw that a stage at time ``t`` uses, in 0..per_step * steps
+    (``dg.StepwiseHutchinson``).
+
+    ``plan`` as in ``step_index``. A stage at c of step k (t = t_k + c h_k) gets ``ceil(per_step (k + c))``
+    (1e-3 absorbs rounding). With ``per_step`` = 1: the stages at c in (0, 1] share draw k + 1 and the stage
+    at c = 0 gets k, so the point t_k keeps one draw whichever step evaluates it (an FSAL solver's first
+    stage, Tsit5's or Dopri5's, is the previous step's last evaluation reused: weight 0 there, Tsit5's
+    b_1 = 0.097 here; Heun's two stages at t_k are the trapezoid's node k). ``step_index``'s rule, c = 1 to
+    the next step, splits a Tsit5 step between independent draws with weights -1.32 (c < 1) and 2.32 (its
+    stage at c = 1), which inflates their variance, the more the fewer the steps. ``per_step`` = 2 splits a
+    step at c = 1/2: Tsit5's stages at c = 0.161, 0.327 (weights 0.01, 0.48) and those at c = 0.9, 0.98, 1
+    (1.379, -3.290, 2.325: 0.414) draw separately, each group a quadrature of positive weight (Dopri5: 0.449
+    and 0.460), so the draws along the path double at no cost.
+    """
+    return jnp.ceil(per_step * _fractional_step(t, t_start, t_end, plan) - 1e-3).astype(jnp.int32)

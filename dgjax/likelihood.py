@@ -56,8 +56,11 @@ class _EncodingField(eqx.Module):
     def __call__(self, t, y, args):
         first, params = args
         plan = np.asarray(self.plan) if isinstance(self.plan, tuple) else self.plan
-        probes = (self.divergence.draw_step(first, y[0], grids.step_index(t, self.t0, self.t1, plan))
-                  if self.per_step else first)
+        if self.per_step:
+            draw = grids.draw_index(t, self.t0, self.t1, plan, self.divergence.draws_per_step)
+            probes = self.divergence.draw_step(first, y[0], draw)
+        else:
+            probes = first
         return dyn.augmented_rate(eqx.combine(params, self.static), self.process, y[0], t, self.divergence, probes,
                                   dyn.pf_velocity)
 
