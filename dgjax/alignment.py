@@ -60,7 +60,7 @@ from . import dynamics as dyn, grids
 from ._checks import batch_dot, check_batch, check_finite, check_output, check_score_fn, entry_point, is_concrete
 from .divergence import DivergenceEstimator, Exact, Hutchinson, tracking_start
 from .errors import InvalidArgument
-from .solve import SolveOptions, add_nfe, merge_options, retrace_token, solve
+from .solve import Rebuild, SolveOptions, add_nfe, merge_options, solve, split_args
 
 
 class Alignment(eqx.Module):
@@ -101,12 +101,11 @@ class _TangentField(eqx.Module):
     args = its params and ``static`` (as ``sampling.ode._ODEField``: adjoints differentiate through args, and
     the compiled solve is reused by the next call)."""
 
-    static: Any
-    retrace: object | None
+    rebuild: Rebuild
     process: Any
 
     def __call__(self, t, y, args):
-        score = eqx.combine(args, self.static)
+        score = self.rebuild(args)
         x, w = y
         coeffs = self.process.coefficients_like(t, x)
         s, js_w = jax.jvp(lambda z: score(z, t), (x,), (w,))
@@ -149,8 +148,7 @@ class _ScoreFreeField(eqx.Module):
     noise. The score is rebuilt from ``params`` and ``static`` (``_TangentField``).
     """
 
-    static: Any
-    retrace: object | None
+    rebuild: Rebuild
     process: Any
     divergence: Any
     t_hi: Any
@@ -159,7 +157,7 @@ class _ScoreFreeField(eqx.Module):
 
     def __call__(self, t, y, args):
         first, params = args
-        score = eqx.combine(params, self.static)
+        score = self.rebuild(params)
         x, w, _ = y
         if self.redraw is not None:
             plan = np.asarray(self.redraw) if isinstance(self.redraw, tuple) else self.redraw
@@ -307,9 +305,9 @@ def _score_free_solve(score, process, x_T, t_end, w0, s_T, key, divergence, redr
     """The score-free form: omega_t = <s_t(x_t), w_t> by its rate 1/2 g^2 div_x(J_s(x) w) along the PF-ODE and
     its tangent, from omega_T = <s_T(x_T), w_T>. Returns ((x_end, w_end, value (N,), stderr (N,)), evals, stats)."""
     probes, omega0 = tracking_start(divergence, key, x_T, batch_dot(s_T, w0))
-    params, static = eqx.partition(score, eqx.is_inexact_array)
+    params, rebuild = split_args(score)
     plan = tuple(float(v) for v in redraw) if isinstance(redraw, np.ndarray) else redraw
-    field = _ScoreFreeField(static, retrace_token(static), process, divergence, process.t_max, t_end, plan)
+    field = _ScoreFreeField(rebuild, process, divergence, process.t_max, t_end, plan)
     args = (jax.random.fold_in(key, 1) if redraw is not None else probes, params)
     (x_end, w_end, omega), evals, stats = solve(field, (x_T, w0, omega0), process.t_max, t_end, args=args,
                                                 options=options)
@@ -322,8 +320,8 @@ def _score_free_solve(score, process, x_T, t_end, w0, s_T, key, divergence, redr
 def _tangent_solve(score, process, x_T, t_end, w0, options):
     """The score form: the PF-ODE and its tangent dw/dt = J_u(x_t) w to t_end, read out as <s_{t_end}, w_{t_end}>.
     Returns ((x_end, w_end, value (N,), cosine (N,)), evals, stats)."""
-    params, static = eqx.partition(score, eqx.is_inexact_array)
-    (x_end, w_end), evals, stats = solve(_TangentField(static, retrace_token(static), process), (x_T, w0),
+    params, rebuild = split_args(score)
+    (x_end, w_end), evals, stats = solve(_TangentField(rebuild, process), (x_T, w0),
                                          process.t_max, t_end, args=params, options=options)
     x_end, w_end = check_output((x_end, w_end), "dg.score_alignment: the tangent solve")
     s_end = score(x_end, jnp.asarray(t_end, dtype=x_T.dtype))

@@ -43,7 +43,7 @@ from .divergence import DivergenceEstimator, Hutchinson, tracking_start
 from .errors import InvalidArgument
 from .sampling.brownian import brownian_path, default_adjoint
 from .sampling.sde import _AugmentedSDETerm
-from .solve import SolveOptions, add_nfe, merge_options, retrace_token, solve_term
+from .solve import Rebuild, SolveOptions, add_nfe, merge_options, solve_term, split_args
 
 
 class ForwardTrack(eqx.Module):
@@ -65,15 +65,14 @@ class _ForwardCoefficients(eqx.Module):
     """The forward SDE's drift f x, the tracked rates (docs/math.md 4(e)) and the noise coefficients (g, s), the
     score rebuilt from args = (probes, params) and ``static`` (as ``sampling.ode._ODEField``)."""
 
-    static: Any
-    retrace: object | None
+    rebuild: Rebuild
     process: Any
     divergence: Any
     dim: int
 
     def __call__(self, t, y, args):
         probes, params = args
-        score = eqx.combine(params, self.static)
+        score = self.rebuild(params)
         xx = y[0]
         coeffs = self.process.coefficients_like(t, xx)
         s, lap = dyn.score_and_laplacian(score, xx, t, self.divergence, probes)
@@ -132,8 +131,8 @@ def forward_sde_logp(score: Callable, process, x: Float[Array, " N *shape"], *, 
     path = brownian_path(brownian, k_bm, x.shape, x.dtype, float(t_end) - float(t_start), steps, knots=ts,
                          t0=float(t_start))
 
-    params, static = eqx.partition(score, eqx.is_inexact_array)  # through args, as in dg.sample
-    coeff_fn = _ForwardCoefficients(static, retrace_token(static), process, divergence, dim)
+    params, rebuild = split_args(score)  # through args, as in dg.sample
+    coeff_fn = _ForwardCoefficients(rebuild, process, divergence, dim)
     term = _AugmentedSDETerm(coeff_fn, _forward_increment, path, True)
     y0 = (x, change0)
     (x_T, change), evals, _ = solve_term(term, y0, t_start, t_end, args=(probes, params), options=options,

@@ -24,7 +24,7 @@ from .errors import InvalidArgument
 from .external import AbstractModel
 from .quantization import Quantization
 from .sampling.sample import check_common, from_model
-from .solve import SolveOptions, add_nfe, merge_options, retrace_token, solve
+from .solve import Rebuild, SolveOptions, add_nfe, merge_options, solve, split_args
 
 
 class Likelihood(eqx.Module):
@@ -44,8 +44,7 @@ class _EncodingField(eqx.Module):
     per-step probes ``first`` is a key and step k's probes are drawn here, else it holds the fixed probes. A
     module, not a closure, so that the compiled solve is reused by the next call (``ode._ODEField``)."""
 
-    static: Any
-    retrace: object | None  # solve.retrace_token(static)
+    rebuild: Rebuild
     process: Any
     divergence: Any
     per_step: bool
@@ -61,7 +60,7 @@ class _EncodingField(eqx.Module):
             probes = self.divergence.draw_step(first, y[0], draw)
         else:
             probes = first
-        return dyn.augmented_rate(eqx.combine(params, self.static), self.process, y[0], t, self.divergence, probes,
+        return dyn.augmented_rate(self.rebuild(params), self.process, y[0], t, self.divergence, probes,
                                   dyn.pf_velocity)
 
 
@@ -113,9 +112,9 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
     probes, change0 = tracking_start(divergence, key, x0)
     y0 = (x0, change0)
     # through args: every adjoint differentiates w.r.t. the score's params
-    params, static = eqx.partition(score, eqx.is_inexact_array)
+    params, rebuild = split_args(score)
     plan = (tuple(float(v) for v in np.asarray(ts)) if ts is not None else steps) if per_step else None
-    vf = _EncodingField(static, retrace_token(static), process, divergence, per_step, t0, t1, plan)
+    vf = _EncodingField(rebuild, process, divergence, per_step, t0, t1, plan)
     (x_T, change), evals, _ = solve(vf, y0, t0, t1, args=(key if per_step else probes, params), options=options,
                                     steps=steps, grid=ts)
     x_T, change = check_output((x_T, change), "dg.log_likelihood: the PF-ODE encoding solve")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import diffrax as dfx
+import equinox as eqx
 import jax
 import jax.core
 import jax.numpy as jnp
@@ -264,6 +265,27 @@ def retrace_token(static: Any) -> object | None:
             if module.split(".")[0] not in _LIBRARIES:
                 return object()
     return None
+
+
+class Rebuild(eqx.Module):
+    """The non-array half of a score or sampler (``static``), made whole again from its arrays inside a vector
+    field: ``rebuild(params)``. A module, not a closure, so that a vector field holding it compares equal across
+    calls and diffrax's compiled solve is reused (``retrace`` is ``retrace_token(static)``)."""
+
+    static: Any
+    retrace: object | None
+
+    def __call__(self, params: Any) -> Any:
+        return eqx.combine(params, self.static)
+
+
+def split_args(tree: Any) -> tuple[Any, Rebuild]:
+    """(params, rebuild) of what a vector field uses (a score, a model, a sampler, or a tuple of them): params are
+    its inexact arrays, to be passed to the solve in ``args`` so that nothing differentiable is closed over
+    (diffrax's adjoints differentiate with respect to ``args``; ``BacksolveAdjoint`` rejects closed-over tracers),
+    and ``rebuild(params)`` is the tree again."""
+    params, static = eqx.partition(tree, eqx.is_inexact_array)
+    return params, Rebuild(static, retrace_token(static))
 
 
 def solve(vector_field: Callable, y0: Any, t0: float | Array, t1: float | Array, **kwargs):

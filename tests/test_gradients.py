@@ -1,8 +1,7 @@
 """Gradients through log p (issue 25, item 3): ``jax.grad`` of ``dg.log_likelihood`` and of a tracked log p from
 ``dg.sample`` with respect to a score's parameters, under diffrax's default adjoint (recursive checkpointing) and
 ``BacksolveAdjoint`` (memory flat in the number of steps), which needs the parameters passed to the solve in ``args``
-rather than closed over (``equinox.partition`` in the vector-field modules of ``sampling/ode.py``, ``sampling/sde.py``,
-``likelihood.py``).
+rather than closed over (``dgjax.solve.split_args``).
 
 Oracle: a Gaussian mixture (its means are leaves of ``mix.score(P)``), started from its own exact marginal at
 t_max (``prior_log_prob``), so the PF-ODE transports log p exactly and the gradient of the exact

@@ -27,7 +27,7 @@ from .. import dynamics as dyn, grids
 from .._checks import check_output, check_param, checked_shape, is_concrete
 from ..divergence import tracking_start
 from ..errors import InvalidArgument
-from ..solve import add_nfe, retrace_token, solve
+from ..solve import Rebuild, add_nfe, solve, split_args
 from .base import AbstractSampler, Cost
 
 
@@ -87,15 +87,12 @@ class ODE(ODESampler):
 class _ODEField(eqx.Module):
     """The diffrax vector field of one phase: plain (y = x) or augmented (y = (x, logp (P, N))).
 
-    args = (probes, params): the score and the sampler are rebuilt from ``params`` (their inexact arrays) and
-    ``static`` (the rest, ``equinox.partition``) and the phase's velocity taken from the rebuilt sampler, so
-    nothing differentiable is closed over: diffrax's adjoints differentiate with respect to ``args``, and
-    ``diffrax.BacksolveAdjoint`` rejects closed-over tracers. A module, not a closure: equal fields give an equal field,
-    so diffrax's compiled solve is reused by the next call with the same score, sampler and options (a closure is new at
-    every call)."""
+    args = (probes, params): the score and the sampler are rebuilt from ``params`` (``solve.split_args``) and the
+    phase's velocity taken from the rebuilt sampler, so nothing differentiable is closed over. A module, not a
+    closure: equal fields give an equal field, so diffrax's compiled solve is reused by the next call with the
+    same score, sampler and options (a closure is new at every call)."""
 
-    static: Any
-    retrace: object | None  # solve.retrace_token(static)
+    rebuild: Rebuild
     process: Any
     divergence: Any
     track: bool
@@ -106,7 +103,7 @@ class _ODEField(eqx.Module):
 
     def __call__(self, t, y, args):
         probes, params = args
-        score, sampler = eqx.combine(params, self.static)
+        score, sampler = self.rebuild(params)
         process, divergence = self.process, self.divergence
         velocity = sampler.phases(process, self.t_start, self.t_end)[self.phase][2]
         if self.track:
@@ -132,7 +129,7 @@ def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence,
     probes, logp0 = tracking_start(divergence, key, x, logp_T, draw=use_div)
     y = (x, logp0) if track_logp else x
     phases = sampler.phases(process, t_start, t_end)
-    params, static = eqx.partition((score, sampler), eqx.is_inexact_array)
+    params, rebuild = split_args((score, sampler))
     total_span = abs(t_start - t_end)
     nfe_per_eval = sampler.nfe_per_eval(track_logp, divergence, dim)
     steps, max_steps = options.steps, options.max_steps
@@ -159,7 +156,7 @@ def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence,
             frac = jnp.abs(jnp.asarray(t0, x.dtype) - jnp.asarray(t1, x.dtype)) / total_span
             phase_steps = jnp.maximum(1, jnp.round(steps * frac)).astype(jnp.int32)
             phase_max_steps = steps + 1 if max_steps is None else max_steps  # as above: room for a sliver
-        vf = _ODEField(static, retrace_token(static), process, divergence, track_logp, needs_div, k, t_start, t_end)
+        vf = _ODEField(rebuild, process, divergence, track_logp, needs_div, k, t_start, t_end)
         y, evals, stats = solve(vf, y, t0, t1, args=(probes, params), options=options, steps=phase_steps,
                                 max_steps=phase_max_steps, grid=ts)
         y = check_output(y, f"dg.sample: the ODE solve of phase {k + 1} of {len(phases)} ({type(sampler).__name__})")

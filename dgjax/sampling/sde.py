@@ -53,7 +53,7 @@ from .._checks import batch_dot, bcast, check_output, check_param, check_value, 
 from ..divergence import tracking_start
 from ..errors import InvalidArgument
 from ..processes import Process
-from ..solve import add_nfe, retrace_token, solve_term
+from ..solve import Rebuild, add_nfe, solve_term, split_args
 from .base import AbstractSampler, Cost
 from .brownian import BROWNIAN, brownian_path, default_adjoint  # noqa: F401 (BROWNIAN re-exported)
 from .guidance import DensityGuidance
@@ -541,8 +541,7 @@ class _SDECoefficients(eqx.Module):
     """The sampler's coefficients at tau = t_start - t, the score and the sampler rebuilt from args = (probes,
     params) and ``static`` (as ``ode._ODEField``: a module, so that the compiled solve is reused)."""
 
-    static: Any
-    retrace: object | None  # solve.retrace_token(static)
+    rebuild: Rebuild
     process: Any
     divergence: Any
     track: bool
@@ -550,7 +549,7 @@ class _SDECoefficients(eqx.Module):
 
     def __call__(self, tau, y, args):
         probes, params = args
-        score, sampler = eqx.combine(params, self.static)
+        score, sampler = self.rebuild(params)
         xx = y[0] if self.track else y
         t = jnp.asarray(self.t_start, xx.dtype) - tau
         return sampler.coefficients(score, self.process, xx, t, self.divergence, probes, self.track)
@@ -579,8 +578,8 @@ def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence,
     path = brownian_path(sampler.brownian, k_bm, x.shape, x.dtype, span, steps, knots=ts)
     adjoint = default_adjoint(path, adjoint)
 
-    params, static = eqx.partition((score, sampler), eqx.is_inexact_array)  # through args, as in run_ode
-    coeff_fn = _SDECoefficients(static, retrace_token(static), process, divergence, track_logp, t_start)
+    params, rebuild = split_args((score, sampler))  # through args, as in run_ode
+    coeff_fn = _SDECoefficients(rebuild, process, divergence, track_logp, t_start)
     term = _AugmentedSDETerm(coeff_fn, sampler.increment, path, track_logp)
     y0 = (x, logp0) if track_logp else x
     y1, evals, stats = solve_term(term, y0, 0.0, span, args=(probes, params), options=options, solver=solver,
