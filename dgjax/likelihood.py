@@ -130,8 +130,8 @@ def bits_per_dim(logp: Float[ArrayLike, " *N"], shape, offset_bits: float | Quan
                  ) -> Float[Array, " *N"]:
     """bits/dim = -log p(x) / (D ln 2) + offset_bits, D = prod(shape).
 
-    ``shape``: the per-sample event shape (``x.shape[1:]``), or D as an int. A shape that starts with logp's
-    batch shape (``x.shape`` passed by mistake) is refused: give D as an int where the event shape really does.
+    ``shape``: the per-sample event shape (``x.shape[1:]``, without the batch axis), or D as an int. (A shape
+    that includes the batch axis cannot be told apart from an event shape, e.g. 8 digits of shape (8, 8, 1).)
 
     ``offset_bits``: a ``dg.Quantization`` (the offset is its ``offset_bits = log2(levels / (high - low))``,
     docs/math.md 4), a number of bits, or None: 8-bit data on [-1, 1), ``dg.Quantization(256)``, 7 bits (x = 2 (y + u)
@@ -153,12 +153,6 @@ def bits_per_dim(logp: Float[ArrayLike, " *N"], shape, offset_bits: float | Quan
             shape = tuple(int(s) for s in shape)
         except TypeError:
             raise InvalidArgument(not_a_shape) from None
-        # x.shape instead of x.shape[1:]: the most common slip; an event shape that really starts with the
-        # batch size can be given as D
-        if logp.ndim >= 1 and logp.shape[0] > 1 and len(shape) > logp.ndim and shape[:logp.ndim] == logp.shape:
-            raise InvalidArgument(f"shape: {shape} starts with logp's batch shape {logp.shape}; pass the per-sample "
-                                  f"event shape (x.shape[1:] = {shape[logp.ndim:]}), or D = {math.prod(shape)} as an "
-                                  f"int if the event shape really is {shape}")
     if len(shape) == 0 or any(s < 1 for s in shape):
         raise InvalidArgument(f"shape: must be the per-sample event shape (D = prod(shape) >= 1, without the batch "
                               f"axis); got {shape}")
