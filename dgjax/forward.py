@@ -65,17 +65,16 @@ class _ForwardCoefficients(eqx.Module):
     """The forward SDE's drift f x, the tracked rates (docs/math.md 4(e)) and the noise coefficients (g, s), the
     score rebuilt from args = (probes, params) and ``static`` (as ``sampling.ode._ODEField``)."""
 
-    rebuild: Rebuild
+    rebuild: Rebuild  # of (score, divergence)
     process: Any
-    divergence: Any
     dim: int
 
     def __call__(self, t, y, args):
         probes, params = args
-        score = self.rebuild(params)
+        score, divergence = self.rebuild(params)
         xx = y[0]
         coeffs = self.process.coefficients_like(t, xx)
-        s, lap = dyn.score_and_laplacian(score, xx, t, self.divergence, probes)
+        s, lap = dyn.score_and_laplacian(score, xx, t, divergence, probes)
         return bcast(coeffs.f, xx) * xx, forward_rates(coeffs, s, lap, self.dim), (jnp.sqrt(coeffs.g2), s)
 
 
@@ -131,8 +130,8 @@ def forward_sde_logp(score: Callable, process, x: Float[Array, " N *shape"], *, 
     path = brownian_path(brownian, k_bm, x.shape, x.dtype, float(t_end) - float(t_start), steps, knots=ts,
                          t0=float(t_start))
 
-    params, rebuild = split_args(score)  # through args, as in dg.sample
-    coeff_fn = _ForwardCoefficients(rebuild, process, divergence, dim)
+    params, rebuild = split_args((score, divergence))  # through args, as in dg.sample
+    coeff_fn = _ForwardCoefficients(rebuild, process, dim)
     term = _AugmentedSDETerm(coeff_fn, _forward_increment, path, True)
     y0 = (x, change0)
     (x_T, change), evals, _ = solve_term(term, y0, t_start, t_end, args=(probes, params), options=options,

@@ -92,9 +92,8 @@ class _ODEField(eqx.Module):
     closure: equal fields give an equal field, so diffrax's compiled solve is reused by the next call with the
     same score, sampler and options (a closure is new at every call)."""
 
-    rebuild: Rebuild
+    rebuild: Rebuild  # of (score, sampler, divergence)
     process: Any
-    divergence: Any
     track: bool
     needs_div: bool
     phase: int
@@ -103,8 +102,8 @@ class _ODEField(eqx.Module):
 
     def __call__(self, t, y, args):
         probes, params = args
-        score, sampler = self.rebuild(params)
-        process, divergence = self.process, self.divergence
+        score, sampler, divergence = self.rebuild(params)
+        process = self.process
         velocity = sampler.phases(process, self.t_start, self.t_end)[self.phase][2]
         if self.track:
             x, _ = y
@@ -129,7 +128,7 @@ def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence,
     probes, logp0 = tracking_start(divergence, key, x, logp_T, draw=use_div)
     y = (x, logp0) if track_logp else x
     phases = sampler.phases(process, t_start, t_end)
-    params, rebuild = split_args((score, sampler))
+    params, rebuild = split_args((score, sampler, divergence))
     total_span = abs(t_start - t_end)
     nfe_per_eval = sampler.nfe_per_eval(track_logp, divergence, dim)
     steps, max_steps = options.steps, options.max_steps
@@ -156,7 +155,7 @@ def run_ode(score, process, x, sampler: ODESampler, key, track_logp, divergence,
             frac = jnp.abs(jnp.asarray(t0, x.dtype) - jnp.asarray(t1, x.dtype)) / total_span
             phase_steps = jnp.maximum(1, jnp.round(steps * frac)).astype(jnp.int32)
             phase_max_steps = steps + 1 if max_steps is None else max_steps  # as above: room for a sliver
-        vf = _ODEField(rebuild, process, divergence, track_logp, needs_div, k, t_start, t_end)
+        vf = _ODEField(rebuild, process, track_logp, needs_div, k, t_start, t_end)
         y, evals, stats = solve(vf, y, t0, t1, args=(probes, params), options=options, steps=phase_steps,
                                 max_steps=phase_max_steps, grid=ts)
         y = check_output(y, f"dg.sample: the ODE solve of phase {k + 1} of {len(phases)} ({type(sampler).__name__})")

@@ -538,21 +538,20 @@ class _AugmentedSDETerm(dfx.AbstractTerm):
 
 
 class _SDECoefficients(eqx.Module):
-    """The sampler's coefficients at tau = t_start - t, the score and the sampler rebuilt from args = (probes,
-    params) and ``static`` (as ``ode._ODEField``: a module, so that the compiled solve is reused)."""
+    """The sampler's coefficients at tau = t_start - t, the score, sampler and divergence estimator rebuilt from
+    args = (probes, params) by ``rebuild`` (as ``ode._ODEField``: a module, so that the compiled solve is reused)."""
 
-    rebuild: Rebuild
+    rebuild: Rebuild  # of (score, sampler, divergence)
     process: Any
-    divergence: Any
     track: bool
     t_start: Any
 
     def __call__(self, tau, y, args):
         probes, params = args
-        score, sampler = self.rebuild(params)
+        score, sampler, divergence = self.rebuild(params)
         xx = y[0] if self.track else y
         t = jnp.asarray(self.t_start, xx.dtype) - tau
-        return sampler.coefficients(score, self.process, xx, t, self.divergence, probes, self.track)
+        return sampler.coefficients(score, self.process, xx, t, divergence, probes, self.track)
 
 
 def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence, options, logp_T, t_start,
@@ -578,8 +577,8 @@ def run_sde(score, process, x, sampler: SDESampler, key, track_logp, divergence,
     path = brownian_path(sampler.brownian, k_bm, x.shape, x.dtype, span, steps, knots=ts)
     adjoint = default_adjoint(path, adjoint)
 
-    params, rebuild = split_args((score, sampler))  # through args, as in run_ode
-    coeff_fn = _SDECoefficients(rebuild, process, divergence, track_logp, t_start)
+    params, rebuild = split_args((score, sampler, divergence))  # through args, as in run_ode
+    coeff_fn = _SDECoefficients(rebuild, process, track_logp, t_start)
     term = _AugmentedSDETerm(coeff_fn, sampler.increment, path, track_logp)
     y0 = (x, logp0) if track_logp else x
     y1, evals, stats = solve_term(term, y0, 0.0, span, args=(probes, params), options=options, solver=solver,
