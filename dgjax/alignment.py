@@ -160,8 +160,7 @@ class _ScoreFreeField(eqx.Module):
         score = self.rebuild(params)
         x, w, _ = y
         if self.redraw is not None:
-            plan = np.asarray(self.redraw) if isinstance(self.redraw, tuple) else self.redraw
-            probes = self.divergence.draw_step(first, x, grids.step_index(t, self.t_hi, self.t_lo, plan))
+            probes = self.divergence.draw_step(first, x, grids.step_index(t, self.t_hi, self.t_lo, self.redraw))
         else:
             probes = first
         coeffs = self.process.coefficients_like(t, x)

@@ -244,9 +244,11 @@ def plan(process, t0, t1, steps, grid):
 
 
 def _fractional_step(t, t_start, t_end, plan):
-    """(t - t_k) / h_k + k for the step k holding ``t``: uniform steps (``plan`` an int) or a grid's times."""
+    """(t - t_k) / h_k + k for the step k holding ``t``: uniform steps (``plan`` an int) or a grid's times (an
+    array, or a tuple: the hashable form a vector-field module keeps as a static field)."""
     t = jnp.asarray(t)
-    if isinstance(plan, np.ndarray):
+    if isinstance(plan, (np.ndarray, tuple)):
+        plan = np.asarray(plan, np.float64)
         ts = plan if plan[0] < plan[-1] else plan[::-1]
         idx = np.arange(len(plan), dtype=np.float64)
         idx = idx if plan[0] < plan[-1] else idx[::-1]

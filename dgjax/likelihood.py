@@ -54,9 +54,8 @@ class _EncodingField(eqx.Module):
 
     def __call__(self, t, y, args):
         first, params = args
-        plan = np.asarray(self.plan) if isinstance(self.plan, tuple) else self.plan
         if self.per_step:
-            draw = grids.draw_index(t, self.t0, self.t1, plan, self.divergence.draws_per_step)
+            draw = grids.draw_index(t, self.t0, self.t1, self.plan, self.divergence.draws_per_step)
             probes = self.divergence.draw_step(first, y[0], draw)
         else:
             probes = first
