@@ -96,6 +96,12 @@ def check_batch(x, name: str = "x") -> jax.Array:
     return x
 
 
+def check_samples(x, name: str = "x") -> jax.Array:
+    """A batch of samples, shape (N, *shape): ``check_batch`` (a floating array with a leading batch axis, no
+    empty axis), then ``check_finite`` (no NaN or inf, a ``NonFiniteError`` eagerly or at run time under jit)."""
+    return check_finite(check_batch(x, name), name)
+
+
 def check_score_fn(score, x, t, name: str = "score") -> None:
     """The score must map (x (N, *shape), t) to an array of exactly x's shape and dtype."""
     try:

@@ -57,7 +57,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from . import dynamics as dyn, grids
-from ._checks import batch_dot, check_batch, check_finite, check_output, check_score_fn, entry_point, is_concrete
+from ._checks import batch_dot, check_finite, check_output, check_samples, check_score_fn, entry_point, is_concrete
 from .divergence import DivergenceEstimator, Exact, Hutchinson, tracking_start
 from .errors import InvalidArgument
 from .solve import Rebuild, SolveOptions, add_nfe, merge_options, solve, split_args
@@ -256,7 +256,7 @@ def score_alignment(score: Callable, process, x_T: Float[Array, " N *shape"], t_
     """
     options = merge_options(options, solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint,
                             max_steps=max_steps, grid=grid)
-    x_T = check_finite(check_batch(x_T, "x_T"), "x_T")
+    x_T = check_samples(x_T, "x_T")
     t_end = _check_t_end(process, t_end)
     if divergence is None:
         divergence = Hutchinson()

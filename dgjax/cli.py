@@ -386,9 +386,11 @@ def _likelihood_ode(args, model, ds, data) -> int:
 
 
 def _protocol_text(deq) -> str:
+    from .evaluation import UniformDequantization
+
     if deq is None:
         return "continuous data, no dequantization"
-    if deq.name == "uniform":
+    if isinstance(deq, UniformDequantization):
         return f"uniform dequantization, {deq.repeats} repeats"
     return f"importance-weighted dequantization, {deq.draws} {deq.proposal} draws"
 

@@ -17,10 +17,9 @@ from jaxtyping import Array, ArrayLike, Float
 from . import grids
 from ._checks import (
     bcast,
-    check_batch,
-    check_finite,
     check_key,
     check_param,
+    check_samples,
     check_score_value,
     check_span,
     check_time,
@@ -50,7 +49,7 @@ def add_noise(process, x_0: Float[Array, " N *shape"], t: ArrayLike | Float[Arra
 
     Args: x_0 (N, *shape); t scalar or (N,) in [t_min, t_max]; key a PRNG key. Returns x_t like x_0.
     """
-    x_0 = check_finite(check_batch(x_0, "x_0"), "x_0")
+    x_0 = check_samples(x_0, "x_0")
     if key is None:
         raise InvalidArgument("key: add_noise needs a PRNG key (key=jax.random.key(...))")
     check_key(key)
@@ -68,7 +67,7 @@ def posterior_mean(score: Callable, process, x_t: Float[Array, " N *shape"],
     x_t (N, *shape), t scalar or (N,). Returns (N, *shape). The score's value must be like x_t (shape and dtype:
     ``dg.InvalidArgument``) and finite (``dg.NonFiniteError``).
     """
-    x_t = check_finite(check_batch(x_t, "x_t"), "x_t")
+    x_t = check_samples(x_t, "x_t")
     t = check_time(process, jnp.asarray(t, x_t.dtype), "t")
     s = check_score_value(score(x_t, t), x_t, "score(x_t, t)")
     return x0_from_score(bcast(process.alpha(t), x_t), bcast(process.sigma(t), x_t), x_t, s)
@@ -118,7 +117,7 @@ def denoise(score: Callable, process, x_t: Float[Array, " N *shape"], t: float |
     if sampler_kwargs and method != "mode":
         raise InvalidArgument(f"sampler_kwargs: options of dg.ModeTracking, used by method='mode' only; got "
                               f"{sorted(sampler_kwargs)} with method={method!r}")
-    x_t = check_finite(check_batch(x_t, "x_t"), "x_t")
+    x_t = check_samples(x_t, "x_t")
     check_param(jnp.ndim(t) == 0, "t", f"must be a scalar time; got shape {jnp.shape(t)}")
     t_end = process.t_min if t_end is None else t_end
     x_t, t, t_end = check_span(process, t, t_end, x_t, names=("t", "t_end"),

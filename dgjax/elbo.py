@@ -33,12 +33,11 @@ from jaxtyping import Array, Float
 from ._checks import (
     batch_dot,
     bcast,
-    check_batch,
-    check_finite,
     check_int,
     check_key,
     check_nonfinite,
     check_per_sample,
+    check_samples,
     check_score_fn,
     entry_point,
 )
@@ -123,7 +122,7 @@ def elbo(score: Callable, process, x: Float[Array, " N *shape"], *, key, num_sam
     if key is None:
         raise InvalidArgument("key: dg.elbo needs a PRNG key (key=jax.random.key(...)) for its Monte-Carlo draws")
     check_key(key)
-    x = check_finite(check_batch(x, "x"), "x")
+    x = check_samples(x, "x")
     n, dtype, d = x.shape[0], x.dtype, math.prod(x.shape[1:])
     t_min, t_max = jnp.asarray(process.t_min, dtype), jnp.asarray(process.t_max, dtype)
     check_score_fn(score, x, t_min)

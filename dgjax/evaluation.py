@@ -30,7 +30,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -67,7 +67,7 @@ class Dequantization(eqx.Module):
     @property
     @abc.abstractmethod
     def name(self) -> str:
-        """The protocol's name in reports: "uniform" or "importance"."""
+        """The protocol's name in reports: "uniform" or "importance" (a class attribute of each protocol)."""
 
 
 def _check_count(value, name: str) -> None:
@@ -79,6 +79,7 @@ class UniformDequantization(Dequantization):
     """Uniform dequantization, ``repeats`` independent draws u ~ U[0, 1)^D per example, their log p averaged:
     the variational bound E_u log p(x) + D log w <= log P(y) (score_sde: repeats = 5)."""
 
+    name: ClassVar[str] = "uniform"
     repeats: int = eqx.field(static=True, default=5)
 
     def __check_init__(self):
@@ -87,10 +88,6 @@ class UniformDequantization(Dequantization):
     @property
     def copies(self) -> int:
         return self.repeats
-
-    @property
-    def name(self) -> str:
-        return "uniform"
 
     def offsets(self, key, y):
         u = jax.random.uniform(key, (self.repeats,) + y.shape, dtype=y.dtype)
@@ -107,6 +104,7 @@ class ImportanceDequantization(Dequantization):
     centre, for models whose density peaks inside bins).
     """
 
+    name: ClassVar[str] = "importance"
     draws: int = eqx.field(static=True, default=16)
     proposal: str = eqx.field(static=True, default="uniform")
     scale: float = eqx.field(static=True, default=0.3)
@@ -122,10 +120,6 @@ class ImportanceDequantization(Dequantization):
     @property
     def copies(self) -> int:
         return self.draws
-
-    @property
-    def name(self) -> str:
-        return "importance"
 
     def offsets(self, key, y):
         shape = (self.draws,) + y.shape

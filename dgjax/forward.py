@@ -28,12 +28,11 @@ from . import dynamics as dyn, grids
 from ._checks import (
     batch_dot,
     bcast,
-    check_batch,
-    check_finite,
     check_int,
     check_key,
     check_output,
     check_per_sample,
+    check_samples,
     check_score_fn,
     check_span,
     entry_point,
@@ -110,7 +109,7 @@ def forward_sde_logp(score: Callable, process, x: Float[Array, " N *shape"], *, 
         raise InvalidArgument("key: the forward SDE needs a PRNG key (key=jax.random.key(...)) for its Brownian path")
     check_key(key)
     divergence = Hutchinson() if divergence is None else divergence
-    x = check_finite(check_batch(x, "x"), "x")
+    x = check_samples(x, "x")
     t_start = process.t_min if t_start is None else t_start
     t_end = process.t_max if t_end is None else t_end
     x, t_start, t_end = check_span(process, t_start, t_end, x, names=("t_start", "t_end"),

@@ -18,7 +18,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from . import dynamics as dyn, grids
-from ._checks import check_batch, check_finite, check_output, check_per_sample, check_score_fn, check_span, entry_point
+from ._checks import check_output, check_per_sample, check_samples, check_score_fn, check_span, entry_point
 from .divergence import DivergenceEstimator, Hutchinson, StepwiseHutchinson, tracking_start
 from .errors import InvalidArgument
 from .external import AbstractModel
@@ -100,7 +100,7 @@ def log_likelihood(score: Callable | AbstractModel, process=None, x0: Float[Arra
             raise InvalidArgument("encoder: 'sde' uses Euler-Maruyama with constant steps; drop solver/rtol/atol")
         return Likelihood(*sde_log_likelihood(score, process, x0, key=key, divergence=divergence,
                                               prior_log_prob=prior_log_prob, t_start=t0, options=options))
-    x0 = check_finite(check_batch(x0, "x0"), "x0")
+    x0 = check_samples(x0, "x0")
     x0, t0, t1 = check_span(process, t0, t1, x0, names=("t_start", "t_max"),
                             why="encoding runs from the data to the noise", decreasing=False)
     if per_step and options.steps is None and options.grid is None:

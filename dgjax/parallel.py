@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ._checks import all_finite, check_batch, check_finite, deferred_errors, raise_if_not_finite
+from ._checks import all_finite, check_samples, deferred_errors, raise_if_not_finite
 from .errors import InvalidArgument, typed_errors
 from .sampling.base import AbstractSampler
 
@@ -224,7 +224,7 @@ def _alignment_program(score, process, x_T, t_end, options, sharding):
 def _prepare(x, devices, pad: bool, name: str):
     """(x sharded (and padded), N, padded N); x is checked here, where its values are concrete."""
     if not isinstance(x, jax.core.Tracer):
-        check_finite(check_batch(jnp.asarray(x) if not isinstance(x, jax.Array) else x, name), name)
+        check_samples(jnp.asarray(x) if not isinstance(x, jax.Array) else x, name)
     xs = shard_batch(x, devices, pad=pad, name=name)
     return xs, int(np.shape(x)[0]), xs.shape[0]
 

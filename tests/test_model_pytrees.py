@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import tiny_model_config
 
 import dgjax as dg
 
@@ -74,9 +75,7 @@ def test_grad_wrt_a_small_trained_model_matches_central_difference(tmp_path, x64
     from dgjax.models import load_model, save_model
     from dgjax.models.networks import init_params, make_network
 
-    cfg = {"name": "tiny", "arch": "unet", "shape": [8, 8, 1], "parametrization": "eps", "data": "digits",
-           "arch_kwargs": dict(channels=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], dropout=0.0),
-           "process": {"name": "VP", "lambda_min": -10.0, "lambda_max": 10.0}, "data_kwargs": {}}
+    cfg = tiny_model_config()
     net = make_network(cfg["arch"], cfg["shape"], cfg["arch_kwargs"])
     shapes = jax.eval_shape(lambda k: init_params(net, cfg["shape"], k), jax.random.key(0))
     rng = np.random.default_rng(0)  # random (not zero-initialised) output layers: the score depends on all

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import TINY_UNET, tiny_model_config
 
 import dgjax as dg
 from dgjax.models import (
@@ -22,16 +23,6 @@ from dgjax.models import (
     save_model,
 )
 
-TINY = dict(channels=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], dropout=0.0)
-
-
-def tiny_config(**over):
-    cfg = {"name": "tiny", "arch": "unet", "arch_kwargs": dict(TINY), "shape": [8, 8, 1],
-           "process": {"name": "VP", "lambda_min": -10.0, "lambda_max": 10.0}, "parametrization": "eps",
-           "data": "digits", "data_kwargs": {}}
-    cfg.update(over)
-    return cfg
-
 
 def random_params(cfg, seed=0):
     """Random parameters of the config's architecture (numpy draws on the abstract shapes: no compile), so
@@ -42,8 +33,8 @@ def random_params(cfg, seed=0):
     return jax.tree_util.tree_map(lambda v: jnp.asarray(0.1 * rng.standard_normal(v.shape), jnp.float32), shapes)
 
 
-@pytest.mark.parametrize("arch,shape,kwargs", [("unet", (8, 8, 1), TINY),
-                                               ("unet", (16, 16, 3), dict(TINY, ch_mult=[1, 2, 2])),
+@pytest.mark.parametrize("arch,shape,kwargs", [("unet", (8, 8, 1), TINY_UNET),
+                                               ("unet", (16, 16, 3), dict(TINY_UNET, ch_mult=[1, 2, 2])),
                                                ("mlp", (2,), dict(width=32, depth=2))])
 def test_networks_map_x_and_logsnr_to_eps_shape(arch, shape, kwargs):
     net = make_network(arch, shape, kwargs)
@@ -58,7 +49,7 @@ def test_networks_map_x_and_logsnr_to_eps_shape(arch, shape, kwargs):
 
 def test_fresh_networks_predict_zero():
     """The output layers are zero-initialised: eps_hat = 0, so the score starts as -0 / sigma = 0."""
-    net = make_network("unet", (8, 8, 1), TINY)
+    net = make_network("unet", (8, 8, 1), TINY_UNET)
     params = init_params(net, (8, 8, 1), jax.random.key(0))
     out = jax.jit(lambda p, x: net.apply({"params": p}, x, jnp.zeros(2)))(params, jnp.ones((2, 8, 8, 1)))
     np.testing.assert_array_equal(out, 0.0)
@@ -66,15 +57,15 @@ def test_fresh_networks_predict_zero():
 
 def test_unet_rejects_incompatible_shapes():
     with pytest.raises(ModelError, match="multiples of 2"):
-        make_network("unet", (7, 7, 1), TINY)
+        make_network("unet", (7, 7, 1), TINY_UNET)
     with pytest.raises(ModelError, match="shape \\(H, W, C\\)"):
-        make_network("unet", (64,), TINY)
+        make_network("unet", (64,), TINY_UNET)
     with pytest.raises(ModelError, match="unknown 'transformer'"):
         make_network("transformer", (8, 8, 1))
 
 
 def test_save_load_round_trips_exactly(tmp_path):
-    cfg = tiny_config()
+    cfg = tiny_model_config()
     params = random_params(cfg)
     save_model(str(tmp_path / "m"), params, cfg)
     model = load_model(str(tmp_path / "m.msgpack"))
@@ -93,13 +84,13 @@ def test_save_load_round_trips_exactly(tmp_path):
     np.testing.assert_allclose(s_loaded, -eps_loaded / model.process.sigma(t), rtol=1e-5)
     # a directory with model.msgpack/model.json loads too
     save_model(str(tmp_path / "model"), params, cfg)
-    assert load_model(str(tmp_path)).config["arch_kwargs"] == TINY
+    assert load_model(str(tmp_path)).config["arch_kwargs"] == TINY_UNET
 
 
 def test_model_of_another_architecture_is_refused(tmp_path):
-    cfg = tiny_config()
+    cfg = tiny_model_config()
     save_model(str(tmp_path / "m"), random_params(cfg), cfg)
-    other = tiny_config(arch_kwargs=dict(TINY, channels=16))
+    other = tiny_model_config(arch_kwargs=dict(TINY_UNET, channels=16))
     with open(tmp_path / "m.json", "w") as fh:
         json.dump(other, fh)
     with pytest.raises(ArchitectureMismatch, match="different architecture.*expects \\("):
@@ -110,7 +101,7 @@ def test_model_of_another_architecture_is_refused(tmp_path):
 
 
 def test_corrupt_or_truncated_model_files_are_clear_errors(tmp_path):
-    cfg = tiny_config()
+    cfg = tiny_model_config()
     save_model(str(tmp_path / "m"), random_params(cfg), cfg)
     blob = (tmp_path / "m.msgpack").read_bytes()
     (tmp_path / "m.msgpack").write_bytes(blob[: len(blob) // 2])
@@ -130,9 +121,9 @@ def test_unknown_model_and_unwritable_output_are_clear_errors(tmp_path):
     with pytest.raises(ModelError, match="unknown model 'cifar'.*shipped model"):
         load_model("cifar")
     with pytest.raises(ModelError, match="does not exist"):
-        save_model(str(tmp_path / "missing" / "m"), random_params(tiny_config()), tiny_config())
+        save_model(str(tmp_path / "missing" / "m"), random_params(tiny_model_config()), tiny_model_config())
     with pytest.raises(ModelError, match="could not write"):
-        save_model("/proc/dgjax-model", random_params(tiny_config()), tiny_config())
+        save_model("/proc/dgjax-model", random_params(tiny_model_config()), tiny_model_config())
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]
 
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import TINY_UNET
 
 import dgjax as dg
 from dgjax.cli import main
@@ -27,7 +28,6 @@ P = dg.VP()
 MIX = dg.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[-1.0, 0.0], [1.0, 0.0]]),
                          jnp.array([[0.1, 0.1], [0.1, 0.1]]))
 SCORE = MIX.score(P)
-SMALL = dict(channels=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], dropout=0.0)
 
 
 def latents(n=4, d=2, seed=0):
@@ -143,7 +143,7 @@ def test_run_directory_is_locked(tmp_path):
 
 def test_invalid_network_writes_nothing_and_does_not_block(tmp_path, capsys):
     run = str(tmp_path / "run")
-    bad = small_config(data="digits", arch="unet", arch_kwargs=dict(SMALL, channels=0))
+    bad = small_config(data="digits", arch="unet", arch_kwargs=dict(TINY_UNET, channels=0))
     with pytest.raises(ValueError, match="do not build a network.*--channels"):
         train(bad, run, progress=False, final_eval=False)
     assert not os.path.exists(run)  # no config.json that would block the corrected command

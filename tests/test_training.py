@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import TINY_UNET
 
 from dgjax.data import load_dataset
 from dgjax.models import ArchitectureMismatch, ModelError, load_model, make_network
@@ -27,11 +28,10 @@ from dgjax.training import (
 )
 
 # a small UNet that compiles quickly; no evaluation unless a test asks for it
-SMALL = dict(channels=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], dropout=0.0)
 
 
 def config(**over):
-    base = dict(data="digits", arch_kwargs=dict(SMALL), steps=4, batch_size=16, lr=2e-3, warmup=2,
+    base = dict(data="digits", arch_kwargs=dict(TINY_UNET), steps=4, batch_size=16, lr=2e-3, warmup=2,
                 eval_every=10**6, ckpt_every=2, keep=2, seed=3)
     base.update(over)
     return TrainConfig(**base)
@@ -127,7 +127,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     cfg = config()
     train(cfg, str(tmp_path / "run"), progress=False, final_eval=False, export=False)
-    other = config(arch_kwargs=dict(SMALL, channels=16))
+    other = config(arch_kwargs=dict(TINY_UNET, channels=16))
     with pytest.raises(ArchitectureMismatch, match="different architecture"):
         train(other, str(tmp_path / "run"), resume=True, progress=False, final_eval=False)
     # the orbax-level check too: restoring into a template of another architecture names the parameters

@@ -56,10 +56,9 @@ from .. import dynamics as dyn
 from .._checks import (
     batch_dot,
     bcast,
-    check_batch,
-    check_finite,
     check_nonfinite,
     check_param,
+    check_samples,
     check_time,
     check_value,
     checked_shape,
@@ -222,7 +221,7 @@ def prior_guidance(process, x_T: Float[Array, " N *shape"], q) -> Float[Array, "
 
     Returns: the rescaled latents, like x_T.
     """
-    x_T = check_finite(check_batch(x_T, "x_T"), "x_T")
+    x_T = check_samples(x_T, "x_T")
     q = _q_for_batch(_check_q(q), x_T)
     return _rescale(x_T, prior_radius(process, q, event_dim(x_T)))
 
@@ -400,7 +399,7 @@ def typicality(score: Callable, process, x: Float[Array, " N *shape"], t, *, key
     Returns: h (N,). Cost: one score evaluation plus the estimator's JVPs.
     """
     divergence = Hutchinson() if divergence is None else divergence
-    x = check_finite(check_batch(x, "x"), "x")
+    x = check_samples(x, "x")
     t = check_time(process, jnp.asarray(t, dtype=x.dtype), "t")
     if t.ndim > 1 or (t.ndim == 1 and t.shape != (x.shape[0],)):
         raise InvalidArgument(f"t: must be a scalar or shape ({x.shape[0]},); got {t.shape}")

@@ -13,12 +13,12 @@ from jaxtyping import Array, Float
 
 from .. import dynamics as dyn
 from .._checks import (
-    check_batch,
     check_finite,
     check_int,
     check_key,
     check_param,
     check_per_sample,
+    check_samples,
     check_score_fn,
     check_span,
     check_value,
@@ -88,7 +88,7 @@ def sample(score: Callable | AbstractModel, process=None, x_T: Float[Array, " N 
     options = merge_options(options, solver=solver, steps=steps, rtol=rtol, atol=atol, adjoint=adjoint,
                             max_steps=max_steps, grid=grid)
     check_common(divergence, key, options)
-    x_T = check_finite(check_batch(x_T, "x_T"), "x_T")
+    x_T = check_samples(x_T, "x_T")
     start_given = t_start is not None
     t_start = process.t_max if t_start is None else t_start
     t_end = process.t_min if t_end is None else t_end
