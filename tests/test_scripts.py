@@ -170,6 +170,10 @@ def test_finetune_flow(run_script):
     for k in ("heldout_bpd_before", "heldout_bpd_after", "train_bpd_first"):
         assert np.isfinite(on_disk[k]) and 0 < on_disk[k] < 20, (k, on_disk[k])
     assert on_disk["heldout_bpd_after"] != on_disk["heldout_bpd_before"]  # the parameters moved
+    from dgjax.models import load_model
+
+    tuned = load_model(on_disk["model_files"][0])  # the fine-tuned model is a model file like any other
+    assert tuned.config["name"] == "digits-flow-cnf" and "heldout_bits_per_dim" not in tuned.config
 
 
 def test_finetune_time_change_keeps_the_exact_log_likelihood(x64):
