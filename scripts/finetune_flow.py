@@ -3,25 +3,27 @@ objective) and report held-out bits/dim before and after.
 
 The model (a flow-matching UNet, process ``LinearFlow``) is a pytree whose leaves are its parameters, so
 ``jax.grad`` of the mean log-likelihood of a training batch (uniformly dequantised digits, docs/math.md section 4:
-log p by the PF-ODE encoding, Hutchinson divergence with fresh probes per step, constant Heun steps) gives the
-gradient with respect to every weight, through diffrax's adjoint (``--adjoint backsolve`` for memory flat in the
-number of steps). optax's Adam takes ``--steps`` steps of it.
+log p by the PF-ODE encoding, Hutchinson divergence) gives the gradient with respect to every weight, through
+diffrax's adjoint (``--adjoint backsolve`` for memory flat in the number of steps). optax's Adam takes ``--steps``
+steps of it.
 
-A constant-step solve on one fixed grid is an objective the network can game: a time-conditioned velocity can
-be moved at the grid's times so that the coarse estimate of log p rises while the true log p falls
-(docs/likelihood.md, "Training on the log-likelihood"). So each Adam step solves on a fresh random smooth time
-change t = change(s) of the process (``TimeChange``, ``TimeChanged``): the PF-ODE, and so the exact log p, is
-unchanged by a change of clock, but the constant steps in s land at fresh times t_k every step, and only what
-helps at all times helps on average (``--time-change none``: the fixed uniform grid, for comparison).
+A constant-step solve is an objective the network can game: its error is a function of the weights, and the
+gradient lowers it too, so the coarse estimate of log p rises while the true log p falls (docs/likelihood.md,
+"Training on the log-likelihood", has the measurements). Drawing the step times afresh at every Adam step does not
+prevent it (``--train-solve heun --time-change random``: a random smooth time change t = change(s) of the process,
+``TimeChange``, ``TimeChanged``, under which the PF-ODE and its exact log p are unchanged but the constant steps
+land at fresh times). The default training solve is error-controlled instead (``--train-solve adaptive``: Tsit5
+with a PID step size at ``--train-rtol``): where the weights make the solve harder it takes more steps, so the
+training estimate stays within its tolerance of the exact log p whatever the weights.
 
 Held-out bits/dim are measured before and after on the same fixed test examples (one fixed dequantisation draw),
-with the same fixed probes and a finer solve (``--eval-ode-steps`` Tsit5 steps on the uniform grid), and under
-the training solve's fixed grid beside it, so that a model that learnt a discretisation's error shows as a gap
-between the two. The fine-tuned model is written to OUT/model.msgpack (+ .json), a model file like any other:
+with the same fixed probes, under the published protocol's adaptive solve (``--eval-rtol``, 1e-5), and under the
+training solve beside it (its fixed grid for Heun), so that a model that learnt a discretisation's error shows as
+a gap between the two. The fine-tuned model is written to OUT/model.msgpack (+ .json), a model file like any other:
 ``dgjax likelihood --model OUT/model.msgpack`` evaluates it under the published protocol.
 
-    python scripts/finetune_flow.py                # 300 Adam steps, batch 8, 8 Heun steps: about 25 minutes on 2 cores
-    python scripts/finetune_flow.py --quick        # 3 steps, tiny sizes: the plumbing only
+    python scripts/finetune_flow.py             # 150 Adam steps, batch 4, adaptive rtol 1e-2: 25 minutes on 2 cores
+    python scripts/finetune_flow.py --quick     # 3 steps, tiny sizes: the plumbing only
 """
 
 from __future__ import annotations
