@@ -81,14 +81,15 @@ import json  # noqa: E402
 import flax.serialization  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from tiny import tiny_model_config  # noqa: E402
 
 from dgjax.errors import ArchitectureMismatch, ModelError  # noqa: E402
 from dgjax.models import load_model, save_model  # noqa: E402
-from tests.test_models import random_params, tiny_config  # noqa: E402
+from tests.test_models import random_params  # noqa: E402
 
 
 def _saved(tmp_path, name="m"):
-    cfg = tiny_config()
+    cfg = tiny_model_config()
     save_model(str(tmp_path / name), random_params(cfg), cfg)
     return tmp_path / f"{name}.msgpack", tmp_path / f"{name}.json"
 
@@ -114,7 +115,7 @@ def test_model_file_with_parameters_of_another_dtype_is_refused(tmp_path, dtype,
 
 
 def test_save_model_refuses_non_float_parameters(tmp_path):
-    cfg = tiny_config()
+    cfg = tiny_model_config()
     params = jax.tree_util.tree_map(lambda v: np.asarray(v).astype(np.int32), random_params(cfg))
     with pytest.raises(ModelError, match="real floating-point"):
         save_model(str(tmp_path / "m"), params, cfg)
@@ -208,7 +209,7 @@ def test_a_huge_model_file_is_refused_before_reading(tmp_path):
 def test_a_bare_shipped_name_is_the_shipped_model_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
     folder = tmp_path / "digits"
     folder.mkdir()
-    cfg = tiny_config()
+    cfg = tiny_model_config()
     save_model(str(folder / "model"), random_params(cfg), cfg)
     monkeypatch.chdir(tmp_path)
     assert load_model("digits").config["name"] == "digits"          # shipped
