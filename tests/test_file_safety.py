@@ -81,11 +81,10 @@ import json  # noqa: E402
 import flax.serialization  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from tiny import tiny_model_config  # noqa: E402
+from tiny import random_params, tiny_model_config  # noqa: E402
 
 from dgjax.errors import ArchitectureMismatch, ModelError  # noqa: E402
 from dgjax.models import load_model, save_model  # noqa: E402
-from tests.test_models import random_params  # noqa: E402
 
 
 def _saved(tmp_path, name="m"):

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny import tiny_model_config
+from tiny import random_params, tiny_model_config
 
 import dgjax as dg
 
@@ -73,13 +73,9 @@ def test_grad_wrt_a_small_trained_model_matches_central_difference(tmp_path, x64
     """The same path as a shipped model (a model file loaded as a TrainedModel), with a small UNet so that the
     gradient through the PF-ODE solve compiles in seconds; the shipped models are checked by the slow tests."""
     from dgjax.models import load_model, save_model
-    from dgjax.models.networks import init_params, make_network
 
     cfg = tiny_model_config()
-    net = make_network(cfg["arch"], cfg["shape"], cfg["arch_kwargs"])
-    shapes = jax.eval_shape(lambda k: init_params(net, cfg["shape"], k), jax.random.key(0))
-    rng = np.random.default_rng(0)  # random (not zero-initialised) output layers: the score depends on all
-    params = jax.tree_util.tree_map(lambda v: jnp.asarray(0.1 * rng.standard_normal(v.shape), jnp.float32), shapes)
+    params = random_params(cfg)  # random (not zero-initialised) output layers: the score depends on all
     save_model(str(tmp_path / "tiny"), params, cfg)
     m = load_model(str(tmp_path / "tiny.msgpack"))
     g = _check_grad_along_random_direction(m, jnp.asarray(m.dataset.split("test", 2)), eps=1e-2)

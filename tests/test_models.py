@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny import TINY_UNET, tiny_model_config
+from tiny import TINY_UNET, random_params, tiny_model_config
 
 import dgjax as dg
 from dgjax.models import (
@@ -22,15 +22,6 @@ from dgjax.models import (
     make_network,
     save_model,
 )
-
-
-def random_params(cfg, seed=0):
-    """Random parameters of the config's architecture (numpy draws on the abstract shapes: no compile), so
-    no entry is zero (a stronger round-trip check than the zero-initialised output layers)."""
-    net = make_network(cfg["arch"], cfg["shape"], cfg["arch_kwargs"])
-    shapes = jax.eval_shape(lambda k: init_params(net, cfg["shape"], k), jax.random.key(0))
-    rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map(lambda v: jnp.asarray(0.1 * rng.standard_normal(v.shape), jnp.float32), shapes)
 
 
 @pytest.mark.parametrize("arch,shape,kwargs", [("unet", (8, 8, 1), TINY_UNET),
