@@ -163,7 +163,8 @@ def test_bad_arguments_are_rejected(run_script, name, argv, capsys):
 @pytest.mark.slow  # compiles the digits-flow UNet's gradient through the PF-ODE solve: minutes on 2 shared cores
 def test_finetune_flow(run_script):
     """The CNF fine-tuning script runs end to end (3 Adam steps on tiny batches) and reports finite held-out
-    bits/dim before and after, on the same examples and probes."""
+    bits/dim before and after, on the same examples and probes; by default it moves the conditioning weights and
+    no other."""
     summary, out = run_script("finetune_flow")
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["quick"] is True and on_disk["steps"] == 3
@@ -174,6 +175,19 @@ def test_finetune_flow(run_script):
 
     tuned = load_model(on_disk["model_files"][0])  # the fine-tuned model is a model file like any other
     assert tuned.config["name"] == "digits-flow-cnf" and "heldout_bits_per_dim" not in tuned.config
+    # --tune conditioning (the default): the biases, normalisation and time-embedding weights moved, the rest did not
+    import jax
+
+    ft = importlib.import_module("finetune_flow")
+    assert on_disk["tune"] == "conditioning"
+    base = load_model("digits-flow")
+    moved = {"conditioning": [], "frozen": []}
+    pairs = zip(jax.tree_util.tree_leaves_with_path(base.params), jax.tree_util.tree_leaves(tuned.params), strict=True)
+    for (path, before), after in pairs:
+        moved["conditioning" if ft.is_conditioning(path, before) else "frozen"].append(
+            bool(np.any(np.asarray(before) != np.asarray(after))))
+    assert len(moved["conditioning"]) > 0 and any(moved["conditioning"]), moved
+    assert len(moved["frozen"]) > 0 and not any(moved["frozen"]), moved
 
 
 def test_finetune_time_change_keeps_the_exact_log_likelihood(x64):
