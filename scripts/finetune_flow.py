@@ -27,6 +27,8 @@ a gap between the two. The fine-tuned model is written to OUT/model.msgpack (+ .
 
     python scripts/finetune_flow.py             # 80 Adam steps, batch 32, adaptive rtol 1e-2: 46 minutes on 2 cores
     python scripts/finetune_flow.py --quick     # 3 steps, tiny sizes: the plumbing only
+    python scripts/finetune_flow.py --resume    # continue a stopped run (saved every --ckpt-every steps and on
+                                                # SIGTERM/SIGINT in OUT/state.msgpack); --steps may be raised
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -44,12 +48,54 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import serialization
 
 import dgjax as dg
+from dgjax._io import atomic_write, write_bytes
 from dgjax.models import save_model
 
 REPO = Path(__file__).resolve().parent.parent
 ADJOINTS = {"recursive": dfx.RecursiveCheckpointAdjoint, "backsolve": dfx.BacksolveAdjoint}
+# the settings a resumed run must share with the run it continues (--steps may grow; --eval-every may change)
+RESUME_SETTINGS = ("quick", "seed", "batch_size", "lr", "train_solve", "train_rtol", "max_steps", "ode_steps",
+                   "time_change", "tune", "adjoint", "eval_n", "eval_rtol", "eval_probes")
+
+
+def save_state(path: Path, args, step: int, params, opt_state, history, history_eval, bpd_before) -> None:
+    """The run after ``step`` Adam steps as one file, written atomically: weights, Adam's state, the histories and
+    the held-out values before fine-tuning (the reference of every paired change)."""
+    leaves = {name: {str(i): np.asarray(a) for i, a in enumerate(jax.tree_util.tree_leaves(tree))}
+              for name, tree in (("params", params), ("opt_state", opt_state))}
+    meta = dict(step=step, settings={k: getattr(args, k) for k in RESUME_SETTINGS}, history=history,
+                history_eval=history_eval)
+    blob = serialization.msgpack_serialize(dict(leaves, meta=json.dumps(meta), bpd_before=np.asarray(bpd_before)))
+    atomic_write(str(path), write_bytes(blob))
+
+
+def load_state(path: Path, args, params, opt_state):
+    """(params, opt_state, step, history, history_eval, bpd_before) of a state file written by ``save_state``, in
+    the structure of ``params`` and ``opt_state``; exits with a message naming what differs when the file was
+    written with other settings or another set of weights."""
+    if not path.is_file():
+        sys.exit(f"--resume: no saved run at {path}; start without --resume")
+    raw = serialization.msgpack_restore(path.read_bytes())
+    meta = json.loads(str(raw["meta"]))
+    differ = {k: (meta["settings"].get(k), getattr(args, k)) for k in RESUME_SETTINGS
+              if meta["settings"].get(k) != getattr(args, k)}
+    if differ:
+        sys.exit(f"--resume: {path} was written with other settings (saved, given): {differ}; pass the same "
+                 f"options or another --out")
+    restored = []
+    for name, tree in (("params", params), ("opt_state", opt_state)):
+        leaves = jax.tree_util.tree_leaves(tree)
+        stored = dict(raw[name])
+        saved = [stored.get(str(i)) for i in range(len(leaves))]
+        if len(stored) != len(leaves) or any(v is None or np.shape(v) != np.shape(a)
+                                                for v, a in zip(saved, leaves, strict=True)):
+            sys.exit(f"--resume: the {name} in {path} do not match this run's (another --tune or model)")
+        restored.append(jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree),
+                                                     [jnp.asarray(v) for v in saved]))
+    return (*restored, int(meta["step"]), meta["history"], meta["history_eval"], np.asarray(raw["bpd_before"]))
 
 
 class TimeChange(eqx.Module):
@@ -118,7 +164,7 @@ def is_conditioning(path, leaf) -> bool:
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 steps on tiny batches: checks the plumbing only")
-    ap.add_argument("--steps", type=int, default=80, help="Adam steps")
+    ap.add_argument("--steps", type=int, default=None, help="Adam steps in all (default 80; 3 with --quick)")
     ap.add_argument("--batch-size", type=int, default=32, help="training examples per step")
     ap.add_argument("--lr", type=float, default=2e-5, help="Adam learning rate")
     ap.add_argument("--train-solve", choices=["adaptive", "heun"], default="adaptive",
@@ -143,10 +189,18 @@ def parse(argv):
     ap.add_argument("--adjoint", choices=sorted(ADJOINTS), default="recursive")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="results folder (default results/finetune_flow[-quick])")
+    ap.add_argument("--ckpt-every", type=int, default=10, help="save the run (OUT/state.msgpack) every this many "
+                    "steps (0: only at the end and on SIGTERM/SIGINT)")
+    ap.add_argument("--resume", action="store_true", help="continue the run saved in OUT/state.msgpack (same "
+                    "options; --steps may be larger): the result equals an uninterrupted run's")
     args = ap.parse_args(argv)
     if args.quick:
-        args.steps, args.batch_size, args.ode_steps, args.train_rtol = 3, 2, 2, 1e-1
+        args.batch_size, args.ode_steps, args.train_rtol = 2, 2, 1e-1
         args.eval_n, args.eval_rtol, args.eval_probes = 8, 1e-2, 1
+    if args.steps is None:
+        args.steps = 3 if args.quick else 80
+    if args.ckpt_every < 0:
+        ap.error(f"--ckpt-every: must be >= 0; got {args.ckpt_every}")
     for name in ("steps", "batch_size", "ode_steps", "max_steps", "eval_n", "eval_probes"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')}: must be >= 1; got {getattr(args, name)}")
@@ -210,26 +264,48 @@ def main(argv=None) -> dict:
     def mean_se(v):
         return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
 
-    bpd_before = bpd_of(params)
+    state_path = out_dir / "state.msgpack"
+    opt_state = opt.init(params)
+    if args.resume:
+        params, opt_state, start, history, history_eval, bpd_before = load_state(state_path, args, params, opt_state)
+        print(f"resumed after step {start} from {state_path}", flush=True)
+    else:
+        start, history, history_eval, bpd_before = 0, [], [], bpd_of(params)
     before, before_se = mean_se(bpd_before)
     print(f"held-out bits/dim before: {before:.4f} +- {before_se:.4f} ({args.eval_n} test examples, adaptive "
           f"rtol {args.eval_rtol:g})", flush=True)
-    opt_state = opt.init(params)
-    history, history_eval = [], []
+    signals = []  # SIGTERM/SIGINT: finish the step, save the run, stop
+
+    def on_signal(signum, frame):
+        signals.append(signum)
+
+    # the main thread only (signal's rule): elsewhere a signal is not caught, and periodic saves remain
+    catch = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if catch else {}
     t_train = time.perf_counter()
-    for i in range(args.steps):
-        x = jnp.asarray(ds.train_batch(args.seed, i, args.batch_size))
-        params, opt_state, value = step(params, opt_state, x, jax.random.fold_in(k_train, i))
-        history.append(float(value) + ds.offset_bits)
-        if args.eval_every and (i + 1) % args.eval_every == 0 and i + 1 < args.steps:
-            mid, mid_se = mean_se(bpd_of(params) - bpd_before)
-            print(f"step {i + 1:4d}: held-out bits/dim {before + mid:.4f}, paired change {mid:+.4f} +- {mid_se:.4f}",
-                  flush=True)
-            history_eval.append(dict(step=i + 1, change=mid, change_stderr=mid_se))
-        if (i + 1) % max(1, args.steps // 10) == 0:
-            recent = np.mean(history[-max(1, args.steps // 10):])
-            print(f"step {i + 1:4d}/{args.steps}: training bits/dim (batch, {solve_text}) {recent:.4f}  "
-                  f"[{time.perf_counter() - t_train:.0f} s]", flush=True)
+    try:
+        for i in range(start, args.steps):
+            x = jnp.asarray(ds.train_batch(args.seed, i, args.batch_size))
+            params, opt_state, value = step(params, opt_state, x, jax.random.fold_in(k_train, i))
+            history.append(float(value) + ds.offset_bits)
+            if args.eval_every and (i + 1) % args.eval_every == 0 and i + 1 < args.steps:
+                mid, mid_se = mean_se(bpd_of(params) - bpd_before)
+                print(f"step {i + 1:4d}: held-out bits/dim {before + mid:.4f}, paired change {mid:+.4f} +- "
+                      f"{mid_se:.4f}", flush=True)
+                history_eval.append(dict(step=i + 1, change=mid, change_stderr=mid_se))
+            if (i + 1) % max(1, args.steps // 10) == 0:
+                recent = np.mean(history[-max(1, args.steps // 10):])
+                print(f"step {i + 1:4d}/{args.steps}: training bits/dim (batch, {solve_text}) {recent:.4f}  "
+                      f"[{time.perf_counter() - t_train:.0f} s]", flush=True)
+            if signals or (args.ckpt_every and (i + 1) % args.ckpt_every == 0):
+                save_state(state_path, args, i + 1, params, opt_state, history, history_eval, bpd_before)
+            if signals:
+                sys.exit(f"stopped by signal {signals[0]} after step {i + 1}, saved in {state_path}; continue "
+                         f"with the same command and --resume")
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    save_state(state_path, args, args.steps, params, opt_state, history, history_eval, bpd_before)
     bpd_after = bpd_of(params)
     # the fine-tuned model, loadable as any model file (dg.load_model, dgjax likelihood --model OUT/model.msgpack)
     tuned = eqx.combine(params, static)

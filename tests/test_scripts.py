@@ -190,6 +190,28 @@ def test_finetune_flow(run_script):
     assert len(moved["frozen"]) > 0 and not any(moved["frozen"]), moved
 
 
+@pytest.mark.slow  # two more runs of the script (about a minute each on 2 cores)
+def test_finetune_flow_resumes_exactly(run_script, tmp_path):
+    """Two steps, then --resume to three, give the same weights, Adam state and histories as three steps at once
+    (the uninterrupted run of test_finetune_flow); a resume with other settings is refused, naming them."""
+    import jax
+
+    from dgjax.models import load_model
+
+    whole, whole_out = run_script("finetune_flow")
+    ft = importlib.import_module("finetune_flow")
+    ft.main(["--quick", "--steps", "2", "--out", str(tmp_path)])
+    resumed = ft.main(["--quick", "--steps", "3", "--resume", "--out", str(tmp_path)])
+    for a, b in zip(jax.tree_util.tree_leaves(load_model(whole["model_files"][0]).params),
+                    jax.tree_util.tree_leaves(load_model(resumed["model_files"][0]).params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert (whole_out / "state.msgpack").read_bytes() == (tmp_path / "state.msgpack").read_bytes()
+    for k in ("heldout_bpd_before", "heldout_bpd_after", "heldout_bpd_change", "train_bpd_first", "train_bpd_last10"):
+        assert resumed[k] == whole[k], k
+    with pytest.raises(SystemExit, match="lr"):
+        ft.main(["--quick", "--steps", "4", "--lr", "1e-3", "--resume", "--out", str(tmp_path)])
+
+
 def test_finetune_time_change_keeps_the_exact_log_likelihood(x64):
     """The fine-tuning script's random time change t = change(s) reparametrises the PF-ODE: a tight adaptive solve
     on the time-changed process, with the time-changed score, gives the oracle mixture's exact log p (as on the base
