@@ -99,7 +99,7 @@ def main(argv=None) -> dict:
     x_test, x_unseen = (jnp.asarray(a) for a in (test[args.n:args.n + args.eval_n],
                                                    train[args.batches * args.n:args.batches * args.n + args.eval_n]))
     ke = jax.random.key(7)
-    ev = jax.jit(lambda p, x: np.float64(1.0) * -eqx.combine(p, static).log_likelihood(
+    ev = jax.jit(lambda p, x: -eqx.combine(p, static).log_likelihood(
         x, key=ke, rtol=1e-4, atol=1e-4, divergence=dg.Hutchinson(2)).logp / d_ln2)
     base = [np.asarray(ev(params, x)) for x in (x_test, x_unseen)]
     cond = jax.tree_util.tree_map_with_path(lambda p, a: float(is_conditioning(p, a)), params)

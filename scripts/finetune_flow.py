@@ -36,9 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -53,6 +51,7 @@ from flax import serialization
 import dgjax as dg
 from dgjax._io import atomic_write, write_bytes
 from dgjax.models import save_model
+from dgjax.training.loop import _StopOnSignal
 
 REPO = Path(__file__).resolve().parent.parent
 ADJOINTS = {"recursive": dfx.RecursiveCheckpointAdjoint, "backsolve": dfx.BacksolveAdjoint}
@@ -157,8 +156,7 @@ class TimeChangedScore(eqx.Module):
 def is_conditioning(path, leaf) -> bool:
     """A bias, a normalisation scale or shift, or a weight of a time-embedding layer (flax's Dense layers here)."""
     names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
-    return leaf is not None and bool(names) and (names[-1] in ("bias", "scale")
-                                                 or any(str(n).startswith("Dense") for n in names))
+    return bool(names) and (names[-1] in ("bias", "scale") or any(str(n).startswith("Dense") for n in names))
 
 
 def parse(argv):
@@ -274,16 +272,8 @@ def main(argv=None) -> dict:
     before, before_se = mean_se(bpd_before)
     print(f"held-out bits/dim before: {before:.4f} +- {before_se:.4f} ({args.eval_n} test examples, adaptive "
           f"rtol {args.eval_rtol:g})", flush=True)
-    signals = []  # SIGTERM/SIGINT: finish the step, save the run, stop
-
-    def on_signal(signum, frame):
-        signals.append(signum)
-
-    # the main thread only (signal's rule): elsewhere a signal is not caught, and periodic saves remain
-    catch = threading.current_thread() is threading.main_thread()
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if catch else {}
     t_train = time.perf_counter()
-    try:
+    with _StopOnSignal() as stop:  # SIGTERM/SIGINT (main thread): finish the step, save the run, stop
         for i in range(start, args.steps):
             x = jnp.asarray(ds.train_batch(args.seed, i, args.batch_size))
             params, opt_state, value = step(params, opt_state, x, jax.random.fold_in(k_train, i))
@@ -297,14 +287,11 @@ def main(argv=None) -> dict:
                 recent = np.mean(history[-max(1, args.steps // 10):])
                 print(f"step {i + 1:4d}/{args.steps}: training bits/dim (batch, {solve_text}) {recent:.4f}  "
                       f"[{time.perf_counter() - t_train:.0f} s]", flush=True)
-            if signals or (args.ckpt_every and (i + 1) % args.ckpt_every == 0):
+            if stop.signum is not None or (args.ckpt_every and (i + 1) % args.ckpt_every == 0 and i + 1 < args.steps):
                 save_state(state_path, args, i + 1, params, opt_state, history, history_eval, bpd_before)
-            if signals:
-                sys.exit(f"stopped by signal {signals[0]} after step {i + 1}, saved in {state_path}; continue "
+            if stop.signum is not None:
+                sys.exit(f"stopped by signal {stop.signum} after step {i + 1}, saved in {state_path}; continue "
                          f"with the same command and --resume")
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
     save_state(state_path, args, args.steps, params, opt_state, history, history_eval, bpd_before)
     bpd_after = bpd_of(params)
     # the fine-tuned model, loadable as any model file (dg.load_model, dgjax likelihood --model OUT/model.msgpack)
