@@ -30,6 +30,7 @@ from .evaluation import (
     UniformDequantization,
     evaluate_likelihood,
     evaluate_log_density,
+    likelihood_difference,
 )
 from .external import AbstractModel, ElementwiseTransform, ExternalScore, batched, external_score, log_transform
 from .forward import ForwardTrack, forward_sde_logp
@@ -87,7 +88,7 @@ __all__ = [
     "LinearSolveFailed", "MaxStepsReached", "NonFiniteError",
     "Likelihood", "bits_per_dim", "log_likelihood",
     "DatasetLikelihood", "Dequantization", "ImportanceDequantization", "StandardErrors", "UniformDequantization",
-    "evaluate_likelihood", "evaluate_log_density", "Quantization",
+    "evaluate_likelihood", "evaluate_log_density", "likelihood_difference", "Quantization",
     "SHIPPED_MODELS", "ArchitectureMismatch", "ModelError", "TrainedModel", "load_model", "save_model",
     "GaussianMixture", "random_mixture",
     "batch_sharding", "host_local_batch", "host_slice", "log_likelihood_sharded", "pad_batch", "sample_sharded",

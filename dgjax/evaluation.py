@@ -45,7 +45,7 @@ from .quantization import Quantization
 from .solve import SolveOptions
 
 __all__ = ["Dequantization", "UniformDequantization", "ImportanceDequantization", "StandardErrors",
-           "DatasetLikelihood", "evaluate_likelihood", "evaluate_log_density"]
+           "DatasetLikelihood", "evaluate_likelihood", "evaluate_log_density", "likelihood_difference"]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -249,6 +249,42 @@ def summarize(protocol: str, log_density: np.ndarray, probe_var: np.ndarray | No
     if probe_var is None:
         probe = float("nan")
     return L, float(np.mean(L)), StandardErrors(_nan_to(total), data, deq, probe)
+
+
+def likelihood_difference(a: DatasetLikelihood, b: DatasetLikelihood) -> DatasetLikelihood:
+    """``a - b`` example by example: the change in a data set's log-likelihood between two models (a fine-tuned
+    one and its start, two checkpoints), each evaluated on the same data with the same key and protocol, so
+    that both encoded the same dequantized copies with the same probes and most of the draws' noise cancels.
+
+    Returns a ``DatasetLikelihood`` whose ``nats``, ``per_example`` (N,) and ``log_density`` (N, M) are a's
+    minus b's, so ``bits_per_dim`` is a's bits/dim minus b's. Its standard errors are ``DatasetLikelihood``'s
+    estimators applied to the per-copy differences (uniform, none): ``data`` is how much the change varies
+    between examples (what it says about other data from the same source), ``dequantization`` the noise the
+    draws and probes leave in the paired change (the probe part is not separated: NaN). Importance: the
+    log-mean-exp does not split copy by copy, so only ``total`` is given. ``nfe_per_example`` and
+    ``wall_time`` are the two evaluations' sums; ``data_space`` the difference of both's, where both have one.
+
+    Raises ``dg.InvalidArgument`` (naming ``b``) when the two differ in protocol, examples, copies, dimension
+    or offset: they were not evaluated alike.
+    """
+    for name in ("protocol", "num_examples", "draws", "dim", "offset_bits"):
+        if getattr(a, name) != getattr(b, name):
+            raise InvalidArgument(f"b: evaluated unlike a ({name} {getattr(b, name)!r}, a's {getattr(a, name)!r}); "
+                                  f"evaluate both on the same data with the same protocol and key")
+    diff = np.asarray(a.log_density, np.float64) - np.asarray(b.log_density, np.float64)
+    per_example = np.asarray(a.per_example, np.float64) - np.asarray(b.per_example, np.float64)
+    n = per_example.shape[0]
+    if a.protocol == "importance":
+        total = math.sqrt(np.var(per_example, ddof=1) / n) if n > 1 else float("nan")
+        se = StandardErrors(total, float("nan"), float("nan"), float("nan"))
+    else:
+        _, _, se = summarize(a.protocol, diff, None, np.zeros_like(diff), 0.0)
+    space = (likelihood_difference(a.data_space, b.data_space)
+             if a.data_space is not None and b.data_space is not None else None)
+    return DatasetLikelihood(a.protocol, float(np.mean(per_example)), se, per_example, diff, dim=a.dim,
+                             num_examples=n, draws=a.draws, offset_bits=0.0,
+                             nfe_per_example=a.nfe_per_example + b.nfe_per_example,
+                             wall_time=a.wall_time + b.wall_time, data_space=space)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -19,11 +19,16 @@ land at fresh times). The default training solve is error-controlled instead (``
 with a PID step size at ``--train-rtol``): where the weights make the solve harder it takes more steps, so the
 training estimate stays within its tolerance of the exact log p whatever the weights.
 
-Held-out bits/dim are measured before and after on the same fixed test examples (one fixed dequantisation draw),
-with the same fixed probes, under the published protocol's adaptive solve (``--eval-rtol``, 1e-5), and under the
-training solve beside it (its fixed grid for Heun), so that a model that learnt a discretisation's error shows as
-a gap between the two. The fine-tuned model is written to OUT/model.msgpack (+ .json), a model file like any other:
-``dgjax likelihood --model OUT/model.msgpack`` evaluates it under the published protocol.
+Held-out bits/dim are measured before and after over the test split (all 297 digits by default) by
+``dg.evaluate_likelihood``: uniform dequantization with ``--eval-repeats`` copies per digit, the published
+protocol's adaptive solve (``--eval-rtol``, 1e-5) and one Hutchinson probe per copy, under one key, so that
+before and after see the same copies and probes and ``dg.likelihood_difference`` pairs them: its standard error
+splits into the draws' part (what is left of the dequantization and probe noise; the split's own change is known
+to it) and the examples' part (what the change says about other digits). After fine-tuning the split is also
+evaluated under the training solve (its fixed grid for Heun), so that a model that learnt a discretisation's
+error shows as a gap between the two. Every evaluation keeps per-batch files under OUT/heldout/ and resumes. The
+fine-tuned model is written to OUT/model.msgpack (+ .json), a model file like any other: ``dgjax likelihood
+--model OUT/model.msgpack`` evaluates it under the published protocol.
 
     python scripts/finetune_flow.py             # 80 Adam steps, batch 32, adaptive rtol 1e-2: 46 minutes on 2 cores
     python scripts/finetune_flow.py --quick     # 3 steps, tiny sizes: the plumbing only
@@ -34,6 +39,8 @@ a gap between the two. The fine-tuned model is written to OUT/model.msgpack (+ .
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -57,22 +64,22 @@ REPO = Path(__file__).resolve().parent.parent
 ADJOINTS = {"recursive": dfx.RecursiveCheckpointAdjoint, "backsolve": dfx.BacksolveAdjoint}
 # the settings a resumed run must share with the run it continues (--steps may grow; --eval-every may change)
 RESUME_SETTINGS = ("quick", "seed", "batch_size", "lr", "train_solve", "train_rtol", "max_steps", "ode_steps",
-                   "time_change", "tune", "adjoint", "eval_n", "eval_rtol", "eval_probes")
+                   "time_change", "tune", "adjoint", "eval_n", "eval_repeats", "eval_rtol", "eval_probes")
 
 
-def save_state(path: Path, args, step: int, params, opt_state, history, history_eval, bpd_before) -> None:
-    """The run after ``step`` Adam steps as one file, written atomically: weights, Adam's state, the histories and
-    the held-out values before fine-tuning (the reference of every paired change)."""
+def save_state(path: Path, args, step: int, params, opt_state, history, history_eval) -> None:
+    """The run after ``step`` Adam steps as one file, written atomically: weights, Adam's state and the histories
+    (the held-out evaluations keep their own per-batch files, ``held_out``)."""
     leaves = {name: {str(i): np.asarray(a) for i, a in enumerate(jax.tree_util.tree_leaves(tree))}
               for name, tree in (("params", params), ("opt_state", opt_state))}
     meta = dict(step=step, settings={k: getattr(args, k) for k in RESUME_SETTINGS}, history=history,
                 history_eval=history_eval)
-    blob = serialization.msgpack_serialize(dict(leaves, meta=json.dumps(meta), bpd_before=np.asarray(bpd_before)))
+    blob = serialization.msgpack_serialize(dict(leaves, meta=json.dumps(meta)))
     atomic_write(str(path), write_bytes(blob))
 
 
 def load_state(path: Path, args, params, opt_state):
-    """(params, opt_state, step, history, history_eval, bpd_before) of a state file written by ``save_state``, in
+    """(params, opt_state, step, history, history_eval) of a state file written by ``save_state``, in
     the structure of ``params`` and ``opt_state``; exits with a message naming what differs when the file was
     written with other settings or another set of weights."""
     if not path.is_file():
@@ -94,7 +101,7 @@ def load_state(path: Path, args, params, opt_state):
             sys.exit(f"--resume: the {name} in {path} do not match this run's (another --tune or model)")
         restored.append(jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree),
                                                      [jnp.asarray(v) for v in saved]))
-    return (*restored, int(meta["step"]), meta["history"], meta["history_eval"], np.asarray(raw["bpd_before"]))
+    return (*restored, int(meta["step"]), meta["history"], meta["history_eval"])
 
 
 class TimeChange(eqx.Module):
@@ -174,10 +181,12 @@ def parse(argv):
     ap.add_argument("--time-change", choices=["random", "none"], default="random",
                     help="--train-solve heun: a fresh random smooth time change at every Adam step (steps at fresh "
                          "times), or none (the fixed uniform grid)")
-    ap.add_argument("--eval-n", type=int, default=128, help="held-out (test split) examples")
+    ap.add_argument("--eval-n", type=int, default=None, help="held-out examples: the first N of the test split "
+                    "(default all 297)")
+    ap.add_argument("--eval-repeats", type=int, default=2, help="uniform dequantization draws per held-out example")
     ap.add_argument("--eval-rtol", type=float, default=1e-5,
                     help="rtol = atol of the adaptive Tsit5 held-out solve (the published protocol's 1e-5)")
-    ap.add_argument("--eval-probes", type=int, default=2, help="Hutchinson probes of the held-out solve")
+    ap.add_argument("--eval-probes", type=int, default=1, help="Hutchinson probes of each held-out encoding")
     ap.add_argument("--eval-every", type=int, default=0, help="also report held-out bits/dim every this many steps "
                     "(0: only before and after)")
     ap.add_argument("--tune", choices=["all", "conditioning"], default="conditioning",
@@ -194,13 +203,13 @@ def parse(argv):
     args = ap.parse_args(argv)
     if args.quick:
         args.batch_size, args.ode_steps, args.train_rtol = 2, 2, 1e-1
-        args.eval_n, args.eval_rtol, args.eval_probes = 8, 1e-2, 1
+        args.eval_n, args.eval_repeats, args.eval_rtol, args.eval_probes = 8, 1, 1e-2, 1
     if args.steps is None:
         args.steps = 3 if args.quick else 80
     if args.ckpt_every < 0:
         ap.error(f"--ckpt-every: must be >= 0; got {args.ckpt_every}")
-    for name in ("steps", "batch_size", "ode_steps", "max_steps", "eval_n", "eval_probes"):
-        if getattr(args, name) < 1:
+    for name in ("steps", "batch_size", "ode_steps", "max_steps", "eval_n", "eval_repeats", "eval_probes"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')}: must be >= 1; got {getattr(args, name)}")
     for name in ("lr", "train_rtol", "eval_rtol"):
         if not (getattr(args, name) > 0 and math.isfinite(getattr(args, name))):
@@ -219,7 +228,7 @@ def main(argv=None) -> dict:
     ds, process = model.dataset, model.process
     key = jax.random.key(args.seed)
     k_eval, k_train = jax.random.split(key)
-    x_test = jnp.asarray(ds.split("test", args.eval_n, seed=args.seed))
+    y_test = ds.data_split("test", args.eval_n)  # integer levels, dequantized by the evaluation
     params, static = eqx.partition(model, eqx.is_inexact_array)
     if args.tune == "conditioning":  # train these, carry the rest with the static part
         params, frozen = eqx.partition(params, jax.tree_util.tree_map_with_path(is_conditioning, params))
@@ -232,6 +241,7 @@ def main(argv=None) -> dict:
     else:
         train_solve = dict(solver=dfx.Heun(), steps=args.ode_steps, grid="t")
         solve_text = f"{args.ode_steps} Heun steps" + (", random time change" if args.time_change == "random" else "")
+    eval_solve = dg.SolveOptions(rtol=args.eval_rtol, atol=args.eval_rtol)
 
     def loss(p, x, k):  # training bits/dim, less the constant offset: -mean log p / (D ln 2)
         m = eqx.combine(p, static)
@@ -252,26 +262,35 @@ def main(argv=None) -> dict:
         updates, opt_state = opt.update(grads, opt_state, p)
         return optax.apply_updates(p, updates), opt_state, value
 
-    def held_out(**solve):  # per-example held-out bits/dim of parameters p: fixed examples, probes and draw
-        f = jax.jit(lambda p: eqx.combine(p, static).log_likelihood(
-            x_test, key=k_eval, divergence=dg.Hutchinson(args.eval_probes), **solve).logp)
-        return lambda p: np.asarray(dg.bits_per_dim(f(p), model.dim, ds.offset_bits), np.float64)
+    def held_out(p, options: dg.SolveOptions) -> dg.DatasetLikelihood:
+        """The held-out split's log-likelihood under parameters p: uniform dequantization, ``--eval-repeats``
+        copies per example, one key for every p (the same copies and probes, so that changes pair). Per-batch
+        results go to OUT/heldout/<digest of p and the settings>: an interrupted or repeated evaluation resumes."""
+        digest = hashlib.sha256(json.dumps([args.seed, args.eval_n, args.eval_repeats, args.eval_probes,
+                                            repr(options)]).encode())
+        for leaf in jax.tree_util.tree_leaves(p):
+            digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+        m = eqx.combine(p, static)
+        return dg.evaluate_likelihood(
+            m.score, m.process, y_test, key=k_eval, quantization=ds.quantization,
+            dequantization=dg.UniformDequantization(repeats=args.eval_repeats),
+            divergence=dg.Hutchinson(args.eval_probes), options=options, progress=not args.quick,
+            checkpoint_dir=str(out_dir / "heldout" / digest.hexdigest()[:16]))
 
-    bpd_of = held_out(rtol=args.eval_rtol, atol=args.eval_rtol)
-
-    def mean_se(v):
-        return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
+    def change_text(r: dg.DatasetLikelihood) -> str:
+        se = r.bits_stderr
+        return (f"{r.bits_per_dim:+.4f} +- {se.total:.4f} (draws' part {se.dequantization:.4f}, which examples "
+                f"{se.data:.4f})")
 
     state_path = out_dir / "state.msgpack"
     opt_state = opt.init(params)
+    before = held_out(params, eval_solve)
+    print(f"held-out before: {before}", flush=True)
     if args.resume:
-        params, opt_state, start, history, history_eval, bpd_before = load_state(state_path, args, params, opt_state)
+        params, opt_state, start, history, history_eval = load_state(state_path, args, params, opt_state)
         print(f"resumed after step {start} from {state_path}", flush=True)
     else:
-        start, history, history_eval, bpd_before = 0, [], [], bpd_of(params)
-    before, before_se = mean_se(bpd_before)
-    print(f"held-out bits/dim before: {before:.4f} +- {before_se:.4f} ({args.eval_n} test examples, adaptive "
-          f"rtol {args.eval_rtol:g})", flush=True)
+        start, history, history_eval = 0, [], []
     t_train = time.perf_counter()
     with _StopOnSignal() as stop:  # SIGTERM/SIGINT (main thread): finish the step, save the run, stop
         for i in range(start, args.steps):
@@ -279,21 +298,21 @@ def main(argv=None) -> dict:
             params, opt_state, value = step(params, opt_state, x, jax.random.fold_in(k_train, i))
             history.append(float(value) + ds.offset_bits)
             if args.eval_every and (i + 1) % args.eval_every == 0 and i + 1 < args.steps:
-                mid, mid_se = mean_se(bpd_of(params) - bpd_before)
-                print(f"step {i + 1:4d}: held-out bits/dim {before + mid:.4f}, paired change {mid:+.4f} +- "
-                      f"{mid_se:.4f}", flush=True)
-                history_eval.append(dict(step=i + 1, change=mid, change_stderr=mid_se))
+                mid = dg.likelihood_difference(held_out(params, eval_solve), before)
+                print(f"step {i + 1:4d}: held-out bits/dim {before.bits_per_dim + mid.bits_per_dim:.4f}, paired "
+                      f"change {change_text(mid)}", flush=True)
+                history_eval.append(dict(step=i + 1, change=mid.bits_per_dim, change_stderr=mid.bits_stderr.total))
             if (i + 1) % max(1, args.steps // 10) == 0:
                 recent = np.mean(history[-max(1, args.steps // 10):])
                 print(f"step {i + 1:4d}/{args.steps}: training bits/dim (batch, {solve_text}) {recent:.4f}  "
                       f"[{time.perf_counter() - t_train:.0f} s]", flush=True)
             if stop.signum is not None or (args.ckpt_every and (i + 1) % args.ckpt_every == 0 and i + 1 < args.steps):
-                save_state(state_path, args, i + 1, params, opt_state, history, history_eval, bpd_before)
+                save_state(state_path, args, i + 1, params, opt_state, history, history_eval)
             if stop.signum is not None:
                 sys.exit(f"stopped by signal {stop.signum} after step {i + 1}, saved in {state_path}; continue "
                          f"with the same command and --resume")
-    save_state(state_path, args, args.steps, params, opt_state, history, history_eval, bpd_before)
-    bpd_after = bpd_of(params)
+    save_state(state_path, args, args.steps, params, opt_state, history, history_eval)
+    after = held_out(params, eval_solve)
     # the fine-tuned model, loadable as any model file (dg.load_model, dgjax likelihood --model OUT/model.msgpack)
     tuned = eqx.combine(params, static)
     keep = {k: v for k, v in tuned.config.items() if not k.startswith(("heldout_", "params_", "format"))}
@@ -302,28 +321,29 @@ def main(argv=None) -> dict:
         finetune_command=command))
     # held-out under the training solve (its fixed grid for heun): far below the adaptive value when the model has
     # learnt a discretisation's error instead of the data
-    coarse = held_out(**train_solve)(params)
-    print(f"held-out bits/dim after, under the training solve ({solve_text.split(', random')[0]}): "
-          f"{coarse.mean():.4f}", flush=True)
-    after, after_se = mean_se(bpd_after)
-    # the paired difference: same examples, same probes, so its error is far below either's
-    change, change_se = mean_se(bpd_after - bpd_before)
-    print(f"held-out bits/dim after:  {after:.4f} +- {after_se:.4f}; paired change {change:+.4f} +- {change_se:.4f}",
+    coarse = held_out(params, dg.SolveOptions(**train_solve)).bits_per_dim
+    print(f"held-out bits/dim after, under the training solve ({solve_text.split(', random')[0]}): {coarse:.4f}",
           flush=True)
+    # the paired change: same examples, copies and probes, so the draws' noise largely cancels
+    change = dg.likelihood_difference(after, before)
+    print(f"held-out after: {after}\nheld-out paired change (bits/dim): {change_text(change)}", flush=True)
+    parts = lambda r: {k: (float(v) if math.isfinite(v) else None)  # noqa: E731
+                       for k, v in dataclasses.asdict(r.bits_stderr).items()}
     summary = dict(
         command=command, quick=args.quick, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        train_solve=solve_text, tune=args.tune, adjoint=args.adjoint, eval_n=args.eval_n, eval_rtol=args.eval_rtol,
-        eval_probes=args.eval_probes,
-        heldout_bpd_before=before, heldout_bpd_before_stderr=before_se,
-        heldout_bpd_after=after, heldout_bpd_after_stderr=after_se,
-        heldout_bpd_change=change, heldout_bpd_change_stderr=change_se,
-        heldout_bpd_after_training_solve=float(coarse.mean()),
+        train_solve=solve_text, tune=args.tune, adjoint=args.adjoint, eval_n=before.num_examples,
+        eval_repeats=args.eval_repeats, eval_rtol=args.eval_rtol, eval_probes=args.eval_probes,
+        eval_nfe_per_example=before.nfe_per_example,
+        heldout_bpd_before=before.bits_per_dim, heldout_bpd_before_stderr=parts(before),
+        heldout_bpd_after=after.bits_per_dim, heldout_bpd_after_stderr=parts(after),
+        heldout_bpd_change=change.bits_per_dim, heldout_bpd_change_stderr=parts(change),
+        heldout_bpd_after_training_solve=coarse,
         heldout_during=history_eval, train_bpd_first=history[0], train_bpd_last10=float(np.mean(history[-10:])),
         model_files=[str(f) for f in model_files], wall_s=round(time.perf_counter() - t_start, 1),
         backend=jax.default_backend(),
     )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"held-out bits/dim {before:.4f} -> {after:.4f} ({change:+.4f} +- {change_se:.4f}) in "
+    print(f"held-out bits/dim {before.bits_per_dim:.4f} -> {after.bits_per_dim:.4f} ({change_text(change)}) in "
           f"{summary['wall_s']:.0f} s; {out_dir / 'summary.json'}")
     return summary
 

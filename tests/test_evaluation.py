@@ -211,3 +211,59 @@ def test_continuous_data_and_data_space():
                                  batch_size=4, options=dg.SolveOptions(steps=4), divergence=dg.Hutchinson(2),
                                  to_data_space=lambda logp, xx: logp - 2 * math.log(2.0))
     np.testing.assert_allclose(out.data_space.per_example, out.per_example - 2 * math.log(2.0), rtol=1e-6)
+
+
+def _shifted_log_density(shift):
+    """The mixture's log-density with its means moved by ``shift`` (a second, nearby model)."""
+    mix = dg.GaussianMixture(jnp.asarray(WEIGHTS), jnp.asarray(MEANS + shift), jnp.asarray(STDS**2))
+    return lambda x: mix.log_prob(dg.LinearFlow())(x, 0.0)
+
+
+def test_likelihood_difference_pairs_the_draws(levels):
+    """Two models evaluated with the same key saw the same copies: a constant log-density shift comes back exactly
+    with zero error; a nearby model's change has the per-example and per-copy differences, a total error from the
+    spread of the per-example change (computed here with numpy) and a dequantization part from the copies' spread,
+    far below either model's own error (the draws' noise cancels)."""
+    y, kw = levels[:40], dict(key=jax.random.key(3), quantization=Q, dequantization=dg.UniformDequantization(4),
+                              batch_size=16)
+    a = dg.evaluate_log_density(_log_density, y, **kw)
+    up = dg.evaluate_log_density(lambda x: _log_density(x) + 0.25, y, **kw)
+    same = dg.likelihood_difference(up, a)
+    np.testing.assert_allclose(same.per_example, 0.25, rtol=1e-5)
+    assert same.stderr.total < 1e-5 and same.stderr.data < 1e-5 and same.stderr.dequantization < 1e-5
+    assert same.bits_per_dim == pytest.approx(up.bits_per_dim - a.bits_per_dim, abs=1e-9)
+
+    b = dg.evaluate_log_density(_shifted_log_density(np.array([0.004, -0.003])), y, **kw)
+    d = dg.likelihood_difference(b, a)
+    np.testing.assert_allclose(d.per_example, b.per_example - a.per_example, rtol=1e-12)
+    np.testing.assert_allclose(d.log_density, b.log_density - a.log_density, rtol=1e-12)
+    assert d.nats == pytest.approx(b.nats - a.nats, rel=1e-9)
+    assert d.bits_per_dim == pytest.approx(b.bits_per_dim - a.bits_per_dim, rel=1e-9)
+    change = b.per_example - a.per_example
+    assert d.stderr.total == pytest.approx(np.std(change, ddof=1) / math.sqrt(len(y)), rel=1e-9)
+    copies = np.asarray(b.log_density, np.float64) - np.asarray(a.log_density, np.float64)
+    within = np.mean(np.var(copies, axis=1, ddof=1))
+    assert d.stderr.dequantization == pytest.approx(math.sqrt(within / copies.size), rel=1e-9)
+    assert d.stderr.total**2 == pytest.approx(d.stderr.data**2 + d.stderr.dequantization**2, rel=1e-9)
+    assert math.isnan(d.stderr.probe)
+    assert d.stderr.dequantization < 0.2 * min(a.stderr.dequantization, b.stderr.dequantization)
+    assert d.nfe_per_example == a.nfe_per_example + b.nfe_per_example
+
+
+def test_likelihood_difference_refuses_unlike_evaluations(levels):
+    y, key = levels[:8], jax.random.key(0)
+    a = dg.evaluate_log_density(_log_density, y, key=key, quantization=Q, dequantization=dg.UniformDequantization(2))
+    for other in (dg.evaluate_log_density(_log_density, y, key=key, quantization=Q,
+                                          dequantization=dg.UniformDequantization(3)),
+                  dg.evaluate_log_density(_log_density, y[:6], key=key, quantization=Q,
+                                          dequantization=dg.UniformDequantization(2)),
+                  dg.evaluate_log_density(_log_density, y, key=key, quantization=Q,
+                                          dequantization=dg.ImportanceDequantization(2))):
+        with pytest.raises(dg.InvalidArgument, match="^b: evaluated unlike a"):
+            dg.likelihood_difference(other, a)
+    imp = [dg.evaluate_log_density(f, y, key=key, quantization=Q, dequantization=dg.ImportanceDequantization(4))
+           for f in (_log_density, _shifted_log_density(0.003))]
+    d = dg.likelihood_difference(imp[1], imp[0])
+    change = imp[1].per_example - imp[0].per_example
+    assert d.stderr.total == pytest.approx(np.std(change, ddof=1) / math.sqrt(len(y)), rel=1e-9)
+    assert math.isnan(d.stderr.data) and math.isnan(d.stderr.dequantization)

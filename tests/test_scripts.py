@@ -171,6 +171,12 @@ def test_finetune_flow(run_script):
     for k in ("heldout_bpd_before", "heldout_bpd_after", "train_bpd_first"):
         assert np.isfinite(on_disk[k]) and 0 < on_disk[k] < 20, (k, on_disk[k])
     assert on_disk["heldout_bpd_after"] != on_disk["heldout_bpd_before"]  # the parameters moved
+    # the paired change is after minus before, its error from the spread of the per-digit change
+    assert on_disk["heldout_bpd_change"] == pytest.approx(on_disk["heldout_bpd_after"] - on_disk["heldout_bpd_before"],
+                                                          abs=1e-9)
+    assert on_disk["eval_n"] == 8 and 0 < on_disk["heldout_bpd_change_stderr"]["total"] < 0.1
+    # every evaluation (before, after, after under the training solve) keeps per-batch files and can resume
+    assert len(list((out / "heldout").glob("*/batch_*.npz"))) == 3
     from dgjax.models import load_model
 
     tuned = load_model(on_disk["model_files"][0])  # the fine-tuned model is a model file like any other
