@@ -257,8 +257,9 @@ def likelihood_difference(a: DatasetLikelihood, b: DatasetLikelihood) -> Dataset
     that both encoded the same dequantized copies with the same probes and most of the draws' noise cancels.
 
     Returns a ``DatasetLikelihood`` whose ``nats``, ``per_example`` (N,) and ``log_density`` (N, M) are a's
-    minus b's, so ``bits_per_dim`` is a's bits/dim minus b's. Its standard errors are ``DatasetLikelihood``'s
-    estimators applied to the per-copy differences (uniform, none): ``data`` is how much the change varies
+    minus b's, so ``bits_per_dim`` is a's bits/dim minus b's (docs/math.md section 4). Its standard errors are
+    ``DatasetLikelihood``'s estimators applied to the per-copy differences d_nm = b^a_nm - b^b_nm (uniform,
+    none), whose mean over copies is the per-example change: ``data`` is how much the change varies
     between examples (what it says about other data from the same source), ``dequantization`` the noise the
     draws and probes leave in the paired change (the probe part is not separated: NaN). Importance: the
     log-mean-exp does not split copy by copy, so only ``total`` is given. ``nfe_per_example`` and

@@ -30,7 +30,7 @@ error shows as a gap between the two. Every evaluation keeps per-batch files und
 fine-tuned model is written to OUT/model.msgpack (+ .json), a model file like any other: ``dgjax likelihood
 --model OUT/model.msgpack`` evaluates it under the published protocol.
 
-    python scripts/finetune_flow.py             # 80 Adam steps, batch 32, adaptive rtol 1e-2: 46 minutes on 2 cores
+    python scripts/finetune_flow.py             # 80 Adam steps, batch 32, adaptive rtol 1e-2: 54 minutes on 2 cores
     python scripts/finetune_flow.py --quick     # 3 steps, tiny sizes: the plumbing only
     python scripts/finetune_flow.py --resume    # continue a stopped run (saved every --ckpt-every steps and on
                                                 # SIGTERM/SIGINT in OUT/state.msgpack); --steps may be raised
