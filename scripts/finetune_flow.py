@@ -58,6 +58,7 @@ from flax import serialization
 import dgjax as dg
 from dgjax._io import atomic_write, write_bytes
 from dgjax.models import save_model
+from dgjax.models.checkpoints import _checksum
 from dgjax.training.loop import _StopOnSignal
 
 REPO = Path(__file__).resolve().parent.parent
@@ -265,12 +266,12 @@ def main(argv=None) -> dict:
     def held_out(p, options: dg.SolveOptions) -> dg.DatasetLikelihood:
         """The held-out split's log-likelihood under parameters p: uniform dequantization, ``--eval-repeats``
         copies per example, one key for every p (the same copies and probes, so that changes pair). Per-batch
-        results go to OUT/heldout/<digest of p and the settings>: an interrupted or repeated evaluation resumes."""
-        digest = hashlib.sha256(json.dumps([args.seed, args.eval_n, args.eval_repeats, args.eval_probes,
-                                            repr(options)]).encode())
-        for leaf in jax.tree_util.tree_leaves(p):
-            digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+        results go to OUT/heldout/<digest of the weights and the settings>: an interrupted or repeated evaluation
+        resumes."""
         m = eqx.combine(p, static)
+        settings = [args.seed, args.eval_n, args.eval_repeats, args.eval_probes, repr(options),
+                    _checksum(eqx.filter(m, eqx.is_inexact_array))]
+        digest = hashlib.sha256(json.dumps(settings).encode())
         return dg.evaluate_likelihood(
             m.score, m.process, y_test, key=k_eval, quantization=ds.quantization,
             dequantization=dg.UniformDequantization(repeats=args.eval_repeats),
@@ -327,8 +328,10 @@ def main(argv=None) -> dict:
     # the paired change: same examples, copies and probes, so the draws' noise largely cancels
     change = dg.likelihood_difference(after, before)
     print(f"held-out after: {after}\nheld-out paired change (bits/dim): {change_text(change)}", flush=True)
-    parts = lambda r: {k: (float(v) if math.isfinite(v) else None)  # noqa: E731
-                       for k, v in dataclasses.asdict(r.bits_stderr).items()}
+
+    def parts(r: dg.DatasetLikelihood) -> dict:  # the error parts in bits/dim, None where not separable
+        return {k: (float(v) if math.isfinite(v) else None) for k, v in dataclasses.asdict(r.bits_stderr).items()}
+
     summary = dict(
         command=command, quick=args.quick, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         train_solve=solve_text, tune=args.tune, adjoint=args.adjoint, eval_n=before.num_examples,
